@@ -1,0 +1,215 @@
+"""DockerBackend: app containers through the docker SDK."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, ClassVar
+
+from sandboxer._backend import (
+    Availability,
+    Backend,
+    Capabilities,
+    ExecGenerator,
+    ExecRequest,
+    Handle,
+    LaunchPlan,
+    SandboxInfo,
+    SandboxState,
+)
+from sandboxer._labels import MANAGED
+from sandboxer._log import logger, timed
+from sandboxer._proctree import kill_process_tree
+from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
+
+from ._config import create_arguments
+from ._errors import docker_errors
+from ._exec import stream_exec
+from ._sdk import docker
+
+_STATES = {
+    "created": SandboxState.CREATED,
+    "running": SandboxState.RUNNING,
+    "paused": SandboxState.RUNNING,
+    "restarting": SandboxState.RUNNING,
+    "removing": SandboxState.DESTROYED,
+    "exited": SandboxState.STOPPED,
+    "dead": SandboxState.STOPPED,
+}
+_OURS = {"label": f"{MANAGED}=true"}
+
+
+def _socket_path() -> str | None:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
+class DockerBackend(Backend):
+    name: ClassVar[str] = "docker"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        kind="app",
+        isolation="process",
+        init=False,
+        custom_kernel=False,
+        nested=False,
+        networks=frozenset({"none", "isolated", "bridge"}),
+        limits=frozenset({"cpus", "memory", "pids"}),
+        mounts=True,
+        ports=True,
+        start_seconds=0.3,
+        controls={
+            "capabilities": "cap_drop/cap_add on the container (bounding and effective sets)",
+            "no_new_privileges": "security_opt no-new-privileges",
+            "seccomp": "seccomp filter from the profile's OCI policy",
+            "read_only_root": "read-only root file system, tmpfs for the profile's writable paths",
+            "non_root_user": "the container's processes run as the profile's uid:gid",
+            "pids_limit": "pids cgroup (pids.max)",
+            "memory_limit": "memory cgroup limit, swap disabled",
+            "cpu_limit": "CFS quota (NanoCpus)",
+            "network": "network_mode none: loopback only",
+        },
+    )
+
+    def __init__(self) -> None:
+        with docker_errors():
+            # One client per process: every call reuses its connection pool.
+            self._client = docker.from_env(max_pool_size=64, timeout=120)
+        self._api = self._client.api
+        self._ready_images: set[str] = set()
+        self._image_lock = threading.Lock()
+
+    @classmethod
+    def probe(cls) -> Availability:
+        fix = "scripts/setup-engines.sh docker (installs docker.io and starts dockerd)"
+        path = _socket_path()
+        if path is not None and not os.path.exists(path):
+            return Availability(False, f"no Docker socket at {path}", fix)
+        try:
+            client = docker.from_env(timeout=1)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as exc:
+            return Availability(False, f"dockerd does not answer: {exc}", fix)
+        return Availability(True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _image(self, image: str) -> str:
+        """The reference to create from; built-in images are built here once if missing."""
+        if not is_builtin(image):
+            return image  # a missing image surfaces as ImageNotFound from create
+        reference = f"{image}:{IMAGE_VERSION}"
+        if reference in self._ready_images:
+            return reference
+        with self._image_lock, docker_errors():
+            try:
+                self._api.inspect_image(reference)
+            except Exception as exc:
+                if "No such image" not in str(exc) and "404" not in str(exc):
+                    raise
+                with timed("docker image build", image=reference):
+                    logger.info("building %s from busybox-static (first use)", reference)
+                    self._api.import_image_from_data(
+                        build_rootfs_tar(), repository=image, tag=IMAGE_VERSION,
+                        changes=['CMD ["/bin/sh"]', "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                    )
+            self._ready_images.add(reference)
+        return reference
+
+    def create(self, plan: LaunchPlan) -> Handle:
+        image = self._image(plan.spec.image)
+        with docker_errors():
+            network = None
+            if plan.network == "isolated":
+                # A private network per sandbox: internal means no route out of it.
+                network = self._client.networks.create(
+                    plan.name, driver="bridge", internal=True, labels=dict(plan.labels)
+                ).name
+            elif plan.network == "bridge":
+                network = "bridge"
+            container = self._client.containers.create(**create_arguments(plan, image, network))
+            container.start()
+        return Handle(container.id, plan.name, container)
+
+    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+        with docker_errors():
+            exec_id = self._api.exec_create(
+                handle.id,
+                list(request.argv),
+                stdin=request.stdin is not None,
+                environment=dict(request.env) or None,
+                workdir=request.workdir,
+                user=request.user or "",
+            )["Id"]
+            raw = self._api.exec_start(exec_id, socket=True)
+        return stream_exec(
+            raw,
+            request.stdin,
+            request.timeout,
+            kill=lambda: self._kill_exec(exec_id),
+            exit_code=lambda: self._exit_code(exec_id),
+        )
+
+    def _kill_exec(self, exec_id: str) -> None:
+        with docker_errors():
+            pid = self._api.exec_inspect(exec_id).get("Pid") or 0
+        if not pid or not kill_process_tree(pid):
+            logger.warning("cannot kill exec %s from this host (remote engine?)", exec_id[:12])
+
+    def _exit_code(self, exec_id: str) -> int:
+        # The stream can close a moment before the engine records the exit code.
+        with docker_errors():
+            for _ in range(100):
+                info = self._api.exec_inspect(exec_id)
+                if not info.get("Running") and info.get("ExitCode") is not None:
+                    return int(info["ExitCode"])
+                time.sleep(0.01)
+        return -1
+
+    def stop(self, handle: Handle, timeout: float) -> None:
+        with docker_errors():
+            self._api.stop(handle.id, timeout=max(0, int(timeout)))
+
+    def remove(self, name: str) -> None:
+        with docker_errors():
+            with contextlib.suppress(docker.errors.NotFound):
+                self._api.remove_container(name, force=True, v=True)
+            # The sandbox's private network, when it had one; only ours (by label) go.
+            for network in self._api.networks(names=[name], filters=_OURS):
+                if network["Name"] == name:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self._api.remove_network(network["Id"])
+
+    def state(self, handle: Handle) -> SandboxState:
+        with docker_errors():
+            try:
+                status = self._api.inspect_container(handle.id)["State"]["Status"]
+            except Exception as exc:
+                if "No such container" in str(exc):
+                    return SandboxState.DESTROYED
+                raise
+        return _STATES.get(status, SandboxState.UNKNOWN)
+
+    def logs(self, handle: Handle) -> str:
+        with docker_errors():
+            data: bytes = self._api.logs(handle.id, stdout=True, stderr=True)
+        return data.decode("utf-8", "replace")
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        with docker_errors():
+            containers: list[dict[str, Any]] = self._api.containers(all=True, filters=_OURS)
+        return [
+            SandboxInfo(
+                backend=self.name,
+                id=c["Id"],
+                name=c["Names"][0].lstrip("/"),
+                state=_STATES.get(c["State"], SandboxState.UNKNOWN),
+                labels=c["Labels"],
+            )
+            for c in containers
+        ]

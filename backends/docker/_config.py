@@ -1,0 +1,65 @@
+"""A launch plan turned into docker `containers.create` arguments (pure: no engine calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sandboxer._backend import LaunchPlan
+
+# PID 1 when the spec gives no command: docker-init (tini) reaps and forwards signals,
+# and a long sleep keeps the container up for exec.
+KEEPALIVE = ("sleep", "2147483647")
+
+
+def security_options(plan: LaunchPlan) -> list[str]:
+    profile = plan.profile
+    options = []
+    if profile.no_new_privileges:
+        options.append("no-new-privileges:true")
+    if profile.seccomp is not None:
+        # The API takes the policy itself, not a path (the CLI reads the file for you).
+        options.append("seccomp=" + profile.seccomp.read_text())
+    return options
+
+
+def tmpfs_mounts(plan: LaunchPlan) -> dict[str, str]:
+    return {
+        path: f"rw,nosuid,nodev,size={size},mode=1777"
+        for path, size in plan.profile.tmpfs.items()
+    }
+
+
+def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[str, Any]:
+    """Keyword arguments for `DockerClient.containers.create` that honour every plan field."""
+    spec, profile = plan.spec, plan.profile
+    arguments: dict[str, Any] = {
+        "image": image,
+        "command": list(spec.command or KEEPALIVE),
+        "name": plan.name,
+        "hostname": plan.name,
+        "labels": dict(plan.labels),
+        "environment": dict(spec.env),
+        "working_dir": spec.workdir,
+        "user": plan.user or "",
+        "init": True,
+        "detach": True,
+        "cap_drop": list(profile.cap_drop) or None,
+        "cap_add": list(profile.cap_add) or None,
+        "security_opt": security_options(plan) or None,
+        "read_only": profile.read_only_root,
+        "tmpfs": tmpfs_mounts(plan) or None,
+        "volumes": {
+            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
+        } or None,
+        "ports": {
+            f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports
+        } or None,
+        "network_mode": "none" if plan.network == "none" else None,
+        "network": network,
+        "pids_limit": plan.pids,
+        "mem_limit": plan.memory,
+        # Same as the memory limit: no swap, so the limit is what the sandbox really gets.
+        "memswap_limit": plan.memory,
+        "nano_cpus": int(plan.cpus * 1e9) if plan.cpus else None,
+    }
+    return {key: value for key, value in arguments.items() if value is not None}

@@ -1,0 +1,60 @@
+"""Every docker SDK exception mapped onto sandboxer's error tree, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sandboxer._errors import (
+    BackendUnavailable,
+    EngineError,
+    ImageNotFound,
+    InvalidSpec,
+    SandboxError,
+    SandboxExists,
+    SandboxNotFound,
+)
+
+from ._sdk import docker, requests
+
+_errors = docker.errors
+# Most specific first: the first class the exception is an instance of decides.
+MAPPING: tuple[tuple[type[BaseException], type[SandboxError]], ...] = (
+    (_errors.ImageNotFound, ImageNotFound),
+    (_errors.NotFound, SandboxNotFound),
+    (_errors.InvalidArgument, InvalidSpec),
+    (_errors.InvalidRepository, InvalidSpec),
+    (_errors.InvalidVersion, BackendUnavailable),
+    (_errors.TLSParameterError, BackendUnavailable),
+    (_errors.InvalidConfigFile, BackendUnavailable),
+    (_errors.ContextException, BackendUnavailable),
+    (_errors.APIError, EngineError),
+    (_errors.DockerException, EngineError),
+    (requests.exceptions.ConnectionError, BackendUnavailable),
+    (requests.exceptions.Timeout, BackendUnavailable),
+    (requests.exceptions.RequestException, EngineError),
+)
+_FIX = "start dockerd (scripts/setup-engines.sh docker) or set DOCKER_HOST"
+
+
+def translate(exc: BaseException) -> SandboxError:
+    """The sandboxer error for a docker SDK (or transport) exception."""
+    if isinstance(exc, _errors.APIError) and exc.status_code == 409 and "already in use" in str(exc):
+        return SandboxExists(str(exc))
+    for source, target in MAPPING:
+        if isinstance(exc, source):
+            if target is BackendUnavailable:
+                return BackendUnavailable("docker", str(exc), _FIX)
+            if target is InvalidSpec:
+                return InvalidSpec("docker", str(exc))
+            return target(str(exc))
+    return EngineError(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def docker_errors() -> Iterator[None]:
+    """Re-raise any docker SDK exception as its sandboxer error."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise translate(exc) from exc

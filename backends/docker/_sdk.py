@@ -1,0 +1,14 @@
+"""The docker SDK, or BackendUnavailable with the install hint when it is missing."""
+
+from sandboxer._errors import BackendUnavailable
+
+try:
+    import docker
+    import docker.errors
+    import requests.exceptions
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise BackendUnavailable(
+        "docker", f"the docker SDK is not installed ({exc})", "pip install 'sandboxer[docker]'"
+    ) from exc
+
+__all__ = ["docker", "requests"]

@@ -1,0 +1,85 @@
+"""sandboxer: one API to launch isolated sandboxes on Docker, Incus/LXC and libvirt/QEMU."""
+
+from ._backend import (
+    Availability,
+    Backend,
+    Capabilities,
+    Check,
+    ControlStatus,
+    ExecRequest,
+    ExitStatus,
+    Handle,
+    LaunchPlan,
+    SandboxInfo,
+    SandboxState,
+)
+from ._errors import (
+    BackendUnavailable,
+    EngineError,
+    ExecTimeout,
+    ImageNotFound,
+    InvalidSpec,
+    SandboxError,
+    SandboxExists,
+    SandboxFileNotFound,
+    SandboxNotFound,
+    UnsupportedFeature,
+)
+from ._launch import launch
+from ._models import (
+    ExecResult,
+    Mount,
+    PortMapping,
+    Requirements,
+    Resources,
+    SandboxSpec,
+)
+from ._profiles import CONTROLS, Profile, builtin_profiles, load_profile
+from ._registry import backend_names, get_backend, register_backend, unregister_backend
+from ._sandbox import ExecStream, Sandbox
+from ._selector import Selection, select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONTROLS",
+    "Availability",
+    "Backend",
+    "BackendUnavailable",
+    "Capabilities",
+    "Check",
+    "ControlStatus",
+    "EngineError",
+    "ExecRequest",
+    "ExecResult",
+    "ExecStream",
+    "ExecTimeout",
+    "ExitStatus",
+    "Handle",
+    "ImageNotFound",
+    "InvalidSpec",
+    "LaunchPlan",
+    "Mount",
+    "PortMapping",
+    "Profile",
+    "Requirements",
+    "Resources",
+    "Sandbox",
+    "SandboxError",
+    "SandboxExists",
+    "SandboxFileNotFound",
+    "SandboxInfo",
+    "SandboxNotFound",
+    "SandboxSpec",
+    "SandboxState",
+    "Selection",
+    "UnsupportedFeature",
+    "backend_names",
+    "builtin_profiles",
+    "get_backend",
+    "launch",
+    "load_profile",
+    "register_backend",
+    "select",
+    "unregister_backend",
+]

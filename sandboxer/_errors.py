@@ -1,0 +1,62 @@
+"""The one error tree every sandboxer call raises from."""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base of every error sandboxer raises."""
+
+
+class InvalidSpec(SandboxError, ValueError):
+    """A spec, profile or argument is invalid; raised before any engine is touched."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class BackendUnavailable(SandboxError):
+    """An engine or its SDK cannot be used; the message says why and how to fix it."""
+
+    def __init__(self, backend: str, reason: str, fix: str | None = None) -> None:
+        self.backend = backend
+        self.reason = reason
+        self.fix = fix
+        text = f"backend {backend!r} is unavailable: {reason}"
+        super().__init__(f"{text}\n  fix: {fix}" if fix else text)
+
+
+class ImageNotFound(SandboxError):
+    """The image does not exist on the engine and cannot be built."""
+
+
+class SandboxNotFound(SandboxError):
+    """The sandbox does not exist (any more) on its engine."""
+
+
+class UnsupportedFeature(SandboxError):
+    """A backend cannot honour part of a spec or profile; it refuses instead of ignoring it."""
+
+
+class ExecTimeout(SandboxError):
+    """An exec ran past its timeout and the caller asked for an exception."""
+
+    def __init__(self, argv: tuple[str, ...], timeout: float, stdout: bytes, stderr: bytes) -> None:
+        self.argv = argv
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(f"{list(argv)!r} did not finish within {timeout}s and was killed")
+
+
+class EngineError(SandboxError):
+    """The engine refused or failed an operation that has no more specific error."""
+
+
+class SandboxFileNotFound(SandboxError, FileNotFoundError):
+    """A path asked for inside a sandbox does not exist there."""
+
+
+class SandboxExists(SandboxError):
+    """A sandbox with the requested name already exists on the engine."""

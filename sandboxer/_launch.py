@@ -1,0 +1,96 @@
+"""`launch`: spec -> selection -> plan -> engine, with cleanup whatever goes wrong."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+from typing import Any
+
+import attrs
+
+from ._backend import Backend, LaunchPlan
+from ._errors import SandboxExists, UnsupportedFeature
+from ._labels import new_name, ownership_labels
+from ._log import logger, timed
+from ._models import SandboxSpec
+from ._ports import assign_host_ports
+from ._registry import get_backend
+from ._sandbox import Sandbox
+from ._selector import select
+
+# Sandboxes this process launched and has not destroyed; removed at interpreter exit.
+_live: list[object] = []
+_live_lock = threading.Lock()
+
+
+def make_plan(spec: SandboxSpec) -> LaunchPlan:
+    """Resolve every default of `spec`: name, labels, network, host ports, user, limits."""
+    profile = spec.profile
+    res = spec.resources
+    return LaunchPlan(
+        spec=spec,
+        name=spec.name or new_name(),
+        labels={**spec.labels, **ownership_labels()},
+        network=spec.effective_network,
+        ports=assign_host_ports(spec.ports),
+        user=spec.user if spec.user is not None else profile.user,
+        cpus=res.cpus if res.cpus is not None else profile.cpus,
+        memory=res.memory if res.memory is not None else profile.memory,
+        pids=res.pids if res.pids is not None else profile.pids,
+    )
+
+
+def _create(backend: Backend, plan: LaunchPlan) -> Any:
+    try:
+        with timed("create", backend=backend.name, sandbox=plan.name):
+            return backend.create(plan)
+    except SandboxExists:
+        raise  # the name belongs to someone else: nothing of ours to remove
+    except BaseException:
+        # Start failed halfway (or we were interrupted): leave nothing behind.
+        with contextlib.suppress(Exception):
+            backend.remove(plan.name)
+        raise
+
+
+def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
+    """Start a sandbox for `spec` (or for the given SandboxSpec fields) and return it.
+
+    Use it as a context manager: leaving the block destroys the sandbox.
+    """
+    if spec is None:
+        spec = SandboxSpec(**fields)
+    elif fields:
+        spec = attrs.evolve(spec, **fields)
+    selection = select(spec)
+    logger.debug("selection: %s", selection.explain().replace("\n", " | "))
+    backend = get_backend(selection.backend)
+    plan = make_plan(spec)
+    enforcement = backend.enforcement(plan)
+    refused = {
+        control: status.mechanism
+        for control, status in enforcement.items()
+        if not status.enforced and control not in spec.allow_unenforced
+    }
+    if refused:
+        details = "; ".join(f"{c}: {why}" for c, why in refused.items())
+        raise UnsupportedFeature(
+            f"backend {backend.name!r} cannot enforce profile {spec.profile.name!r} controls "
+            f"({details}); pass allow_unenforced={sorted(refused)} to accept that"
+        )
+    handle = _create(backend, plan)
+    sandbox = Sandbox(backend, handle, plan, enforcement, _live)
+    with _live_lock:
+        _live.append(sandbox)
+    return sandbox
+
+
+@atexit.register
+def _destroy_leftovers() -> None:
+    for sandbox in list(_live):
+        assert isinstance(sandbox, Sandbox)
+        try:
+            sandbox.destroy()
+        except Exception:
+            logger.exception("could not destroy %s at exit", sandbox.name)

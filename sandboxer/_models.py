@@ -1,0 +1,376 @@
+"""Frozen value classes of the public API, validated at construction.
+
+Every check here runs before any engine is touched; a failure is an `InvalidSpec`
+that names the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidSpec
+from ._profiles import CONTROLS, NETWORKS, Profile, load_profile
+from ._units import parse_size
+
+KINDS = ("app", "system", "vm")
+# Ordered weakest to strongest: shared kernel, shared kernel with a user namespace, own kernel.
+ISOLATION_LEVELS = ("process", "user", "kernel")
+RESERVED_LABEL_PREFIX = "sandboxer."
+# Sockets that hand whoever reaches them control of an engine (and so of the host).
+ENGINE_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/var/lib/incus/unix.socket",
+    "/var/lib/lxd/unix.socket",
+    "/var/snap/lxd/common/lxd/unix.socket",
+    "/run/libvirt/libvirt-sock",
+    "/var/run/libvirt/libvirt-sock",
+    "/run/podman/podman.sock",
+)
+_FORBIDDEN_GUEST_DIRS = ("/proc", "/sys")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _fail(field: str, message: str) -> InvalidSpec:
+    return InvalidSpec(field, message)
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _guest_path(field: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(field, f"expected a non-empty path, got {value!r}")
+    if "\0" in value:
+        raise _fail(field, "contains a NUL byte")
+    if not value.startswith("/"):
+        raise _fail(field, f"must be an absolute path inside the sandbox, got {value!r}")
+    normal = os.path.normpath(value)
+    return "/" + normal.lstrip("/")
+
+
+@attrs.frozen
+class Mount:
+    """A host directory or file shared into the sandbox at `target`."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.source, str | os.PathLike) or not str(self.source):
+            raise _fail("Mount.source", f"expected a host path, got {self.source!r}")
+        source = os.path.abspath(os.fspath(self.source))
+        if not os.path.exists(source):
+            raise _fail("Mount.source", f"does not exist on the host: {source}")
+        target = _guest_path("Mount.target", self.target)
+        if target == "/":
+            raise _fail("Mount.target", "cannot mount over the sandbox's root '/'")
+        if any(_is_under(target, d) for d in _FORBIDDEN_GUEST_DIRS):
+            raise _fail("Mount.target", f"cannot mount over kernel file systems: {target}")
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "target", target)
+
+    @classmethod
+    def parse(cls, text: str) -> Mount:
+        """`SRC:DST[:ro|rw]`, as in `docker run -v`."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise _fail("mounts", f"expected SRC:DST[:ro|rw], got {text!r}")
+        return cls(source=parts[0], target=parts[1], read_only=parts[2:] == ["ro"])
+
+
+@attrs.frozen
+class PortMapping:
+    """A sandbox port published on the host; host_port None picks a free one."""
+
+    guest_port: int
+    host_port: int | None = None
+    host_ip: str = "127.0.0.1"
+    protocol: str = "tcp"
+
+    def __attrs_post_init__(self) -> None:
+        for field in ("guest_port", "host_port"):
+            port = getattr(self, field)
+            if port is None and field == "host_port":
+                continue
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise _fail(f"PortMapping.{field}", f"must be a port in 1-65535, got {port!r}")
+        try:
+            ipaddress.ip_address(self.host_ip)
+        except ValueError:
+            raise _fail("PortMapping.host_ip", f"not an IP address: {self.host_ip!r}") from None
+        if self.protocol not in ("tcp", "udp"):
+            raise _fail("PortMapping.protocol", f"must be 'tcp' or 'udp', got {self.protocol!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        """`[IP:]HOST:GUEST[/udp]` or `GUEST`, as in `docker run -p` (empty HOST picks one)."""
+        spec, _, protocol = text.partition("/")
+        parts = spec.rsplit(":", 2)
+        try:
+            numbers = [int(p) if p else None for p in parts[-2:]]
+        except ValueError:
+            raise _fail("ports", f"expected [IP:]HOST:GUEST, got {text!r}") from None
+        guest = numbers[-1]
+        if guest is None:
+            raise _fail("ports", f"expected [IP:]HOST:GUEST, got {text!r}")
+        return cls(
+            guest_port=guest,
+            host_port=numbers[0] if len(parts) >= 2 else None,
+            host_ip=parts[0] if len(parts) == 3 else "127.0.0.1",
+            protocol=protocol or "tcp",
+        )
+
+
+def _optional_size(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise _fail("Resources.memory", str(exc)) from None
+
+
+@attrs.frozen
+class Resources:
+    """Limits; None takes the profile's value."""
+
+    cpus: float | None = None
+    memory: int | None = attrs.field(default=None, converter=_optional_size)
+    pids: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.cpus is not None and (
+            isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus <= 0
+        ):
+            raise _fail("Resources.cpus", f"must be a positive number, got {self.cpus!r}")
+        if self.pids is not None and (
+            isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 1
+        ):
+            raise _fail("Resources.pids", f"must be a positive integer, got {self.pids!r}")
+
+
+@attrs.frozen
+class Requirements:
+    """What the task needs; the selector picks an engine from it."""
+
+    kind: str | None = None
+    isolation: str | None = None
+    init: bool = False
+    custom_kernel: bool = False
+    nested: bool = False
+    max_start_seconds: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise _fail("Requirements.kind", f"must be one of {KINDS}, got {self.kind!r}")
+        if self.isolation is not None and self.isolation not in ISOLATION_LEVELS:
+            raise _fail(
+                "Requirements.isolation", f"must be one of {ISOLATION_LEVELS}, got {self.isolation!r}"
+            )
+        if self.max_start_seconds is not None and not self.max_start_seconds > 0:
+            raise _fail(
+                "Requirements.max_start_seconds", f"must be positive, got {self.max_start_seconds!r}"
+            )
+
+
+def _to(cls: type[Any], field: str) -> Any:
+    """Converter accepting an instance of `cls` or a mapping of its fields."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            try:
+                return cls(**value)
+            except TypeError as exc:
+                raise _fail(field, str(exc)) from None
+        if not isinstance(value, cls):
+            raise _fail(field, f"expected {cls.__name__} or a dict, got {value!r}")
+        return value
+
+    return convert
+
+
+def _items(cls: type[Any], field: str) -> Any:
+    convert = _to(cls, field)
+
+    def convert_all(values: Sequence[Any] | None) -> tuple[Any, ...]:
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
+            raise _fail(field, f"expected a list, got {values!r}")
+        return tuple(convert(v) for v in values)
+
+    return convert_all
+
+
+def _string_map(field: str) -> Any:
+    def convert(value: Mapping[str, str] | None) -> Mapping[str, str]:
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, Mapping):
+            raise _fail(field, f"expected a dict of strings, got {value!r}")
+        for key, item in value.items():
+            if not isinstance(key, str) or not isinstance(item, str):
+                raise _fail(f"{field}[{key!r}]", "keys and values must be strings")
+            if "\0" in key or "\0" in item:
+                raise _fail(f"{field}[{key!r}]", "contains a NUL byte")
+        return MappingProxyType(dict(value))
+
+    return convert
+
+
+def _command(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    argv = shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(argv, Sequence) or not all(isinstance(a, str) for a in argv):
+        raise _fail("command", f"expected a list of strings, got {value!r}")
+    if not argv:
+        raise _fail("command", "must not be empty (use None for the image's default)")
+    return tuple(argv)
+
+
+def _profile(value: str | Path | Profile) -> Profile:
+    return load_profile(value)
+
+
+def _allow_unenforced(value: Sequence[str] | None) -> frozenset[str]:
+    controls = frozenset(value or ())
+    unknown = sorted(controls - set(CONTROLS))
+    if unknown:
+        raise _fail("allow_unenforced", f"unknown controls {unknown}; known: {list(CONTROLS)}")
+    return controls
+
+
+@attrs.frozen
+class SandboxSpec:
+    """Everything needed to launch one sandbox, on any backend."""
+
+    image: str = "sandboxer/minimal"
+    command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_string_map("env"))
+    workdir: str | None = None
+    user: str | None = None
+    name: str | None = None
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_string_map("labels"))
+    mounts: tuple[Mount, ...] = attrs.field(factory=tuple, converter=_items(Mount, "mounts"))
+    ports: tuple[PortMapping, ...] = attrs.field(
+        factory=tuple, converter=_items(PortMapping, "ports")
+    )
+    resources: Resources = attrs.field(factory=Resources, converter=_to(Resources, "resources"))
+    profile: Profile = attrs.field(default="hardened", converter=_profile)
+    network: str | None = None
+    requirements: Requirements = attrs.field(
+        factory=Requirements, converter=_to(Requirements, "requirements")
+    )
+    backend: str | None = None
+    # Profile controls the caller accepts to go unenforced on the chosen backend.
+    allow_unenforced: frozenset[str] = attrs.field(factory=frozenset, converter=_allow_unenforced)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.image, str) or not self.image or any(c.isspace() for c in self.image):
+            raise _fail("image", f"expected an image name without spaces, got {self.image!r}")
+        for key in self.env:
+            if not _ENV_KEY.match(key):
+                raise _fail(f"env[{key!r}]", "not a valid environment variable name")
+        for key in self.labels:
+            if key.startswith(RESERVED_LABEL_PREFIX):
+                raise _fail(f"labels[{key!r}]", f"the prefix {RESERVED_LABEL_PREFIX!r} is reserved")
+        if self.workdir is not None:
+            workdir = _guest_path("workdir", self.workdir)
+            if any(_is_under(workdir, d) for d in _FORBIDDEN_GUEST_DIRS):
+                raise _fail("workdir", f"cannot be under /proc or /sys: {workdir}")
+        if self.user is not None and (not isinstance(self.user, str) or not self.user.strip()):
+            raise _fail("user", f"expected 'name', 'uid' or 'uid:gid', got {self.user!r}")
+        if self.name is not None and (not isinstance(self.name, str) or not _NAME.match(self.name)):
+            raise _fail("name", "letters, digits and '-', at most 63, not starting with '-'")
+        if self.network is not None and self.network not in NETWORKS:
+            raise _fail("network", f"must be one of {NETWORKS}, got {self.network!r}")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise _fail("backend", f"expected a backend name, got {self.backend!r}")
+        self._check_mounts()
+        self._check_ports()
+
+    def _check_mounts(self) -> None:
+        targets: set[str] = set()
+        for index, mount in enumerate(self.mounts):
+            field = f"mounts[{index}]"
+            if mount.target in targets:
+                raise _fail(f"{field}.target", f"{mount.target} is mounted twice")
+            targets.add(mount.target)
+            reason = mount_refusal(self.profile, mount.source)
+            if reason:
+                raise _fail(f"{field}.source", reason)
+
+    def _check_ports(self) -> None:
+        if self.ports and self.network == "none":
+            raise _fail("ports", "publishing ports needs network 'isolated' or 'bridge', not 'none'")
+        seen_host: set[tuple[str, int, str]] = set()
+        seen_guest: set[tuple[int, str]] = set()
+        for index, port in enumerate(self.ports):
+            guest_key = (port.guest_port, port.protocol)
+            if guest_key in seen_guest:
+                raise _fail(f"ports[{index}].guest_port", f"{port.guest_port} is published twice")
+            seen_guest.add(guest_key)
+            if port.host_port is None:
+                continue
+            host_key = (port.host_ip, port.host_port, port.protocol)
+            if host_key in seen_host:
+                raise _fail(f"ports[{index}].host_port", f"{port.host_port} is used twice")
+            seen_host.add(host_key)
+
+    @property
+    def effective_network(self) -> str:
+        """The network asked for, else bridge when ports are published, else the profile's."""
+        if self.network is not None:
+            return self.network
+        return "bridge" if self.ports else self.profile.network
+
+
+def mount_refusal(profile: Profile, source: str) -> str | None:
+    """Why `profile` forbids sharing the host path `source`, or None when it allows it."""
+    real = os.path.realpath(source)
+    if real in profile.deny_mount_exact:
+        return f"the profile {profile.name!r} forbids mounting {real}"
+    for parent in profile.deny_mount_under:
+        if _is_under(real, parent):
+            return f"the profile {profile.name!r} forbids mounting {parent} or anything under it"
+    if profile.deny_engine_sockets:
+        for socket_path in ENGINE_SOCKETS:
+            real_socket = os.path.realpath(socket_path)
+            if _is_under(real_socket, real) or _is_under(socket_path, real):
+                return (
+                    f"the profile {profile.name!r} forbids exposing the engine socket {socket_path}"
+                )
+    return None
+
+
+@attrs.frozen
+class ExecResult:
+    """The outcome of one command run in a sandbox."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def text(self) -> str:
+        """stdout decoded as UTF-8 (replacing what is not)."""
+        return self.stdout.decode("utf-8", "replace")

@@ -1,0 +1,166 @@
+"""Security profiles: data files in profiles/ loaded into a frozen `Profile`."""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidSpec
+from ._units import parse_size
+
+NETWORKS = ("none", "isolated", "bridge")
+
+# Every control a profile can ask for, in the order reports show them.
+CONTROLS = (
+    "capabilities",
+    "no_new_privileges",
+    "seccomp",
+    "read_only_root",
+    "non_root_user",
+    "pids_limit",
+    "memory_limit",
+    "cpu_limit",
+    "network",
+)
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _optional_size(value: int | str | None) -> int | None:
+    return None if value is None else parse_size(value)
+
+
+@attrs.frozen
+class Profile:
+    """A named set of security controls; each backend maps each control to its mechanism."""
+
+    name: str
+    description: str = ""
+    cap_drop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    cap_add: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    no_new_privileges: bool = False
+    seccomp: Path | None = None  # an OCI/Docker seccomp JSON; None = the engine's default
+    read_only_root: bool = False
+    tmpfs: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    user: str | None = None
+    pids: int | None = None
+    memory: int | None = attrs.field(default=None, converter=_optional_size)
+    cpus: float | None = None
+    network: str = "bridge"
+    deny_mount_exact: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    deny_mount_under: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    deny_engine_sockets: bool = False
+    # Per-backend extras, e.g. {"incus": {"security.idmap.isolated": "true"}}.
+    backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(
+        factory=dict, converter=_frozen_mapping
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise InvalidSpec("profile.network", f"must be one of {NETWORKS}, got {self.network!r}")
+        if self.pids is not None and self.pids < 1:
+            raise InvalidSpec("profile.limits.pids", f"must be at least 1, got {self.pids}")
+        if self.cpus is not None and self.cpus <= 0:
+            raise InvalidSpec("profile.limits.cpus", f"must be positive, got {self.cpus}")
+
+    def controls(self) -> tuple[str, ...]:
+        """The controls this profile asks a backend to enforce."""
+        wanted = {
+            "capabilities": bool(self.cap_drop),
+            "no_new_privileges": self.no_new_privileges,
+            "seccomp": self.seccomp is not None,
+            "read_only_root": self.read_only_root,
+            "non_root_user": self.user is not None,
+            "pids_limit": self.pids is not None,
+            "memory_limit": self.memory is not None,
+            "cpu_limit": self.cpus is not None,
+            "network": self.network == "none",
+        }
+        return tuple(control for control in CONTROLS if wanted[control])
+
+    def derive(self, name: str, **changes: Any) -> Profile:
+        """A new profile based on this one: `hardened.derive("web", cap_add=["NET_BIND_SERVICE"])`."""
+        return attrs.evolve(self, name=name, **changes)
+
+
+# Where each TOML key lands on `Profile`; sections keep the files readable.
+_LAYOUT: dict[str, dict[str, str]] = {
+    "security": {
+        "cap_drop": "cap_drop",
+        "cap_add": "cap_add",
+        "no_new_privileges": "no_new_privileges",
+        "seccomp": "seccomp",
+        "read_only_root": "read_only_root",
+        "user": "user",
+    },
+    "filesystem": {
+        "tmpfs": "tmpfs",
+        "deny_mount_exact": "deny_mount_exact",
+        "deny_mount_under": "deny_mount_under",
+        "deny_engine_sockets": "deny_engine_sockets",
+    },
+    "limits": {"pids": "pids", "memory": "memory", "cpus": "cpus"},
+    "network": {"mode": "network"},
+}
+
+
+def _builtin_dir() -> Path:
+    return Path(str(importlib.resources.files("sandboxer.profiles")))
+
+
+def builtin_profiles() -> list[str]:
+    """Names of the profiles shipped with sandboxer."""
+    return sorted(path.stem for path in _builtin_dir().glob("*.toml"))
+
+
+def _profile_fields(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    fields: dict[str, Any] = {"description": data.pop("description", "")}
+    fields["name"] = data.pop("name")
+    fields["backend_options"] = data.pop("backend", {})
+    for section, keys in _LAYOUT.items():
+        values = data.pop(section, {})
+        for key, value in values.items():
+            if key not in keys:
+                raise InvalidSpec(f"profile.{section}.{key}", "unknown key")
+            fields[keys[key]] = value
+    if data:
+        raise InvalidSpec(f"profile.{next(iter(data))}", "unknown key or section")
+    if fields.get("seccomp") is not None:
+        fields["seccomp"] = (base_dir / fields["seccomp"]).resolve()
+        if not fields["seccomp"].is_file():
+            raise InvalidSpec("profile.security.seccomp", f"no such file: {fields['seccomp']}")
+    if "tmpfs" in fields:
+        fields["tmpfs"] = {path: parse_size(size) for path, size in fields["tmpfs"].items()}
+    return fields
+
+
+def load_profile(name_or_path: str | Path | Profile) -> Profile:
+    """A built-in profile by name ("hardened", "default", "strict"), or a TOML file by path."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    if not isinstance(name_or_path, str | Path):
+        raise InvalidSpec("profile", f"expected a name, a path or a Profile, got {name_or_path!r}")
+    text = str(name_or_path)
+    path = Path(text) if ("/" in text or text.endswith(".toml")) else _builtin_dir() / f"{text}.toml"
+    if not path.is_file():
+        known = ", ".join(builtin_profiles())
+        raise InvalidSpec("profile", f"unknown profile {text!r} (built-in: {known}; or a .toml path)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidSpec("profile", f"{path} is not valid TOML: {exc}") from exc
+    data.setdefault("name", path.stem)
+    try:
+        return Profile(**_profile_fields(data, path.parent))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidSpec):
+            raise
+        raise InvalidSpec("profile", f"{path}: {exc}") from exc
