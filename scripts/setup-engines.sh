@@ -40,56 +40,10 @@ start_daemon() {  # start_daemon NAME LOGFILE COMMAND...: detached, outlives thi
     setsid "$@" >"$logfile" 2>&1 < /dev/null &
 }
 
-setup_docker() {
-    apt_install docker.io busybox-static
-    if ! docker info >/dev/null 2>&1; then
-        start_daemon dockerd /var/log/sandboxer-dockerd.log dockerd
-        wait_for dockerd 60 docker info
-    fi
-    log "docker ready: $(docker version --format '{{.Server.Version}}')"
-}
-
-setup_incus() {
-    local src=/etc/apt/sources.list.d/sandboxer-backports.sources
-    if [ ! -f "$src" ]; then
-        cat >"$src" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-        apt_updated=0
-    fi
-    # Not the `incus` meta package: it pulls QEMU 10, which breaks libvirt 9.0.
-    apt_install busybox-static incus-base/bookworm-backports incus-client/bookworm-backports
-    if ! incus info >/dev/null 2>&1; then
-        start_daemon incusd /var/log/sandboxer-incusd.log /usr/libexec/incus/incusd --group root
-        wait_for incusd 60 incus info
-    fi
-    incus storage show default >/dev/null 2>&1 || incus storage create default dir >/dev/null
-    incus profile device get default root pool >/dev/null 2>&1 \
-        || incus profile device add default root disk path=/ pool=default >/dev/null
-    log "incus ready: $(incus version | tail -1)"
-}
-
-setup_libvirt() {
-    apt_install libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
-        libvirt-dev pkg-config qemu-guest-agent busybox-static cpio
-    # A root-only /dev/kvm makes libvirt re-probe QEMU (~40 s) at every domain start.
-    if [ -e /dev/kvm ]; then
-        getent group kvm >/dev/null || groupadd -r kvm
-        chgrp kvm /dev/kvm && chmod 660 /dev/kvm
-    fi
-    pgrep -x virtlogd >/dev/null || start_daemon virtlogd /var/log/sandboxer-virtlogd.log virtlogd
-    if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-        pgrep -x libvirtd >/dev/null || start_daemon libvirtd /var/log/sandboxer-libvirtd.log libvirtd
-        wait_for libvirtd 60 virsh -c qemu:///system version
-    fi
-    log "libvirt ready"
-}
-
-wants docker && setup_docker
-wants incus && setup_incus
-wants libvirt && setup_libvirt
-exit 0
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+for engine in "${want[@]}"; do
+    case "$engine" in
+        docker|incus|libvirt) source "$here/setup/$engine.sh"; "setup_$engine" ;;
+        *) log "unknown engine $engine (docker, incus, libvirt)"; exit 2 ;;
+    esac
+done
