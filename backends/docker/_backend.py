@@ -38,7 +38,12 @@ _STATES = {
     "exited": SandboxState.STOPPED,
     "dead": SandboxState.STOPPED,
 }
-_OURS = {"label": f"{MANAGED}=true"}
+_OURS = f"{MANAGED}=true"
+
+
+def _ours() -> dict[str, str]:
+    # A new dict per call: the SDK adds keys to the filters it is given.
+    return {"label": _OURS}
 
 
 def _socket_path() -> str | None:
@@ -180,7 +185,7 @@ class DockerBackend(Backend):
             with contextlib.suppress(docker.errors.NotFound):
                 self._api.remove_container(name, force=True, v=True)
             # The sandbox's private network, when it had one; only ours (by label) go.
-            for network in self._api.networks(names=[name], filters=_OURS):
+            for network in self._api.networks(names=[name], filters=_ours()):
                 if network["Name"] == name:
                     with contextlib.suppress(docker.errors.NotFound):
                         self._api.remove_network(network["Id"])
@@ -202,7 +207,7 @@ class DockerBackend(Backend):
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with docker_errors():
-            containers: list[dict[str, Any]] = self._api.containers(all=True, filters=_OURS)
+            containers: list[dict[str, Any]] = self._api.containers(all=True, filters=_ours())
         return [
             SandboxInfo(
                 backend=self.name,

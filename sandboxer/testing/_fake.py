@@ -1,0 +1,305 @@
+"""An in-memory fake engine: the whole Backend contract without a kernel (unit tests only).
+
+Files live in a dict, mounts are real host directories, commands run through a tiny
+interpreter of the busybox commands the contract suite uses, and `httpd` serves files
+on the mapped host port so the port contract holds end to end. It enforces nothing.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import posixpath
+import shlex
+import tarfile
+import threading
+import uuid
+from collections.abc import Callable
+from typing import ClassVar
+
+import attrs
+
+from .._backend import (
+    Availability,
+    Backend,
+    Capabilities,
+    ExecGenerator,
+    ExecRequest,
+    ExitStatus,
+    Handle,
+    LaunchPlan,
+    SandboxInfo,
+    SandboxState,
+)
+from .._errors import ImageNotFound, SandboxExists, SandboxFileNotFound, SandboxNotFound
+from .._profiles import CONTROLS
+from ..images import is_builtin
+
+_USERS = {"root": 0, "sandbox": 1000, "nobody": 65534}
+
+
+@attrs.define
+class _FakeSandbox:
+    plan: LaunchPlan
+    id: str
+    files: dict[str, bytes] = attrs.Factory(dict)
+    dirs: set[str] = attrs.Factory(lambda: {"/", "/tmp", "/home/sandbox", "/etc"})
+    state: SandboxState = SandboxState.RUNNING
+    servers: list[http.server.ThreadingHTTPServer] = attrs.Factory(list)
+    calls: list[tuple[str, ...]] = attrs.Factory(list)
+
+    def host_path(self, path: str) -> tuple[str | None, bool]:
+        """(host path, read_only) when `path` lies in a mount, else (None, read_only_root)."""
+        for mount in self.plan.spec.mounts:
+            if path == mount.target or path.startswith(mount.target + "/"):
+                return mount.source + path[len(mount.target):], mount.read_only
+        writable = any(path.startswith(t.rstrip("/") + "/") for t in self.plan.profile.tmpfs)
+        return None, self.plan.profile.read_only_root and not writable
+
+    def read(self, path: str) -> bytes:
+        host, _ = self.host_path(path)
+        if host is not None:
+            with open(host, "rb") as f:
+                return f.read()
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        return self.files[path]
+
+    def write(self, path: str, data: bytes) -> None:
+        host, read_only = self.host_path(path)
+        if read_only:
+            raise PermissionError(f"read-only file system: {path}")
+        if host is not None:
+            with open(host, "wb") as f:
+                f.write(data)
+            return
+        if posixpath.dirname(path) not in self.dirs:
+            raise FileNotFoundError(posixpath.dirname(path))
+        self.files[path] = data
+
+    def mkdir(self, path: str) -> None:
+        host, read_only = self.host_path(path)
+        if read_only:
+            raise PermissionError(f"read-only file system: {path}")
+        if host is not None:
+            os.makedirs(host, exist_ok=True)
+            return
+        while path not in self.dirs:
+            self.dirs.add(path)
+            path = posixpath.dirname(path)
+
+
+def _uid(user: str | None) -> int:
+    name = (user or "0").split(":")[0]
+    return int(name) if name.isdigit() else _USERS.get(name, 0)
+
+
+class FakeBackend(Backend):
+    """Register with `sandboxer.register_backend("fake", FakeBackend)`."""
+
+    name: ClassVar[str] = "fake"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        kind="app", isolation="process", init=False, custom_kernel=False, nested=False,
+        networks=frozenset({"none", "isolated", "bridge"}),
+        limits=frozenset({"cpus", "memory", "pids"}), mounts=True, ports=True,
+        start_seconds=0.0,
+        controls={control: "recorded only (in-memory fake)" for control in CONTROLS},
+    )
+    # The "engine": shared by every instance, like a daemon would be.
+    sandboxes: ClassVar[dict[str, _FakeSandbox]] = {}
+    available: ClassVar[bool] = True
+
+    @classmethod
+    def probe(cls) -> Availability:
+        return Availability(cls.available, "" if cls.available else "fake engine switched off")
+
+    def _get(self, name: str) -> _FakeSandbox:
+        try:
+            return self.sandboxes[name]
+        except KeyError:
+            raise SandboxNotFound(name) from None
+
+    def create(self, plan: LaunchPlan) -> Handle:
+        if not is_builtin(plan.spec.image):
+            raise ImageNotFound(f"no image {plan.spec.image!r} in the fake engine")
+        if plan.name in self.sandboxes:
+            raise SandboxExists(plan.name)
+        sandbox = _FakeSandbox(plan=plan, id=uuid.uuid4().hex)
+        self.sandboxes[plan.name] = sandbox
+        return Handle(sandbox.id, plan.name, sandbox)
+
+    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+        sandbox = self._get(handle.name)
+        if sandbox.state is not SandboxState.RUNNING:
+            raise SandboxNotFound(f"{handle.name} is not running")
+        sandbox.calls.append(request.argv)
+        argv = request.argv
+        if argv[0] in ("sh", "/bin/sh") and len(argv) >= 3 and argv[1] == "-c":
+            commands = [shlex.split(part) for part in argv[2].split(";") if part.strip()]
+        else:
+            commands = [list(argv)]
+        code = 0
+        for words in commands:
+            out, err, code, timed_out = _Shell(sandbox, request).run(words)
+            if out:
+                yield "stdout", out
+            if err:
+                yield "stderr", err
+            if timed_out:
+                return ExitStatus(-1, timed_out=True)
+            if words[0] == "exit":
+                break
+        return ExitStatus(code)
+
+    def put_archive(self, handle: Handle, directory: str, data: bytes) -> None:
+        sandbox = self._get(handle.name)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                path = posixpath.normpath(posixpath.join(directory, member.name))
+                if member.isdir():
+                    sandbox.mkdir(path)
+                elif member.isfile():
+                    stream = tar.extractfile(member)
+                    sandbox.write(path, stream.read() if stream else b"")
+
+    def get_archive(self, handle: Handle, path: str) -> bytes:
+        sandbox = self._get(handle.name)
+        buffer = io.BytesIO()
+        base = posixpath.basename(path)
+        entries = [(p, sandbox.files[p]) for p in sorted(sandbox.files) if p.startswith(path + "/")]
+        dirs = sorted(d for d in sandbox.dirs if d == path or d.startswith(path + "/"))
+        if not entries and not dirs:
+            try:
+                entries = [(path, sandbox.read(path))]
+            except FileNotFoundError:
+                raise SandboxFileNotFound(f"no such file in the sandbox: {path}") from None
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for directory in dirs:
+                info = tarfile.TarInfo(base + directory[len(path):])
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            for file_path, content in entries:
+                info = tarfile.TarInfo(base + file_path[len(path):])
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        return buffer.getvalue()
+
+    def stop(self, handle: Handle, timeout: float) -> None:
+        self._get(handle.name).state = SandboxState.STOPPED
+
+    def remove(self, name: str) -> None:
+        sandbox = self.sandboxes.pop(name, None)
+        if sandbox is not None:
+            for server in sandbox.servers:
+                server.shutdown()
+                server.server_close()
+
+    def state(self, handle: Handle) -> SandboxState:
+        sandbox = self.sandboxes.get(handle.name)
+        return sandbox.state if sandbox else SandboxState.DESTROYED
+
+    def logs(self, handle: Handle) -> str:
+        return "\n".join(" ".join(call) for call in self._get(handle.name).calls)
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        return [
+            SandboxInfo(self.name, s.id, name, s.state, s.plan.labels)
+            for name, s in self.sandboxes.items()
+        ]
+
+
+class _Shell:
+    """Runs one simple command of the contract's busybox vocabulary."""
+
+    def __init__(self, sandbox: _FakeSandbox, request: ExecRequest) -> None:
+        self.sandbox = sandbox
+        self.request = request
+
+    def run(self, words: list[str]) -> tuple[bytes, bytes, int, bool]:
+        """(stdout, stderr, exit code, timed out) of one command with its redirections."""
+        to_stderr = ">&2" in words
+        words = [w for w in words if w != ">&2"]
+        target = None
+        if ">" in words:
+            index = words.index(">")
+            words, target = words[:index], words[index + 1]
+        handler: Callable[[list[str]], tuple[bytes, int]] | None = getattr(
+            self, "cmd_" + words[0].replace("-", "_"), None
+        )
+        if handler is None:
+            return b"", f"sh: {words[0]}: not found\n".encode(), 127, False
+        if words[0] == "sleep" and self.request.timeout is not None:
+            if float(words[1]) > self.request.timeout:
+                return b"", b"", -1, True
+        try:
+            out, code = handler(words[1:])
+            if target is not None:
+                self.sandbox.write(target, out)
+                out = b""
+        except (OSError, ValueError) as exc:
+            return b"", f"{words[0]}: {exc}\n".encode(), 1, False
+        return (b"", out, code, False) if to_stderr else (out, b"", code, False)
+
+    def cmd_exit(self, args: list[str]) -> tuple[bytes, int]:
+        return b"", int(args[0]) if args else 0
+
+    def cmd_true(self, args: list[str]) -> tuple[bytes, int]:
+        return b"", 0
+
+    def cmd_echo(self, args: list[str]) -> tuple[bytes, int]:
+        return (" ".join(args) + "\n").encode(), 0
+
+    def cmd_cat(self, args: list[str]) -> tuple[bytes, int]:
+        if not args:
+            return self.request.stdin or b"", 0
+        return b"".join(self.sandbox.read(self._path(a)) for a in args), 0
+
+    def cmd_env(self, args: list[str]) -> tuple[bytes, int]:
+        return "".join(f"{k}={v}\n" for k, v in self.request.env.items()).encode(), 0
+
+    def cmd_pwd(self, args: list[str]) -> tuple[bytes, int]:
+        return ((self.request.workdir or "/") + "\n").encode(), 0
+
+    def cmd_id(self, args: list[str]) -> tuple[bytes, int]:
+        return f"{_uid(self.request.user)}\n".encode(), 0
+
+    def cmd_sleep(self, args: list[str]) -> tuple[bytes, int]:
+        return b"", 0
+
+    def cmd_wc(self, args: list[str]) -> tuple[bytes, int]:
+        return f"{len(self.sandbox.read(self._path(args[-1])))} {args[-1]}\n".encode(), 0
+
+    def cmd_mkdir(self, args: list[str]) -> tuple[bytes, int]:
+        for path in (a for a in args if not a.startswith("-")):
+            self.sandbox.mkdir(self._path(path))
+        return b"", 0
+
+    def cmd_httpd(self, args: list[str]) -> tuple[bytes, int]:
+        port, root = int(args[args.index("-p") + 1]), args[args.index("-h") + 1]
+        mapping = next(p for p in self.sandbox.plan.ports if p.guest_port == port)
+        sandbox = self.sandbox
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                try:
+                    body = sandbox.read(posixpath.join(root, self.path.lstrip("/")))
+                except OSError:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer((mapping.host_ip, mapping.host_port or 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        sandbox.servers.append(server)
+        return b"", 0
+
+    def _path(self, path: str) -> str:
+        return posixpath.normpath(posixpath.join(self.request.workdir or "/", path))
+

@@ -1,0 +1,214 @@
+"""The contract every backend passes, unchanged: subclass and provide a `backend` fixture.
+
+    class TestMyBackend(SandboxContract):
+        @pytest.fixture(scope="class")
+        def backend(self): return "mybackend"
+
+`SandboxContract` is what the API promises (the in-memory fake passes it too);
+`EngineContract` adds what only a real kernel can show (limits felt from inside).
+Commands stay within busybox sh so that every built-in image runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandboxer
+from sandboxer import Mount, PortMapping, Sandbox, SandboxState
+from sandboxer._labels import CREATED_AT, OWNER_PID, SESSION, session_id
+from sandboxer._registry import get_backend
+
+Make = Callable[..., Sandbox]
+
+
+def _names(backend: str) -> set[str]:
+    return {info.name for info in get_backend(backend).list_sandboxes()}
+
+
+class SandboxContract:
+    @pytest.fixture
+    def make(self, backend: str) -> Iterator[Make]:
+        made: list[Sandbox] = []
+
+        def launch(**fields: Any) -> Sandbox:
+            sandbox = sandboxer.launch(backend=backend, **fields)
+            made.append(sandbox)
+            return sandbox
+
+        yield launch
+        for sandbox in made:
+            sandbox.destroy()
+
+    @pytest.fixture(scope="class")
+    def shared(self, backend: str) -> Iterator[Sandbox]:
+        """One sandbox for the tests that do not change it (booting a VM per test is slow)."""
+        with sandboxer.launch(backend=backend, env={"FROM_SPEC": "spec"}) as sandbox:
+            yield sandbox
+
+    # lifecycle -----------------------------------------------------------------------
+    def test_lifecycle(self, make: Make, backend: str) -> None:
+        sb = make(labels={"purpose": "contract"})
+        assert sb.backend == backend
+        assert sb.id and sb.name
+        assert sb.state is SandboxState.RUNNING
+        assert sb.name in _names(backend)
+        sb.destroy()
+        assert sb.state is SandboxState.DESTROYED
+        sb.destroy()  # idempotent
+        assert sb.name not in _names(backend)
+        with pytest.raises(sandboxer.SandboxNotFound):
+            sb.exec(["true"])
+
+    def test_ownership_labels(self, shared: Sandbox, backend: str) -> None:
+        found = {i.name: i for i in get_backend(backend).list_sandboxes()}[shared.name]
+        assert found.labels[OWNER_PID] == str(os.getpid())
+        assert found.labels[SESSION] == session_id()
+        assert abs(float(found.labels[CREATED_AT]) - time.time()) < 3600
+
+    def test_leaving_the_block_after_an_error_destroys(self, backend: str) -> None:
+        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend) as sb:
+            name = sb.name
+            raise RuntimeError("boom")
+        assert name not in _names(backend)
+
+    def test_failed_start_leaves_nothing(self, backend: str) -> None:
+        before = _names(backend)
+        with pytest.raises(sandboxer.ImageNotFound):
+            sandboxer.launch(backend=backend, image="sandboxer/no-such-image")
+        assert _names(backend) == before
+
+    def test_bad_spec_is_refused_before_the_engine(self, backend: str, tmp_path: Path) -> None:
+        before = _names(backend)
+        with pytest.raises(sandboxer.InvalidSpec, match="Mount.source"):
+            sandboxer.launch(backend=backend, mounts=[Mount(str(tmp_path / "missing"), "/data")])
+        assert _names(backend) == before
+
+    # exec ----------------------------------------------------------------------------
+    @pytest.mark.parametrize("code", [0, 1, 3, 255])
+    def test_exit_codes(self, shared: Sandbox, code: int) -> None:
+        result = shared.exec(["sh", "-c", f"exit {code}"])
+        assert result.exit_code == code
+        assert result.timed_out is False
+
+    def test_streams_are_kept_apart(self, shared: Sandbox) -> None:
+        result = shared.exec(["sh", "-c", "echo out; echo err >&2"])
+        assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+
+    def test_stdin(self, shared: Sandbox) -> None:
+        data = bytes(range(256)) * 64
+        assert shared.exec(["cat"], stdin=data).stdout == data
+
+    def test_env_from_spec_and_exec(self, shared: Sandbox) -> None:
+        assert b"FROM_SPEC=spec" in shared.exec(["env"]).stdout.splitlines()
+        lines = shared.exec(["env"], env={"FROM_EXEC": "exec", "FROM_SPEC": "over"}).stdout
+        assert {b"FROM_EXEC=exec", b"FROM_SPEC=over"} <= set(lines.splitlines())
+
+    def test_workdir(self, shared: Sandbox) -> None:
+        assert shared.exec(["pwd"], workdir="/tmp").stdout == b"/tmp\n"
+
+    def test_user(self, shared: Sandbox) -> None:
+        assert shared.exec(["id", "-u"]).stdout == b"1000\n"  # hardened: non-root
+        assert shared.exec(["id", "-u"], user="65534").stdout == b"65534\n"
+
+    def test_timeout_kills_and_reports(self, shared: Sandbox) -> None:
+        started = time.monotonic()
+        result = shared.exec(["sleep", "60"], timeout=1)
+        assert result.timed_out is True
+        assert result.exit_code != 0
+        assert time.monotonic() - started < 30
+        with pytest.raises(sandboxer.ExecTimeout):
+            shared.exec(["sleep", "60"], timeout=1, raise_on_timeout=True)
+        assert shared.exec(["echo", "alive"]).stdout == b"alive\n"
+
+    def test_exec_stream(self, shared: Sandbox) -> None:
+        stream = shared.exec_stream(["sh", "-c", "echo one; echo two >&2; exit 4"])
+        chunks: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        for name, chunk in stream:
+            chunks[name] += chunk
+        assert chunks == {"stdout": b"one\n", "stderr": b"two\n"}
+        assert stream.exit_code == 4
+
+    # files ---------------------------------------------------------------------------
+    def test_binary_file_round_trip_5mib(self, shared: Sandbox) -> None:
+        data = os.urandom(5 * 1024 * 1024)
+        shared.write_file("/tmp/blob", data)
+        assert shared.read_file("/tmp/blob") == data
+        assert shared.exec(["wc", "-c", "/tmp/blob"]).stdout.split()[0] == str(len(data)).encode()
+
+    def test_read_missing_file(self, shared: Sandbox) -> None:
+        with pytest.raises(sandboxer.SandboxFileNotFound):
+            shared.read_file("/tmp/does-not-exist")
+
+    def test_copy_tree_in_and_out(self, shared: Sandbox, tmp_path: Path) -> None:
+        source = tmp_path / "tree"
+        (source / "sub").mkdir(parents=True)
+        (source / "top.txt").write_text("top")
+        (source / "sub" / "deep.bin").write_bytes(b"\x00\xff" * 1000)
+        shared.copy_in(source, "/tmp/tree")
+        assert shared.exec(["cat", "/tmp/tree/top.txt"]).stdout == b"top"
+        shared.copy_out("/tmp/tree", tmp_path / "back")
+        assert (tmp_path / "back" / "top.txt").read_text() == "top"
+        assert (tmp_path / "back" / "sub" / "deep.bin").read_bytes() == b"\x00\xff" * 1000
+
+    # mounts --------------------------------------------------------------------------
+    def test_read_only_mount(self, make: Make, tmp_path: Path) -> None:
+        tmp_path.chmod(0o755)  # readable by the hardened user, uid 1000
+        (tmp_path / "in.txt").write_text("from host")
+        sb = make(mounts=[Mount(str(tmp_path), "/data", read_only=True)])
+        assert sb.exec(["cat", "/data/in.txt"]).stdout == b"from host"
+        assert sb.exec(["sh", "-c", "echo x > /data/new.txt"]).exit_code != 0
+        assert sorted(os.listdir(tmp_path)) == ["in.txt"]
+
+    def test_writable_mount_seen_from_both_sides(self, make: Make, tmp_path: Path) -> None:
+        tmp_path.chmod(0o777)  # the hardened user is uid 1000
+        sb = make(mounts=[Mount(str(tmp_path), "/data")])
+        assert sb.exec(["sh", "-c", "echo from sandbox > /data/out.txt"]).exit_code == 0
+        assert (tmp_path / "out.txt").read_text() == "from sandbox\n"
+        (tmp_path / "later.txt").write_text("from host later")
+        assert sb.exec(["cat", "/data/later.txt"]).stdout == b"from host later"
+
+    # ports ---------------------------------------------------------------------------
+    def test_port_mapping_answers_http_on_loopback(self, make: Make) -> None:
+        sb = make(ports=[PortMapping(guest_port=8080)])
+        host_ip, host_port = sb.ports[8080]
+        assert host_ip == "127.0.0.1" and host_port > 0
+        sb.exec(["mkdir", "-p", "/tmp/www"])
+        sb.write_file("/tmp/www/index.html", b"hello over http")
+        assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
+        deadline, body = time.monotonic() + 30, None
+        while body is None:
+            try:
+                url = f"http://{host_ip}:{host_port}/index.html"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = response.read()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert body == b"hello over http"
+
+
+class EngineContract(SandboxContract):
+    """What a real kernel shows from inside: limits bite, the host stays fine."""
+
+    def test_pids_limit_stops_a_fork_bomb(self, make: Make) -> None:
+        sb = make(resources={"pids": 16})
+        result = sb.exec(["sh", "-c", "for i in $(seq 40); do sleep 30 & done; wait"], timeout=60)
+        assert result.exit_code != 0 or b"fork" in result.stderr.lower()
+        assert b"fork" in result.stderr.lower() or b"resource" in result.stderr.lower()
+        assert sb.exec(["echo", "still here"], timeout=30).stdout == b"still here\n"
+
+    def test_memory_limit_kills_a_hog(self, make: Make) -> None:
+        sb = make(resources={"memory": "128MiB"})
+        hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo survived ${#x}"
+        result = sb.exec(["sh", "-c", hog], timeout=120)
+        assert b"survived" not in result.stdout
+        assert result.exit_code != 0
+        assert sb.exec(["echo", "still here"], timeout=30).stdout == b"still here\n"
