@@ -28,6 +28,10 @@ class SandboxState(enum.Enum):
     UNKNOWN = "unknown"
 
 
+def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
 @attrs.frozen
 class Capabilities:
     """What a backend can do, declared as class-level data; the selector reads only this."""
@@ -43,11 +47,9 @@ class Capabilities:
     ports: bool
     start_seconds: float  # typical launch-to-exec-ready cost, for ranking and max_start_seconds
     # Profile control -> how this backend enforces it. A control missing here cannot be enforced.
-    controls: Mapping[str, str] = attrs.field(converter=lambda m: MappingProxyType(dict(m)))
+    controls: Mapping[str, str] = attrs.field(converter=_frozen)
     # Profile control -> why this backend cannot enforce it.
-    unenforceable: Mapping[str, str] = attrs.field(
-        factory=dict, converter=lambda m: MappingProxyType(dict(m))
-    )
+    unenforceable: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
 
 
 @attrs.frozen

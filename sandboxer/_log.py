@@ -23,4 +23,6 @@ def timed(operation: str, **context: object) -> Iterator[None]:
         outcome = "ok"
     finally:
         details = " ".join(f"{k}={v}" for k, v in context.items())
-        logger.debug("%s %s %s in %.1f ms", operation, details, outcome, (time.perf_counter() - start) * 1e3)
+        logger.debug(
+            "%s %s %s in %.1f ms", operation, details, outcome, (time.perf_counter() - start) * 1e3
+        )

@@ -179,55 +179,72 @@ class Requirements:
             raise _fail("Requirements.kind", f"must be one of {KINDS}, got {self.kind!r}")
         if self.isolation is not None and self.isolation not in ISOLATION_LEVELS:
             raise _fail(
-                "Requirements.isolation", f"must be one of {ISOLATION_LEVELS}, got {self.isolation!r}"
+                "Requirements.isolation",
+                f"must be one of {ISOLATION_LEVELS}, got {self.isolation!r}",
             )
         if self.max_start_seconds is not None and not self.max_start_seconds > 0:
             raise _fail(
-                "Requirements.max_start_seconds", f"must be positive, got {self.max_start_seconds!r}"
+                "Requirements.max_start_seconds",
+                f"must be positive, got {self.max_start_seconds!r}",
             )
 
 
-def _to(cls: type[Any], field: str) -> Any:
-    """Converter accepting an instance of `cls` or a mapping of its fields."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            try:
-                return cls(**value)
-            except TypeError as exc:
-                raise _fail(field, str(exc)) from None
-        if not isinstance(value, cls):
-            raise _fail(field, f"expected {cls.__name__} or a dict, got {value!r}")
-        return value
-
-    return convert
+def _build(cls: type[Any], field: str, value: Any) -> Any:
+    """An instance of `cls` from an instance or a mapping of its fields."""
+    if isinstance(value, Mapping):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise _fail(field, str(exc)) from None
+    if not isinstance(value, cls):
+        raise _fail(field, f"expected {cls.__name__} or a dict, got {value!r}")
+    return value
 
 
-def _items(cls: type[Any], field: str) -> Any:
-    convert = _to(cls, field)
-
-    def convert_all(values: Sequence[Any] | None) -> tuple[Any, ...]:
-        if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
-            raise _fail(field, f"expected a list, got {values!r}")
-        return tuple(convert(v) for v in values)
-
-    return convert_all
+def _build_all(cls: type[Any], field: str, values: Any) -> tuple[Any, ...]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | set | frozenset):
+        raise _fail(field, f"expected a list, got {values!r}")
+    return tuple(_build(cls, field, v) for v in values)
 
 
-def _string_map(field: str) -> Any:
-    def convert(value: Mapping[str, str] | None) -> Mapping[str, str]:
-        if value is None:
-            return MappingProxyType({})
-        if not isinstance(value, Mapping):
-            raise _fail(field, f"expected a dict of strings, got {value!r}")
-        for key, item in value.items():
-            if not isinstance(key, str) or not isinstance(item, str):
-                raise _fail(f"{field}[{key!r}]", "keys and values must be strings")
-            if "\0" in key or "\0" in item:
-                raise _fail(f"{field}[{key!r}]", "contains a NUL byte")
-        return MappingProxyType(dict(value))
+def _string_map(field: str, value: Mapping[str, str] | None) -> Mapping[str, str]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise _fail(field, f"expected a dict of strings, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise _fail(f"{field}[{key!r}]", "keys and values must be strings")
+        if "\0" in key or "\0" in item:
+            raise _fail(f"{field}[{key!r}]", "contains a NUL byte")
+    return MappingProxyType(dict(value))
 
-    return convert
+
+# Named converters: attrs (and mypy's attrs plugin) see each field's accepted input.
+def _env(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return _string_map("env", value)
+
+
+def _labels(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return _string_map("labels", value)
+
+
+def _mounts(value: Sequence[Mount | Mapping[str, Any]]) -> tuple[Mount, ...]:
+    return _build_all(Mount, "mounts", value)
+
+
+def _ports(value: Sequence[PortMapping | Mapping[str, Any]]) -> tuple[PortMapping, ...]:
+    return _build_all(PortMapping, "ports", value)
+
+
+def _resources(value: Resources | Mapping[str, Any]) -> Resources:
+    built: Resources = _build(Resources, "resources", value)
+    return built
+
+
+def _requirements(value: Requirements | Mapping[str, Any]) -> Requirements:
+    built: Requirements = _build(Requirements, "requirements", value)
+    return built
 
 
 def _command(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
@@ -259,27 +276,27 @@ class SandboxSpec:
 
     image: str = "sandboxer/minimal"
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_string_map("env"))
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
     workdir: str | None = None
     user: str | None = None
     name: str | None = None
-    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_string_map("labels"))
-    mounts: tuple[Mount, ...] = attrs.field(factory=tuple, converter=_items(Mount, "mounts"))
-    ports: tuple[PortMapping, ...] = attrs.field(
-        factory=tuple, converter=_items(PortMapping, "ports")
-    )
-    resources: Resources = attrs.field(factory=Resources, converter=_to(Resources, "resources"))
-    profile: Profile = attrs.field(default="hardened", converter=_profile)
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_labels)
+    mounts: tuple[Mount, ...] = attrs.field(factory=tuple, converter=_mounts)
+    ports: tuple[PortMapping, ...] = attrs.field(factory=tuple, converter=_ports)
+    resources: Resources = attrs.field(factory=Resources, converter=_resources)
+    profile: Profile = attrs.field(factory=lambda: load_profile("hardened"), converter=_profile)
     network: str | None = None
-    requirements: Requirements = attrs.field(
-        factory=Requirements, converter=_to(Requirements, "requirements")
-    )
+    requirements: Requirements = attrs.field(factory=Requirements, converter=_requirements)
     backend: str | None = None
     # Profile controls the caller accepts to go unenforced on the chosen backend.
     allow_unenforced: frozenset[str] = attrs.field(factory=frozenset, converter=_allow_unenforced)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.image, str) or not self.image or any(c.isspace() for c in self.image):
+        if (
+            not isinstance(self.image, str)
+            or not self.image
+            or any(c.isspace() for c in self.image)
+        ):
             raise _fail("image", f"expected an image name without spaces, got {self.image!r}")
         for key in self.env:
             if not _ENV_KEY.match(key):
@@ -315,7 +332,9 @@ class SandboxSpec:
 
     def _check_ports(self) -> None:
         if self.ports and self.network == "none":
-            raise _fail("ports", "publishing ports needs network 'isolated' or 'bridge', not 'none'")
+            raise _fail(
+                "ports", "publishing ports needs network 'isolated' or 'bridge', not 'none'"
+            )
         seen_host: set[tuple[str, int, str]] = set()
         seen_guest: set[tuple[int, str]] = set()
         for index, port in enumerate(self.ports):

@@ -21,6 +21,8 @@ def free_port(host_ip: str, protocol: str) -> int:
 
 def assign_host_ports(ports: tuple[PortMapping, ...]) -> tuple[PortMapping, ...]:
     return tuple(
-        p if p.host_port is not None else attrs.evolve(p, host_port=free_port(p.host_ip, p.protocol))
+        p
+        if p.host_port is not None
+        else attrs.evolve(p, host_port=free_port(p.host_ip, p.protocol))
         for p in ports
     )

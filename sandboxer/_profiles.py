@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import tomllib
 from collections.abc import Mapping
@@ -87,7 +88,10 @@ class Profile:
         return tuple(control for control in CONTROLS if wanted[control])
 
     def derive(self, name: str, **changes: Any) -> Profile:
-        """A new profile based on this one: `hardened.derive("web", cap_add=["NET_BIND_SERVICE"])`."""
+        """A new profile based on this one.
+
+        `load_profile("hardened").derive("web", cap_add=["NET_BIND_SERVICE"])`
+        """
         return attrs.evolve(self, name=name, **changes)
 
 
@@ -149,10 +153,23 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     if not isinstance(name_or_path, str | Path):
         raise InvalidSpec("profile", f"expected a name, a path or a Profile, got {name_or_path!r}")
     text = str(name_or_path)
-    path = Path(text) if ("/" in text or text.endswith(".toml")) else _builtin_dir() / f"{text}.toml"
+    if "/" in text or text.endswith(".toml"):
+        return _load_file(Path(text), text)
+    return _load_builtin(text)
+
+
+@functools.cache
+def _load_builtin(name: str) -> Profile:
+    # Profiles are frozen, so every spec may share one parsed copy.
+    return _load_file(_builtin_dir() / f"{name}.toml", name)
+
+
+def _load_file(path: Path, asked: str) -> Profile:
     if not path.is_file():
         known = ", ".join(builtin_profiles())
-        raise InvalidSpec("profile", f"unknown profile {text!r} (built-in: {known}; or a .toml path)")
+        raise InvalidSpec(
+            "profile", f"unknown profile {asked!r} (built-in: {known}; or a .toml path)"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -160,7 +177,7 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     data.setdefault("name", path.stem)
     try:
         return Profile(**_profile_fields(data, path.parent))
+    except InvalidSpec:
+        raise
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, InvalidSpec):
-            raise
         raise InvalidSpec("profile", f"{path}: {exc}") from exc

@@ -120,7 +120,9 @@ class DockerBackend(Backend):
                 with timed("docker image build", image=reference):
                     logger.info("building %s from busybox-static (first use)", reference)
                     self._api.import_image_from_data(
-                        build_rootfs_tar(), repository=image, tag=IMAGE_VERSION,
+                        build_rootfs_tar(),
+                        repository=image,
+                        tag=IMAGE_VERSION,
                         changes=['CMD ["/bin/sh"]', "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                     )
             self._ready_images.add(reference)

@@ -24,8 +24,7 @@ def security_options(plan: LaunchPlan) -> list[str]:
 
 def tmpfs_mounts(plan: LaunchPlan) -> dict[str, str]:
     return {
-        path: f"rw,nosuid,nodev,size={size},mode=1777"
-        for path, size in plan.profile.tmpfs.items()
+        path: f"rw,nosuid,nodev,size={size},mode=1777" for path, size in plan.profile.tmpfs.items()
     }
 
 
@@ -50,10 +49,10 @@ def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[
         "tmpfs": tmpfs_mounts(plan) or None,
         "volumes": {
             m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
-        } or None,
-        "ports": {
-            f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports
-        } or None,
+        }
+        or None,
+        "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}
+        or None,
         "network_mode": "none" if plan.network == "none" else None,
         "network": network,
         "pids_limit": plan.pids,

@@ -39,7 +39,11 @@ _FIX = "start dockerd (scripts/setup-engines.sh docker) or set DOCKER_HOST"
 
 def translate(exc: BaseException) -> SandboxError:
     """The sandboxer error for a docker SDK (or transport) exception."""
-    if isinstance(exc, _errors.APIError) and exc.status_code == 409 and "already in use" in str(exc):
+    if (
+        isinstance(exc, _errors.APIError)
+        and exc.status_code == 409
+        and "already in use" in str(exc)
+    ):
         return SandboxExists(str(exc))
     for source, target in MAPPING:
         if isinstance(exc, source):

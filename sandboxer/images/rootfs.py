@@ -63,8 +63,16 @@ def _busybox() -> str:
     return applets.stdout
 
 
-def _add(tar: tarfile.TarFile, name: str, *, kind: bytes = tarfile.REGTYPE, mode: int = 0o755,
-         data: bytes = b"", link: str = "", uid: int = 0) -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    *,
+    kind: bytes = tarfile.REGTYPE,
+    mode: int = 0o755,
+    data: bytes = b"",
+    link: str = "",
+    uid: int = 0,
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -83,12 +91,28 @@ def build_rootfs_tar(prefix: str = "", compress: bool = False) -> bytes:
         busybox = binary.read()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
+
         def add(name: str, **kwargs: object) -> None:
             _add(tar, prefix + name, **kwargs)  # type: ignore[arg-type]
 
-        for directory in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/sandboxer",
-                          "etc/sandboxer/services", "proc", "sys", "dev", "run", "var",
-                          "root", "home", "mnt"):
+        for directory in (
+            "bin",
+            "sbin",
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+            "etc",
+            "etc/sandboxer",
+            "etc/sandboxer/services",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "var",
+            "root",
+            "home",
+            "mnt",
+        ):
             add(directory, kind=tarfile.DIRTYPE)
         for directory in ("tmp", "var/tmp"):
             add(directory, kind=tarfile.DIRTYPE, mode=0o1777)
@@ -102,8 +126,11 @@ def build_rootfs_tar(prefix: str = "", compress: bool = False) -> bytes:
         add("etc/group", mode=0o644, data=_GROUP.encode())
         add("etc/hostname", mode=0o644, data=b"sandbox\n")
         add("etc/hosts", mode=0o644, data=b"127.0.0.1 localhost sandbox\n::1 localhost\n")
-        add("etc/os-release", mode=0o644,
-            data=f'NAME="sandboxer minimal"\nID=sandboxer\nVERSION_ID="{IMAGE_VERSION}"\n'.encode())
+        add(
+            "etc/os-release",
+            mode=0o644,
+            data=f'NAME="sandboxer minimal"\nID=sandboxer\nVERSION_ID="{IMAGE_VERSION}"\n'.encode(),
+        )
         add("sbin/init", kind=tarfile.REGTYPE, data=_INIT.encode())
     return buffer.getvalue()
 

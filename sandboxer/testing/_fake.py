@@ -53,7 +53,7 @@ class _FakeSandbox:
         """(host path, read_only) when `path` lies in a mount, else (None, read_only_root)."""
         for mount in self.plan.spec.mounts:
             if path == mount.target or path.startswith(mount.target + "/"):
-                return mount.source + path[len(mount.target):], mount.read_only
+                return mount.source + path[len(mount.target) :], mount.read_only
         writable = any(path.startswith(t.rstrip("/") + "/") for t in self.plan.profile.tmpfs)
         return None, self.plan.profile.read_only_root and not writable
 
@@ -100,9 +100,15 @@ class FakeBackend(Backend):
 
     name: ClassVar[str] = "fake"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        kind="app", isolation="process", init=False, custom_kernel=False, nested=False,
+        kind="app",
+        isolation="process",
+        init=False,
+        custom_kernel=False,
+        nested=False,
         networks=frozenset({"none", "isolated", "bridge"}),
-        limits=frozenset({"cpus", "memory", "pids"}), mounts=True, ports=True,
+        limits=frozenset({"cpus", "memory", "pids"}),
+        mounts=True,
+        ports=True,
         start_seconds=0.0,
         controls={control: "recorded only (in-memory fake)" for control in CONTROLS},
     )
@@ -176,11 +182,11 @@ class FakeBackend(Backend):
                 raise SandboxFileNotFound(f"no such file in the sandbox: {path}") from None
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for directory in dirs:
-                info = tarfile.TarInfo(base + directory[len(path):])
+                info = tarfile.TarInfo(base + directory[len(path) :])
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             for file_path, content in entries:
-                info = tarfile.TarInfo(base + file_path[len(path):])
+                info = tarfile.TarInfo(base + file_path[len(path) :])
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
         return buffer.getvalue()
@@ -229,9 +235,9 @@ class _Shell:
         )
         if handler is None:
             return b"", f"sh: {words[0]}: not found\n".encode(), 127, False
-        if words[0] == "sleep" and self.request.timeout is not None:
-            if float(words[1]) > self.request.timeout:
-                return b"", b"", -1, True
+        timeout = self.request.timeout
+        if words[0] == "sleep" and timeout is not None and float(words[1]) > timeout:
+            return b"", b"", -1, True
         try:
             out, code = handler(words[1:])
             if target is not None:
@@ -281,7 +287,7 @@ class _Shell:
         sandbox = self.sandbox
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 try:
                     body = sandbox.read(posixpath.join(root, self.path.lstrip("/")))
                 except OSError:
@@ -302,4 +308,3 @@ class _Shell:
 
     def _path(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.request.workdir or "/", path))
-

@@ -57,7 +57,8 @@ class SandboxContract:
         sb = make(labels={"purpose": "contract"})
         assert sb.backend == backend
         assert sb.id and sb.name
-        assert sb.state is SandboxState.RUNNING
+        running = sb.state
+        assert running is SandboxState.RUNNING
         assert sb.name in _names(backend)
         sb.destroy()
         assert sb.state is SandboxState.DESTROYED
@@ -86,7 +87,7 @@ class SandboxContract:
 
     def test_bad_spec_is_refused_before_the_engine(self, backend: str, tmp_path: Path) -> None:
         before = _names(backend)
-        with pytest.raises(sandboxer.InvalidSpec, match="Mount.source"):
+        with pytest.raises(sandboxer.InvalidSpec, match=r"Mount\.source"):
             sandboxer.launch(backend=backend, mounts=[Mount(str(tmp_path / "missing"), "/data")])
         assert _names(backend) == before
 

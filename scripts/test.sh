@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Everything CI checks, from a bare Debian 12 (as root): installs and starts the three
+# engines, sets up .venv, then lint, types, unit tests and integration tests on Docker,
+# Incus and libvirt. Extra arguments go to pytest.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+scripts/setup-engines.sh docker incus libvirt
+scripts/setup-python.sh
+export PATH="$root/.venv/bin:$PATH"
+ruff check sandboxer backends profiles tests integration bench
+mypy
+python -m pytest tests integration "$@"
