@@ -30,6 +30,7 @@ MAPPING: tuple[tuple[type[BaseException], type[SandboxError]], ...] = (
     (_errors.ContextException, BackendUnavailable),
     (_errors.APIError, EngineError),
     (_errors.DockerException, EngineError),
+    (_errors.StreamParseError, EngineError),  # a RuntimeError, outside DockerException
     (requests.exceptions.ConnectionError, BackendUnavailable),
     (requests.exceptions.Timeout, BackendUnavailable),
     (requests.exceptions.RequestException, EngineError),
@@ -60,5 +61,5 @@ def docker_errors() -> Iterator[None]:
     """Re-raise any docker SDK exception as its sandboxer error."""
     try:
         yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except tuple(source for source, _ in MAPPING) as exc:
         raise translate(exc) from exc
