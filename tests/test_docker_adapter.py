@@ -34,7 +34,8 @@ def test_mapping_targets() -> None:
     response = requests.Response()
     response.status_code = 404
     assert isinstance(translate(docker.errors.NotFound("x", response)), sandboxer.SandboxNotFound)
-    assert isinstance(translate(docker.errors.ImageNotFound("x", response)), sandboxer.ImageNotFound)
+    missing = translate(docker.errors.ImageNotFound("x", response))
+    assert isinstance(missing, sandboxer.ImageNotFound)
     conflict = requests.Response()
     conflict.status_code = 409
     error = docker.errors.APIError("Conflict", conflict, explanation="name is already in use")
