@@ -19,6 +19,7 @@ from sandboxer._backend import (
     SandboxInfo,
     SandboxState,
 )
+from sandboxer._errors import UnsupportedFeature
 from sandboxer._labels import MANAGED
 from sandboxer._log import logger, timed
 from sandboxer._proctree import kill_process_tree
@@ -129,6 +130,12 @@ class DockerBackend(Backend):
         return reference
 
     def create(self, plan: LaunchPlan) -> Handle:
+        if plan.network == "isolated" and plan.ports:
+            # Docker publishes no ports from internal networks; refuse rather than drop them.
+            raise UnsupportedFeature(
+                "docker: ports cannot be published from an 'isolated' (internal) network; "
+                "use network='bridge'"
+            )
         image = self._image(plan.spec.image)
         with docker_errors():
             network = None

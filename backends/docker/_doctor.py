@@ -1,0 +1,98 @@
+"""Docker's checks for `sandboxer doctor`: engine installed, socket reachable and
+permitted, daemon answering, and the kernel features the hardened profile relies on.
+
+Each failing check carries the command that fixes it. Check names start with the doctor
+column they belong to (installed / reachable / permission / ready).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+from typing import Any
+
+from sandboxer._backend import Backend, Check
+
+from ._sdk import docker
+
+_INSTALL = "apt-get install -y docker.io"
+_TIMEOUT_SECONDS = 2
+
+
+def _start_command() -> str:
+    if os.path.isdir("/run/systemd/system"):
+        return "systemctl start docker"
+    return "nohup dockerd >/var/log/dockerd.log 2>&1 &"  # no init system (containers, CI)
+
+
+def _socket_checks(path: str) -> list[Check]:
+    """Installed, socket present, socket usable by this user: the local engine's basics."""
+    dockerd = shutil.which("dockerd")
+    if not os.path.exists(path):
+        return [
+            Check("installed: dockerd", bool(dockerd), dockerd or "dockerd not found", _INSTALL),
+            Check("reachable: docker socket", False, f"no socket at {path}", _start_command()),
+        ]
+    checks = [Check("reachable: docker socket", True, path)]
+    if not os.access(path, os.R_OK | os.W_OK):
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        checks.append(
+            Check(
+                "permission: docker socket",
+                False,
+                f"{path} is not writable by uid {os.getuid()} (group {group})",
+                f"sudo usermod -aG {group} $(id -un) && newgrp {group}",
+            )
+        )
+    else:
+        checks.append(Check("permission: docker socket", True, f"uid {os.getuid()} may use it"))
+    return checks
+
+
+def _daemon_checks() -> list[Check]:
+    """Ask the daemon itself: version, and the features the hardened profile depends on."""
+    try:
+        client = docker.from_env(timeout=_TIMEOUT_SECONDS)
+        try:
+            version: dict[str, Any] = client.version()
+            info: dict[str, Any] = client.info()
+        finally:
+            client.close()
+    except Exception as exc:
+        return [Check("reachable: dockerd answers", False, str(exc), _start_command())]
+    seccomp = any("seccomp" in option for option in info.get("SecurityOptions") or [])
+    limits = [key for key in ("MemoryLimit", "PidsLimit") if not info.get(key)]
+    return [
+        Check(
+            "reachable: dockerd answers",
+            True,
+            f"Docker {version.get('Version')}, API {version.get('ApiVersion')}",
+        ),
+        Check(
+            "ready: seccomp",
+            seccomp,
+            "seccomp filtering available"
+            if seccomp
+            else "dockerd has no seccomp support: the hardened profile cannot be enforced",
+            None if seccomp else f"{_INSTALL} (a dockerd built with seccomp)",
+        ),
+        Check(
+            "ready: cgroup limits",
+            not limits,
+            f"{info.get('CgroupDriver')} driver, cgroup v{info.get('CgroupVersion', '1')}"
+            if not limits
+            else f"dockerd reports no {' or '.join(limits)} support: profile limits fail",
+        ),
+    ]
+
+
+def diagnose(cls: type[Backend]) -> list[Check]:
+    """DockerBackend.diagnose: every check, stopping where the next would only repeat it."""
+    from ._backend import _socket_path  # here, not at the top: _backend imports this module
+
+    path = _socket_path()
+    checks = [] if path is None else _socket_checks(path)  # remote DOCKER_HOST: daemon only
+    if all(check.ok for check in checks):
+        checks += _daemon_checks()
+    return checks
