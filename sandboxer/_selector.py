@@ -1,21 +1,45 @@
-"""Picks a backend for a spec: a pure function of requirements, capabilities and availability."""
+"""Picks a backend for a spec: a pure function of requirements, capabilities and availability.
+
+`rank` holds every rule and touches nothing; `select` feeds it the registered backends'
+class-level capabilities and their availability (probed in parallel, bounded, cached).
+
+The rules, in order: a kind asked for wins; a custom kernel or kernel isolation needs a
+VM; an init system (several services, an OS-like environment) or nesting fits a system
+container; anything else is a single process, which fits an app container. Backends that
+cannot meet a requirement are rejected with the reason; the rest rank by how far their kind
+is from that natural kind, then by declared start cost, then by the preference order.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import attrs
 
-from ._backend import Availability, Capabilities
+from ._backend import Availability, Backend, Capabilities
 from ._errors import BackendUnavailable, UnsupportedFeature
-from ._models import ISOLATION_LEVELS, Requirements, SandboxSpec
+from ._log import logger
+from ._models import ISOLATION_LEVELS, KINDS, Requirements, SandboxSpec
 from ._registry import backend_class, backend_names
 
-# Ties on start cost go to the earlier name; unknown (third-party) backends come last.
+# Last tie-break; names not listed rank after these, alphabetically.
 DEFAULT_PREFERENCE = ("docker", "incus", "libvirt")
-_PROBE_TTL_SECONDS = 5.0
+PREFERENCE_ENV = "SANDBOXER_BACKEND_PREFERENCE"
+PROBE_TIMEOUT_SECONDS = 1.0
+_PROBE_TTL = 5.0  # seconds
+
+T = TypeVar("T")
+
+
+def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
 
 
 @attrs.frozen
@@ -24,15 +48,45 @@ class Selection:
 
     backend: str
     reasons: tuple[str, ...]
-    rejected: Mapping[str, str]
+    rejected: Mapping[str, str] = attrs.field(converter=_frozen)
     candidates: tuple[str, ...]
 
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
     def explain(self) -> str:
-        lines = [f"selected {self.backend}: " + "; ".join(self.reasons)]
+        lines = [f"selected {self.backend}: {self.reason}"]
         if len(self.candidates) > 1:
             lines.append("ranked: " + " > ".join(self.candidates))
         lines += [f"rejected {name}: {why}" for name, why in self.rejected.items()]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "reason": self.reason,
+            "reasons": list(self.reasons),
+            "candidates": list(self.candidates),
+            "rejected": dict(self.rejected),
+        }
+
+
+def natural_kind(req: Requirements) -> tuple[str, str]:
+    """The kind of sandbox that naturally fits `req`, and why."""
+    if req.kind is not None:
+        return req.kind, f"kind={req.kind!r} was asked for"
+    if req.custom_kernel:
+        return "vm", "a custom kernel (another OS, kernel modules) needs a virtual machine"
+    if req.isolation == "kernel":
+        return "vm", "kernel isolation needs a virtual machine"
+    if req.init:
+        return "system", (
+            "an init system (several services, an OS-like environment) fits a system container"
+        )
+    if req.nested:
+        return "system", "nested containers fit a system container"
+    return "app", "a single process fits an app container, the fastest to start"
 
 
 def _mismatches(spec: SandboxSpec, caps: Capabilities) -> list[str]:
@@ -41,9 +95,7 @@ def _mismatches(spec: SandboxSpec, caps: Capabilities) -> list[str]:
     problems = []
     if req.kind is not None and caps.kind != req.kind:
         problems.append(f"runs {caps.kind} sandboxes, {req.kind} asked for")
-    if req.isolation is not None and ISOLATION_LEVELS.index(caps.isolation) < ISOLATION_LEVELS.index(
-        req.isolation
-    ):
+    if req.isolation is not None and _level(caps.isolation) < _level(req.isolation):
         problems.append(f"isolation {caps.isolation} is weaker than {req.isolation}")
     if req.custom_kernel and not caps.custom_kernel:
         problems.append("shares the host kernel; a custom kernel was asked for")
@@ -62,16 +114,36 @@ def _mismatches(spec: SandboxSpec, caps: Capabilities) -> list[str]:
         problems.append("cannot publish ports")
     if spec.effective_network not in caps.networks:
         problems.append(f"has no {spec.effective_network!r} network")
+    res = spec.resources
+    asked = {"cpus": res.cpus, "memory": res.memory, "pids": res.pids}
+    unlimited = [n for n, v in asked.items() if v is not None and n not in caps.limits]
+    if unlimited:
+        problems.append("cannot limit " + ", ".join(unlimited))
+    # The same verdict launch's enforcement check reaches, so select() never picks a backend
+    # that launch would then refuse.
+    accepted = set(caps.controls) | spec.allow_unenforced
+    unenforced = [c for c in spec.profile.controls() if c not in accepted]
+    if unenforced:
+        whys = ", ".join(f"{c} ({caps.unenforceable.get(c, 'not supported')})" for c in unenforced)
+        problems.append(f"cannot enforce profile {spec.profile.name!r} controls: {whys}")
     return problems
 
 
-def _fit(req: Requirements, caps: Capabilities) -> tuple[int, str]:
-    """How naturally a backend fits what was asked (lower is better), and why."""
-    if req.custom_kernel or req.isolation == "kernel":
-        return (0, "needs its own kernel") if caps.kind == "vm" else (1, "")
-    if req.init or req.nested:
-        return (0, "needs an init system / nesting: a system container") if caps.kind == "system" else (1, "")
-    return (0, "")
+def _level(level: str) -> int:
+    return ISOLATION_LEVELS.index(level) if level in ISOLATION_LEVELS else -1
+
+
+def _kind_distance(kind: str, natural: str) -> int:
+    """How far `kind` is from `natural` along app < system < vm (unknown kinds last)."""
+    if kind not in KINDS or natural not in KINDS:
+        return len(KINDS)
+    return abs(KINDS.index(kind) - KINDS.index(natural))
+
+
+def _unavailable(state: Availability) -> str:
+    return f"unavailable: {state.reason or 'no reason given'}" + (
+        f" (fix: {state.fix})" if state.fix else ""
+    )
 
 
 def rank(
@@ -80,87 +152,207 @@ def rank(
     availability: Mapping[str, Availability],
     preference: Sequence[str] = DEFAULT_PREFERENCE,
 ) -> Selection:
-    """Choose among `capabilities` for `spec`; raises if none (or the asked backend) fits."""
+    """Choose among `capabilities` for `spec`; a backend in `availability` without
+    capabilities (it could not be loaded) is rejected with its reason.
+
+    Raises UnsupportedFeature when no backend (or the one asked for) can meet the spec,
+    BackendUnavailable when those that can are not available.
+    """
+    explicit = spec.backend
+    if explicit is not None and explicit not in capabilities:
+        missing = availability.get(explicit, Availability(False, "no such backend"))
+        raise BackendUnavailable(explicit, missing.reason, missing.fix)
+    natural, natural_why = natural_kind(spec.requirements)
+
+    def order(name: str) -> tuple[int, float, int, str]:
+        caps = capabilities[name]
+        pref = preference.index(name) if name in preference else len(preference)
+        return (_kind_distance(caps.kind, natural), caps.start_seconds, pref, name)
+
+    def state(name: str) -> Availability:
+        return availability.get(name, Availability(False, "not probed"))
+
     rejected: dict[str, str] = {}
-    fitting: list[str] = []
+    capable: list[str] = []  # meet the spec, whether available or not
     for name, caps in capabilities.items():
         problems = _mismatches(spec, caps)
-        state = availability.get(name, Availability(False, "not probed"))
-        if not problems and not state.available:
-            problems.append(f"unavailable: {state.reason}" + (f" (fix: {state.fix})" if state.fix else ""))
-        if spec.backend is not None and name != spec.backend:
-            problems = problems or ["another backend was asked for explicitly"]
-        if problems:
+        if explicit is not None and name != explicit:
+            rejected[name] = f"backend={explicit!r} was asked for"
+        elif problems:
             rejected[name] = "; ".join(problems)
         else:
-            fitting.append(name)
+            capable.append(name)
+    capable.sort(key=order)
+    fitting = [name for name in capable if state(name).available]
+    rejected.update((name, _unavailable(state(name))) for name in capable if name not in fitting)
+    rejected.update((n, _unavailable(s)) for n, s in availability.items() if n not in capabilities)
 
-    def order(name: str) -> tuple[int, float, int]:
-        pref = preference.index(name) if name in preference else len(preference)
-        return (_fit(spec.requirements, capabilities[name])[0], capabilities[name].start_seconds, pref)
-
-    fitting.sort(key=order)
     if not fitting:
+        if explicit is not None and explicit not in capable:
+            raise UnsupportedFeature(
+                f"backend {explicit!r} cannot run this spec: {rejected[explicit]}"
+            )
+        if capable:
+            others = "; ".join(f"{n}: {why}" for n, why in rejected.items() if n not in capable)
+            extra = f" (and no other backend can run this spec: {others})" if others else ""
+            best = state(capable[0])
+            raise BackendUnavailable(capable[0], (best.reason or "not available") + extra, best.fix)
         details = "; ".join(f"{n}: {why}" for n, why in rejected.items())
-        if spec.backend is not None and spec.backend in rejected:
-            raise UnsupportedFeature(f"backend {spec.backend!r} cannot run this spec: {rejected[spec.backend]}")
-        raise UnsupportedFeature(f"no backend can run this spec ({details})")
+        raise UnsupportedFeature(f"no backend can run this spec: {details}")
+
     chosen = fitting[0]
     caps = capabilities[chosen]
-    reasons = []
-    if spec.backend is not None:
-        reasons.append("asked for explicitly")
-    fit_reason = _fit(spec.requirements, caps)[1]
-    if fit_reason:
-        reasons.append(fit_reason)
-    reasons.append(f"{caps.kind} sandbox, isolation {caps.isolation}, starts in ~{caps.start_seconds:g}s")
+    if explicit:
+        reasons = [f"backend={explicit!r} was asked for explicitly and meets the spec"]
+    else:
+        reasons = [natural_why]
+        if caps.kind != natural:
+            reasons.append(
+                f"no available {natural} backend meets the spec; {caps.kind} is the nearest kind"
+            )
+    start = f"{caps.kind} sandbox, isolation {caps.isolation}, starts in ~{caps.start_seconds:g}s"
+    if spec.requirements.max_start_seconds is not None:
+        start += f" (within max_start_seconds={spec.requirements.max_start_seconds:g})"
+    reasons.append(start)
     if len(fitting) > 1:
-        reasons.append(f"ranked first of {len(fitting)} fitting backends by fit, start cost, preference")
+        reasons.append(_why_not(chosen, fitting[1], capabilities, order, preference))
     return Selection(chosen, tuple(reasons), rejected, tuple(fitting))
 
 
-_probe_cache: dict[str, tuple[float, Availability]] = {}
+def _why_not(
+    chosen: str,
+    runner_up: str,
+    capabilities: Mapping[str, Capabilities],
+    order: Callable[[str], tuple[int, float, int, str]],
+    preference: Sequence[str],
+) -> str:
+    """Which tie-break put `chosen` ahead of `runner_up`."""
+    mine, theirs = order(chosen), order(runner_up)
+    other = capabilities[runner_up]
+    if mine[0] != theirs[0]:
+        return f"a closer fit than {runner_up} ({other.kind})"
+    if mine[1] != theirs[1]:
+        return f"starts faster than {runner_up} (~{mine[1]:g}s vs ~{theirs[1]:g}s)"
+    if mine[2] != theirs[2]:
+        return f"preferred over {runner_up} by the preference order {','.join(preference)}"
+    return f"ahead of {runner_up} by name (no preference between them)"
 
 
-def _probe(name: str) -> Availability:
+def resolve_preference(preference: Sequence[str] | str | None = None) -> tuple[str, ...]:
+    """The tie-break order: `preference`, else $SANDBOXER_BACKEND_PREFERENCE, then the default."""
+    if preference is None:
+        preference = os.environ.get(PREFERENCE_ENV, "")
+    if isinstance(preference, str):
+        preference = preference.split(",")
+    chosen = tuple(dict.fromkeys(n.strip() for n in preference if n.strip()))
+    return chosen + tuple(n for n in DEFAULT_PREFERENCE if n not in chosen)
+
+
+def run_bounded(calls: Mapping[str, Callable[[], T]], timeout: float) -> dict[str, T | Exception]:
+    """Run `calls` in parallel: the result or the exception of each that returned within
+    `timeout` seconds; those that did not are missing. Daemon threads: a hung call never
+    blocks the interpreter's exit."""
+    results: dict[str, T | Exception] = {}
+
+    def run(key: str, call: Callable[[], T]) -> None:
+        try:
+            results[key] = call()
+        except Exception as exc:  # reported to the caller, never lost
+            results[key] = exc
+
+    threads = [
+        threading.Thread(target=run, args=item, name=f"sandboxer-{item[0]}", daemon=True)
+        for item in calls.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(results)  # a snapshot: calls finishing later no longer count
+
+
+# Keyed by class, so a backend re-registered under the same name is probed afresh.
+_probe_cache: dict[type[Backend], tuple[float, Availability]] = {}
+_probing: set[type[Backend]] = set()  # probes still running: never start a second one
+_probe_lock = threading.Lock()
+
+
+def _probe(cls: type[Backend]) -> Availability:
     try:
-        return backend_class(name).probe()
-    except BackendUnavailable as exc:
-        return Availability(False, exc.reason, exc.fix)
+        state = cls.probe()
+    finally:
+        with _probe_lock:
+            _probing.discard(cls)
+    if not isinstance(state, Availability):
+        return Availability(False, f"probe returned {state!r}, not an Availability")
+    return state
 
 
 def probe_all(names: Sequence[str], *, fresh: bool = False) -> dict[str, Availability]:
-    """Availability of each backend, probed in parallel and cached for a few seconds."""
-    now = time.monotonic()
-    stale = [n for n in names if fresh or n not in _probe_cache or now - _probe_cache[n][0] > _PROBE_TTL_SECONDS]
-    if stale:
-        with ThreadPoolExecutor(max_workers=len(stale)) as pool:
-            for name, state in zip(stale, pool.map(_probe, stale), strict=True):
-                _probe_cache[name] = (time.monotonic(), state)
-    return {name: _probe_cache[name][1] for name in names}
-
-
-def select(spec: SandboxSpec | Requirements | None = None, **fields: object) -> Selection:
-    """The backend `launch` would use for `spec` (or for bare requirements), with the reasons."""
-    if isinstance(spec, Requirements):
-        spec = SandboxSpec(requirements=spec, **fields)  # type: ignore[arg-type]
-    elif spec is None:
-        spec = SandboxSpec(**fields)  # type: ignore[arg-type]
-    capabilities: dict[str, Capabilities] = {}
-    unloadable: dict[str, Availability] = {}
-    for name in backend_names():
+    """Availability of each backend: probed in parallel, at most PROBE_TIMEOUT_SECONDS,
+    cached for a few seconds. A backend that cannot even be loaded is unavailable."""
+    states: dict[str, Availability] = {}
+    classes: dict[str, type[Backend]] = {}
+    for name in names:
         try:
-            capabilities[name] = backend_class(name).capabilities
+            classes[name] = backend_class(name)
         except BackendUnavailable as exc:
-            unloadable[name] = Availability(False, exc.reason, exc.fix)
-    if spec.backend is not None and spec.backend not in capabilities:
-        reason = unloadable[spec.backend].reason if spec.backend in unloadable else "unknown backend"
-        raise BackendUnavailable(spec.backend, reason, unloadable.get(spec.backend, Availability(False)).fix)
-    needed = [spec.backend] if spec.backend else list(capabilities)
-    availability = probe_all(needed)
-    selection = rank(spec, capabilities, availability)
-    if unloadable:
-        rejected = dict(selection.rejected)
-        rejected.update({n: f"unavailable: {a.reason}" for n, a in unloadable.items()})
-        selection = attrs.evolve(selection, rejected=rejected)
-    return selection
+            states[name] = Availability(False, exc.reason, exc.fix)
+    stale: dict[str, Callable[[], Availability]] = {}
+    with _probe_lock:
+        for name, cls in classes.items():
+            entry = _probe_cache.get(cls)
+            if entry is not None and not fresh and time.monotonic() - entry[0] <= _PROBE_TTL:
+                states[name] = entry[1]
+            elif cls in _probing:
+                states[name] = Availability(False, "an earlier probe has not answered yet")
+            else:
+                _probing.add(cls)
+                stale[name] = functools.partial(_probe, cls)
+    results = run_bounded(stale, PROBE_TIMEOUT_SECONDS)
+    for name in stale:
+        result = results.get(name)
+        if result is None:
+            state = Availability(False, f"did not answer a probe within {PROBE_TIMEOUT_SECONDS:g}s")
+        elif isinstance(result, Exception):
+            state = Availability(False, f"probe failed: {type(result).__name__}: {result}")
+        else:
+            state = result
+        if not state.available:
+            logger.debug("backend %s unavailable: %s", name, state.reason)
+        with _probe_lock:
+            _probe_cache[classes[name]] = (time.monotonic(), state)
+        states[name] = state
+    return {name: states[name] for name in names}
+
+
+def _as_spec(spec: SandboxSpec | Requirements | None, fields: Mapping[str, Any]) -> SandboxSpec:
+    if isinstance(spec, Requirements):
+        return SandboxSpec(requirements=spec, **fields)
+    if spec is None:
+        return SandboxSpec(**fields)
+    return attrs.evolve(spec, **fields) if fields else spec
+
+
+def select(
+    spec: SandboxSpec | Requirements | None = None,
+    /,
+    *,
+    preference: Sequence[str] | str | None = None,
+    **fields: Any,
+) -> Selection:
+    """The backend `launch` would use for `spec` (or bare requirements, or spec fields),
+    with the reasons. `preference` (or $SANDBOXER_BACKEND_PREFERENCE) breaks final ties."""
+    spec = _as_spec(spec, fields)
+    names = backend_names()
+    if spec.backend is not None and spec.backend not in names:
+        raise BackendUnavailable(spec.backend, f"no such backend; known: {', '.join(names)}")
+    capabilities: dict[str, Capabilities] = {}
+    for name in names:
+        with contextlib.suppress(BackendUnavailable):  # probe_all reports why
+            capabilities[name] = backend_class(name).capabilities
+    # With backend= only that one is probed: the others are rejected whatever their state.
+    unloadable = [name for name in names if name not in capabilities]
+    availability = probe_all([spec.backend, *unloadable] if spec.backend else names)
+    return rank(spec, capabilities, availability, resolve_preference(preference))

@@ -25,6 +25,7 @@ from sandboxer._log import logger, timed
 from sandboxer._proctree import kill_process_tree
 from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
 
+from . import _doctor
 from ._config import create_arguments
 from ._errors import docker_errors
 from ._exec import stream_exec
@@ -77,6 +78,8 @@ class DockerBackend(Backend):
             "network": "network_mode none: loopback only",
         },
     )
+
+    diagnose = classmethod(_doctor.diagnose)
 
     def __init__(self) -> None:
         with docker_errors():

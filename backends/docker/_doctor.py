@@ -18,12 +18,17 @@ from ._sdk import docker
 
 _INSTALL = "apt-get install -y docker.io"
 _TIMEOUT_SECONDS = 2
+_DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
-def _start_command() -> str:
-    if os.path.isdir("/run/systemd/system"):
+def _start_command(path: str | None) -> str:
+    """How to start the daemon that should answer on `path` (None: a remote DOCKER_HOST)."""
+    if path is None:
+        return "start the Docker daemon DOCKER_HOST points to, or unset DOCKER_HOST"
+    if path == _DEFAULT_SOCKET and os.path.isdir("/run/systemd/system"):
         return "systemctl start docker"
-    return "nohup dockerd >/var/log/dockerd.log 2>&1 &"  # no init system (containers, CI)
+    listen = "" if path == _DEFAULT_SOCKET else f" -H unix://{path}"
+    return f"nohup dockerd{listen} >/var/log/dockerd.log 2>&1 &"  # no init system (CI, containers)
 
 
 def _socket_checks(path: str) -> list[Check]:
@@ -32,7 +37,7 @@ def _socket_checks(path: str) -> list[Check]:
     if not os.path.exists(path):
         return [
             Check("installed: dockerd", bool(dockerd), dockerd or "dockerd not found", _INSTALL),
-            Check("reachable: docker socket", False, f"no socket at {path}", _start_command()),
+            Check("reachable: docker socket", False, f"no socket at {path}", _start_command(path)),
         ]
     checks = [Check("reachable: docker socket", True, path)]
     if not os.access(path, os.R_OK | os.W_OK):
@@ -50,7 +55,7 @@ def _socket_checks(path: str) -> list[Check]:
     return checks
 
 
-def _daemon_checks() -> list[Check]:
+def _daemon_checks(path: str | None) -> list[Check]:
     """Ask the daemon itself: version, and the features the hardened profile depends on."""
     try:
         client = docker.from_env(timeout=_TIMEOUT_SECONDS)
@@ -60,7 +65,7 @@ def _daemon_checks() -> list[Check]:
         finally:
             client.close()
     except Exception as exc:
-        return [Check("reachable: dockerd answers", False, str(exc), _start_command())]
+        return [Check("reachable: dockerd answers", False, str(exc), _start_command(path))]
     seccomp = any("seccomp" in option for option in info.get("SecurityOptions") or [])
     limits = [key for key in ("MemoryLimit", "PidsLimit") if not info.get(key)]
     return [
@@ -94,5 +99,5 @@ def diagnose(cls: type[Backend]) -> list[Check]:
     path = _socket_path()
     checks = [] if path is None else _socket_checks(path)  # remote DOCKER_HOST: daemon only
     if all(check.ok for check in checks):
-        checks += _daemon_checks()
+        checks += _daemon_checks(path)
     return checks
