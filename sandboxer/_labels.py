@@ -14,6 +14,8 @@ OWNER_PID = PREFIX + "owner-pid"
 OWNER_HOST = PREFIX + "owner-host"
 SESSION = PREFIX + "session"
 CREATED_AT = PREFIX + "created-at"
+# The user commands run as by default, so a sandbox found again (attach) keeps it.
+EXEC_USER = PREFIX + "user"
 
 # One id for this process's lifetime; a pytest session or a `gc --session` narrows to it.
 _SESSION_ID = os.environ.get("SANDBOXER_SESSION") or uuid.uuid4().hex[:12]
@@ -21,6 +23,12 @@ _SESSION_ID = os.environ.get("SANDBOXER_SESSION") or uuid.uuid4().hex[:12]
 
 def session_id() -> str:
     return _SESSION_ID
+
+
+def set_session(session: str) -> None:
+    """Use `session` for everything launched from now on (e.g. one per pytest-xdist worker)."""
+    global _SESSION_ID
+    _SESSION_ID = session
 
 
 def ownership_labels() -> dict[str, str]:

@@ -11,7 +11,7 @@ import attrs
 
 from ._backend import Backend, LaunchPlan
 from ._errors import SandboxExists, UnsupportedFeature
-from ._labels import new_name, ownership_labels
+from ._labels import EXEC_USER, new_name, ownership_labels
 from ._log import logger, timed
 from ._models import SandboxSpec
 from ._ports import assign_host_ports
@@ -28,13 +28,17 @@ def make_plan(spec: SandboxSpec) -> LaunchPlan:
     """Resolve every default of `spec`: name, labels, network, host ports, user, limits."""
     profile = spec.profile
     res = spec.resources
+    user = spec.user if spec.user is not None else profile.user
+    labels = {**spec.labels, **ownership_labels()}
+    if user is not None:
+        labels[EXEC_USER] = user
     return LaunchPlan(
         spec=spec,
         name=spec.name or new_name(),
-        labels={**spec.labels, **ownership_labels()},
+        labels=labels,
         network=spec.effective_network,
         ports=assign_host_ports(spec.ports),
-        user=spec.user if spec.user is not None else profile.user,
+        user=user,
         cpus=res.cpus if res.cpus is not None else profile.cpus,
         memory=res.memory if res.memory is not None else profile.memory,
         pids=res.pids if res.pids is not None else profile.pids,

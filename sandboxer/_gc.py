@@ -1,0 +1,206 @@
+"""Finding our sandboxes on every engine, and reaping the ones whose owner is gone.
+
+Only resources carrying sandboxer's labels are ever listed or removed; a sandbox goes when
+its owner process (on this host) has exited, when it is older than a bound, or when it
+belongs to a session being cleaned up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import attrs
+
+from ._backend import SandboxInfo
+from ._errors import EngineError, InvalidSpec, SandboxError
+from ._labels import CREATED_AT, OWNER_HOST, OWNER_PID, SESSION, is_ours
+from ._log import logger, timed
+from ._registry import backend_names, get_backend
+from ._selector import probe_all
+
+
+@attrs.frozen
+class Inventory:
+    """Our sandboxes on every engine asked about, and why any engine could not be listed."""
+
+    sandboxes: tuple[SandboxInfo, ...]
+    # Backend -> why listing it failed (an engine that should have answered).
+    errors: Mapping[str, str]
+
+
+def _list(name: str) -> list[SandboxInfo]:
+    with timed("list_sandboxes", backend=name):
+        return [info for info in get_backend(name).list_sandboxes() if is_ours(info.labels)]
+
+
+def inventory(backends: Sequence[str] | None = None) -> Inventory:
+    """Our sandboxes on `backends` (default: every backend available now), listed in parallel.
+
+    A backend named explicitly that cannot answer is an error; an unnamed one is skipped.
+    """
+    names = list(backends) if backends is not None else backend_names()
+    errors: dict[str, str] = {}
+    ready = []
+    for name, state in probe_all(names).items():
+        reason = state.reason + (f" (fix: {state.fix})" if state.fix else "")
+        if state.available:
+            ready.append(name)
+        elif backends is not None:
+            errors[name] = reason
+        else:
+            logger.info("not listing %s: %s", name, reason)
+    found: list[SandboxInfo] = []
+    if ready:
+        with ThreadPoolExecutor(max_workers=len(ready)) as pool:
+            futures = {name: pool.submit(_list, name) for name in ready}
+        for name, future in futures.items():
+            try:
+                found += future.result()
+            except SandboxError as exc:
+                errors[name] = str(exc)
+    found.sort(key=lambda info: (info.backend, created_at(info) or 0.0, info.name))
+    return Inventory(tuple(found), errors)
+
+
+def created_at(info: SandboxInfo) -> float | None:
+    """When the sandbox was created (seconds since the epoch), from its label."""
+    try:
+        return float(info.labels[CREATED_AT])
+    except (KeyError, ValueError):
+        return None
+
+
+def owner_pid(info: SandboxInfo) -> int | None:
+    try:
+        return int(info.labels[OWNER_PID])
+    except (KeyError, ValueError):
+        return None
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None where /proc cannot tell."""
+    boot = _boot_time()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name (field 2) may hold spaces: fields after it follow the last ')'.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if boot is None:
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours to signal
+    return True
+
+
+def owner_alive(info: SandboxInfo) -> bool | None:
+    """Whether the process that made the sandbox still runs; None when this host cannot tell."""
+    pid = owner_pid(info)
+    if pid is None or info.labels.get(OWNER_HOST) != socket.gethostname():
+        return None
+    if not _pid_running(pid):
+        return False
+    # A live pid may have been reused by a process started after the sandbox was made.
+    started, created = _process_start(pid), created_at(info)
+    return not (started is not None and created is not None and started > created + 1.0)
+
+
+def has_labels(info: SandboxInfo, wanted: Mapping[str, str]) -> bool:
+    return all(info.labels.get(key) == value for key, value in wanted.items())
+
+
+def is_garbage(
+    info: SandboxInfo, *, older_than: float | None, session: str | None, now: float
+) -> str | None:
+    """Why `info` should be reaped under these rules, or None to keep it."""
+    if not is_ours(info.labels):
+        return None
+    created = created_at(info)
+    old = older_than is not None and created is not None and now - created > older_than
+    if session is not None:
+        # A session narrows the sweep to itself: all of it goes, or its old part only.
+        if info.labels.get(SESSION) != session:
+            return None
+        if older_than is None:
+            return f"belongs to session {session}"
+        return f"older than {older_than:g}s in session {session}" if old else None
+    if owner_alive(info) is False:
+        return f"its owner (pid {owner_pid(info)}) has exited"
+    if old:
+        return f"older than {older_than:g}s"
+    return None
+
+
+class GcIncomplete(EngineError):
+    """Some sandboxes (or whole engines) could not be reaped; the rest were."""
+
+    def __init__(self, removed: list[SandboxInfo], failures: Mapping[str, str]) -> None:
+        self.removed = removed
+        self.failures = dict(failures)
+        details = "; ".join(f"{what}: {why}" for what, why in self.failures.items())
+        super().__init__(f"gc could not finish ({details})")
+
+
+def gc(
+    older_than: float | None = None,
+    session: str | None = None,
+    dry_run: bool = False,
+    backends: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[SandboxInfo]:
+    """Remove leftover sandboxes on every available backend (or on `backends`).
+
+    Without `session`: those whose owner process on this host has exited, and (with
+    `older_than`, in seconds) those older than that. With `session`: every sandbox of that
+    session (only the old ones if `older_than` is given too). `labels` narrows the sweep
+    to sandboxes carrying all of them. Never anything without sandboxer's labels.
+    Returns what was (with `dry_run`: would be) removed; raises GcIncomplete after trying
+    everything if some removal or engine failed.
+    """
+    if older_than is not None and older_than < 0:
+        raise InvalidSpec("older_than", f"must not be negative, got {older_than!r}")
+    found = inventory(backends)
+    now = time.time()
+    failures = dict(found.errors)
+    removed: list[SandboxInfo] = []
+    for info in found.sandboxes:
+        if not has_labels(info, labels or {}):
+            continue
+        reason = is_garbage(info, older_than=older_than, session=session, now=now)
+        if reason is None:
+            continue
+        if not dry_run:
+            logger.info("gc: removing %s on %s: %s", info.name, info.backend, reason)
+            try:
+                with timed("gc remove", backend=info.backend, sandbox=info.name):
+                    get_backend(info.backend).remove(info.name)
+            except SandboxError as exc:
+                failures[f"{info.backend}/{info.name}"] = str(exc)
+                continue
+        removed.append(info)
+    if failures:
+        raise GcIncomplete(removed, failures)
+    return removed

@@ -1,0 +1,158 @@
+"""The `docker run`-style flags shared by `run` and `select`, and the SandboxSpec they make."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .. import _models
+from .._errors import InvalidSpec
+from .._models import Mount, PortMapping, Requirements, Resources, SandboxSpec
+from .._profiles import CONTROLS, NETWORKS
+
+
+def selection_options() -> argparse.ArgumentParser:
+    """Flags that decide which backend can run the sandbox (shared by run and select)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("sandbox")
+    group.add_argument("--backend", metavar="B", help="engine to use (default: the selector picks)")
+    group.add_argument(
+        "--profile",
+        metavar="P",
+        default="hardened",
+        help="security profile: a built-in name or a .toml path (default: hardened)",
+    )
+    group.add_argument(
+        "--image",
+        metavar="I",
+        default="sandboxer/minimal",
+        help="image (default: sandboxer/minimal)",
+    )
+    group.add_argument(
+        "-v",
+        "--volume",
+        dest="mounts",
+        metavar="SRC:DST[:ro]",
+        action="append",
+        default=[],
+        help="share a host path into the sandbox (repeatable)",
+    )
+    group.add_argument(
+        "-p",
+        "--publish",
+        dest="ports",
+        metavar="[IP:]HOST:GUEST",
+        action="append",
+        default=[],
+        help="publish a sandbox port on the host; empty HOST picks one",
+    )
+    group.add_argument(
+        "--network",
+        choices=NETWORKS,
+        help="network mode (default: the profile's, or bridge with -p)",
+    )
+    needs = parent.add_argument_group("requirements (for the selector)")
+    needs.add_argument(
+        "--kind", choices=_models.KINDS, help="app container, system container or VM"
+    )
+    needs.add_argument(
+        "--isolation", choices=_models.ISOLATION_LEVELS, help="the weakest isolation acceptable"
+    )
+    needs.add_argument("--init", action="store_true", help="needs an init system as PID 1")
+    needs.add_argument("--custom-kernel", action="store_true", help="needs its own kernel")
+    needs.add_argument("--nested", action="store_true", help="needs to run containers inside")
+    needs.add_argument(
+        "--max-start-seconds",
+        type=float,
+        metavar="N",
+        help="only engines that typically start within N seconds",
+    )
+    return parent
+
+
+def launch_options() -> argparse.ArgumentParser:
+    """Flags that only matter once the sandbox is launched (run)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("launch")
+    group.add_argument("--name", help="sandbox name (default: sbx-<random>)")
+    group.add_argument(
+        "-e",
+        "--env",
+        dest="env",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="environment variable; a bare K copies ours (repeatable)",
+    )
+    group.add_argument(
+        "-l",
+        "--label",
+        dest="labels",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="label on the sandbox (repeatable)",
+    )
+    group.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256m or 1GiB")
+    group.add_argument("--cpus", type=float, metavar="N", help="CPU limit, e.g. 0.5")
+    group.add_argument("--pids", type=int, metavar="N", help="process count limit")
+    group.add_argument("-w", "--workdir", metavar="DIR", help="working directory of the command")
+    group.add_argument("-u", "--user", metavar="USER", help="user[:group] or uid[:gid]")
+    group.add_argument(
+        "--allow-unenforced",
+        metavar="CONTROL",
+        action="append",
+        default=[],
+        choices=CONTROLS,
+        help="accept that this profile control goes unenforced (repeatable)",
+    )
+    return parent
+
+
+def pairs(values: list[str], flag: str, *, from_environ: bool = False) -> dict[str, str]:
+    """K=V strings as a dict; a bare K takes our environment's value when `from_environ`."""
+    result: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep:
+            if not from_environ:
+                raise InvalidSpec(flag, f"expected K=V, got {value!r}")
+            if key not in os.environ:
+                continue  # as docker does: an unset variable is left out
+            item = os.environ[key]
+        if not key:
+            raise InvalidSpec(flag, f"expected K=V, got {value!r}")
+        result[key] = item
+    return result
+
+
+def spec_from(args: argparse.Namespace) -> SandboxSpec:
+    """The SandboxSpec the parsed flags describe; invalid values raise InvalidSpec."""
+    fields: dict[str, Any] = {
+        "image": args.image,
+        "profile": args.profile,
+        "backend": args.backend,
+        "network": args.network,
+        "mounts": [Mount.parse(text) for text in args.mounts],
+        "ports": [PortMapping.parse(text) for text in args.ports],
+        "requirements": Requirements(
+            kind=args.kind,
+            isolation=args.isolation,
+            init=args.init,
+            custom_kernel=args.custom_kernel,
+            nested=args.nested,
+            max_start_seconds=args.max_start_seconds,
+        ),
+    }
+    if hasattr(args, "env"):  # the launch options are present
+        fields.update(
+            name=args.name,
+            env=pairs(args.env, "--env", from_environ=True),
+            labels=pairs(args.labels, "--label"),
+            resources=Resources(cpus=args.cpus, memory=args.memory, pids=args.pids),
+            workdir=args.workdir,
+            user=args.user,
+            allow_unenforced=args.allow_unenforced,
+        )
+    return SandboxSpec(**fields)
