@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ._backend import Backend, LaunchPlan
+from ._backend import Backend, ControlStatus, LaunchPlan
 from ._errors import SandboxExists, UnsupportedFeature
 from ._labels import EXEC_USER, new_name, ownership_labels
 from ._log import logger, timed
@@ -45,6 +45,16 @@ def make_plan(spec: SandboxSpec) -> LaunchPlan:
     )
 
 
+def relaxed_by_spec(plan: LaunchPlan) -> dict[str, ControlStatus]:
+    """Controls the spec itself chose to relax: reported as not enforced, yet not refused,
+    since the caller asked for it explicitly (e.g. ports need a network)."""
+    profile = plan.profile
+    if "network" in profile.controls() and plan.network != profile.network:
+        reason = f"relaxed by the spec: network {plan.network!r} (profile: {profile.network!r})"
+        return {"network": ControlStatus(False, reason)}
+    return {}
+
+
 def _create(backend: Backend, plan: LaunchPlan) -> Any:
     try:
         with timed("create", backend=backend.name, sandbox=plan.name):
@@ -71,11 +81,12 @@ def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
     logger.debug("selection: %s", selection.explain().replace("\n", " | "))
     backend = get_backend(selection.backend)
     plan = make_plan(spec)
-    enforcement = backend.enforcement(plan)
+    relaxed = relaxed_by_spec(plan)
+    enforcement = {**backend.enforcement(plan), **relaxed}
     refused = {
         control: status.mechanism
         for control, status in enforcement.items()
-        if not status.enforced and control not in spec.allow_unenforced
+        if not status.enforced and control not in spec.allow_unenforced and control not in relaxed
     }
     if refused:
         details = "; ".join(f"{c}: {why}" for c, why in refused.items())

@@ -76,3 +76,10 @@ def test_derive_a_custom_profile() -> None:
     assert web.cap_add == ("NET_BIND_SERVICE",) and web.cap_drop == ("ALL",)
     spec = sandboxer.SandboxSpec(profile=web)
     assert spec.profile.name == "web"
+
+
+def test_a_network_the_spec_asks_for_is_reported_relaxed_not_refused() -> None:
+    with sandboxer.launch(backend="fake", ports=[sandboxer.PortMapping(8080)]) as sb:
+        status = sb.enforcement["network"]
+        assert status.enforced is False and "relaxed by the spec" in status.mechanism
+        assert sb.enforcement["seccomp"].enforced is True

@@ -14,7 +14,10 @@ SRC
         apt_updated=0
     fi
     # Not the `incus` meta package: it pulls QEMU 10, which breaks libvirt 9.0.
-    apt_install busybox-static incus-base/bookworm-backports incus-client/bookworm-backports
+    # dnsmasq-base: Incus refuses to create managed networks (isolated, bridge) without it;
+    # nsenter and ip: the start-host hook that raises a sandbox's loopback.
+    apt_install busybox-static incus-base/bookworm-backports incus-client/bookworm-backports \
+        dnsmasq-base util-linux iproute2
     if ! incus info >/dev/null 2>&1; then
         start_daemon incusd /var/log/sandboxer-incusd.log /usr/libexec/incus/incusd --group root
         wait_for incusd 60 incus info

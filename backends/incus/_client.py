@@ -1,0 +1,152 @@
+"""Where the Incus daemon is, and the few REST calls every module shares.
+
+By default the local unix socket; a remote daemon over HTTPS with a client certificate
+when SANDBOXER_INCUS_ENDPOINT is an https:// URL (SANDBOXER_INCUS_CERT/_KEY name the
+PEM files; SANDBOXER_INCUS_VERIFY is "true", "false" or a CA bundle path).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import attrs
+
+from sandboxer._errors import InvalidSpec
+
+from ._errors import incus_errors
+from ._sdk import pylxd
+from ._websocket import WebSocket
+
+DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _verify(value: str | None) -> bool | str:
+    if value is None or value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    return value  # a CA bundle
+
+
+@attrs.frozen
+class Endpoint:
+    """A unix socket path, or an https:// URL with an optional client certificate."""
+
+    address: str = DEFAULT_SOCKET
+    cert: tuple[str, str] | None = None
+    verify: bool | str = True
+
+    @classmethod
+    def from_env(cls) -> Endpoint:
+        address = os.environ.get("SANDBOXER_INCUS_ENDPOINT") or DEFAULT_SOCKET
+        address = address.removeprefix("unix://")
+        cert_file, key_file = (os.environ.get(f"SANDBOXER_INCUS_{k}") for k in ("CERT", "KEY"))
+        if bool(cert_file) != bool(key_file):
+            raise InvalidSpec(
+                "SANDBOXER_INCUS_CERT", "set both SANDBOXER_INCUS_CERT and SANDBOXER_INCUS_KEY"
+            )
+        if not address.startswith(("/", "https://")):
+            raise InvalidSpec(
+                "SANDBOXER_INCUS_ENDPOINT", f"expected a socket path or https:// URL: {address!r}"
+            )
+        cert = (cert_file, key_file) if cert_file and key_file else None
+        return cls(address, cert, _verify(os.environ.get("SANDBOXER_INCUS_VERIFY")))
+
+    @property
+    def is_local(self) -> bool:
+        """A unix socket: the daemon runs on this host and its processes are visible here."""
+        return self.address.startswith("/")
+
+    def client(self, timeout: float | None = None) -> Any:
+        session = None
+        if not self.is_local:
+            session = pylxd.client.get_session_for_url(
+                self.address, verify=self.verify, cert=self.cert
+            )
+            # Else REQUESTS_CA_BUNDLE (if set) silently overrides an explicit verify setting.
+            session.trust_env = self.verify is True
+        with incus_errors():
+            return pylxd.Client(
+                endpoint=self.address, cert=self.cert, verify=self.verify, timeout=timeout,
+                session=session,
+            )
+
+    def open_socket(self, timeout: float) -> socket.socket:
+        """A fresh connection to the daemon, for one websocket."""
+        if self.is_local:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(self.address)
+            return sock
+        url = urlparse(self.address)
+        raw = socket.create_connection((url.hostname, url.port or 8443), timeout=timeout)
+        context = ssl.create_default_context(
+            cafile=self.verify if isinstance(self.verify, str) else None
+        )
+        if self.verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert:
+            context.load_cert_chain(*self.cert)
+        return context.wrap_socket(raw, server_hostname=url.hostname)
+
+    @property
+    def host(self) -> str:
+        return "localhost" if self.is_local else urlparse(self.address).netloc
+
+
+class Incus:
+    """A pylxd client plus operation waiting and websockets, shared by one backend."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.client = endpoint.client()
+        self.api = self.client.api
+
+    def wait(self, response: Any, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the operation a 202 response started; its metadata, or raise its error."""
+        body = response.json()
+        if body.get("type") != "async":
+            return dict(body.get("metadata") or {})
+        return self.wait_operation(self.operation_id(body), timeout)
+
+    def wait_operation(self, operation: str, timeout: float | None = None) -> dict[str, Any]:
+        params = {"timeout": int(timeout)} if timeout is not None else {}
+        with incus_errors():
+            result = self.api.operations[operation].wait.get(params=params)
+            metadata: dict[str, Any] = result.json().get("metadata") or {}
+            if metadata.get("status") == "Failure" or metadata.get("err"):
+                raise pylxd.exceptions.LXDAPIException(result)
+        return metadata
+
+    @staticmethod
+    def operation_id(body: dict[str, Any]) -> str:
+        return str(body["operation"]).rstrip("/").rsplit("/", 1)[-1]
+
+    def websocket(self, operation: str, secret: str, timeout: float = 10.0) -> WebSocket:
+        resource = f"/1.0/operations/{quote(operation)}/websocket?secret={quote(secret)}"
+        sock = self.endpoint.open_socket(timeout)
+        try:
+            websocket = WebSocket.connect(sock, self.endpoint.host, resource)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return websocket
+
+    def file_type(self, instance: str, path: str) -> str | None:
+        """"file", "directory" or "symlink" at `path` in the instance (as it sees it), or None."""
+        files = self.api.instances[instance].files
+        with incus_errors():
+            response = self.api.session.head(files._api_endpoint, params={"path": path})
+        if response.status_code != 200:
+            return None
+        return str(response.headers.get("X-Incus-type", "file"))
+
+    def close(self) -> None:
+        self.api.session.close()

@@ -1,0 +1,232 @@
+"""A launch plan turned into the Incus instance request (pure: no engine calls).
+
+Security controls map to Incus keys where Incus has one and to `raw.lxc` where only
+LXC does: capabilities (lxc.cap.keep/drop), no-new-privileges, the tmpfs mounts a
+read-only root needs, and a start-host hook that raises loopback from the host, so
+the sandbox needs no capability for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from sandboxer._backend import ControlStatus, LaunchPlan
+from sandboxer._errors import UnsupportedFeature
+from sandboxer._models import PortMapping
+
+from ._seccomp import Translation, translate_file
+
+# LXC runs start-host hooks on the host once the container's namespaces exist, before
+# its init: loopback comes up without the sandbox holding CAP_NET_ADMIN.
+LOOPBACK_HOOK = (
+    "lxc.hook.start-host = /bin/sh -c 'nsenter --net=/proc/$LXC_PID/ns/net ip link set lo up'"
+)
+# Config keys whose values are line lists: profile extras are appended, not replacing ours.
+_APPENDED = ("raw.lxc", "security.syscalls.deny")
+LABEL_PREFIX = "user."
+ADDRESS_KEY = "user.sandboxer.address"
+ENV_PREFIX = "environment."
+
+
+@attrs.frozen
+class Nic:
+    """The sandbox's one network interface, on `network`, with a static address."""
+
+    network: str
+    address: str  # "10.213.4.7/16", configured by LXC before init
+    gateway: str | None = None  # a default route, only where there is a way out
+    reserved: bool = False  # Incus knows the subnet: it reserves and filters the address
+
+
+def labels_config(labels: Mapping[str, str]) -> dict[str, str]:
+    return {LABEL_PREFIX + key: value for key, value in labels.items()}
+
+
+def labels_from_config(config: Mapping[str, str]) -> dict[str, str]:
+    return {k[len(LABEL_PREFIX):]: v for k, v in config.items() if k.startswith(LABEL_PREFIX)}
+
+
+def _capability(name: str) -> str:
+    return name.lower().removeprefix("cap_")
+
+
+def capability_lines(plan: LaunchPlan) -> list[str]:
+    profile = plan.profile
+    drop = {_capability(c) for c in profile.cap_drop}
+    add = {_capability(c) for c in profile.cap_add}
+    if "all" in drop:
+        # keep = none drops every capability, including ones newer than this code.
+        return ["lxc.cap.keep = " + (" ".join(sorted(add)) or "none")]
+    if drop - add:
+        return ["lxc.cap.drop = " + " ".join(sorted(drop - add))]
+    return []
+
+
+def tmpfs_lines(plan: LaunchPlan) -> list[str]:
+    lines = []
+    for path, size in plan.profile.tmpfs.items():
+        target = path.strip("/")
+        if not target or any(c.isspace() for c in target):
+            raise UnsupportedFeature(f"incus cannot mount a tmpfs at {path!r}")
+        lines.append(
+            f"lxc.mount.entry = tmpfs {target} tmpfs "
+            f"rw,nosuid,nodev,size={size},mode=1777,create=dir 0 0"
+        )
+    return lines
+
+
+def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
+    lines = [LOOPBACK_HOOK]
+    if plan.profile.no_new_privileges:
+        lines.append("lxc.no_new_privs = 1")
+    if not plan.spec.requirements.nested:
+        lines += capability_lines(plan)
+    lines += tmpfs_lines(plan)
+    if nic is not None:
+        # Configured by LXC before init, so no DHCP client (and no capability) is needed.
+        broadcast = ipaddress.ip_interface(nic.address).network.broadcast_address
+        lines.append(f"lxc.net.0.ipv4.address = {nic.address} {broadcast}")
+        if nic.gateway:
+            lines.append(f"lxc.net.0.ipv4.gateway = {nic.gateway}")
+    return "\n".join(lines)
+
+
+def seccomp(plan: LaunchPlan) -> Translation | None:
+    """The profile's deny list for Incus, or None when no list applies."""
+    if plan.profile.seccomp is None or plan.spec.requirements.nested:
+        return None
+    return translate_file(plan.profile.seccomp)
+
+
+def limits(plan: LaunchPlan) -> dict[str, str]:
+    config: dict[str, str] = {}
+    if plan.pids is not None:
+        config["limits.processes"] = str(plan.pids)
+    if plan.memory is not None:
+        config["limits.memory"] = str(plan.memory)
+        # No swap on top: the limit is what the sandbox really gets.
+        config["limits.memory.swap"] = "false"
+    if plan.cpus is not None:
+        config["limits.cpu"] = str(math.ceil(plan.cpus))
+        if plan.cpus != math.ceil(plan.cpus):
+            config["limits.cpu.allowance"] = f"{round(plan.cpus * 100)}ms/100ms"
+    return config
+
+
+def _listen(port: PortMapping) -> str:
+    ip = ipaddress.ip_address(port.host_ip)
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{port.protocol}:{host}:{port.host_port}"
+
+
+def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {
+        "root": {
+            "type": "disk",
+            "path": "/",
+            "pool": pool,
+            "readonly": "true" if plan.profile.read_only_root else "false",
+        }
+    }
+    for index, mount in enumerate(plan.spec.mounts):
+        found[f"mount{index}"] = {
+            "type": "disk",
+            "source": mount.source,
+            "path": mount.target,
+            "readonly": "true" if mount.read_only else "false",
+        }
+    for index, port in enumerate(plan.ports):
+        # bind=host: Incus listens on the host and connects inside the sandbox's
+        # network namespace, so this works with no NIC at all.
+        found[f"port{index}"] = {
+            "type": "proxy",
+            "listen": _listen(port),
+            "connect": f"{port.protocol}:127.0.0.1:{port.guest_port}",
+            "bind": "host",
+        }
+    if nic is not None:
+        found["eth0"] = {"type": "nic", "network": nic.network, "name": "eth0"}
+        if nic.reserved:
+            found["eth0"]["ipv4.address"] = nic.address.split("/")[0]
+            found["eth0"]["security.ipv4_filtering"] = "true"
+            found["eth0"]["security.mac_filtering"] = "true"
+    return found
+
+
+def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
+    spec = plan.spec
+    result = {
+        **labels_config(plan.labels),
+        **{ENV_PREFIX + key: value for key, value in spec.env.items()},
+        **limits(plan),
+        # The built-in images' /etc/hosts template maps the sandbox's name to this.
+        ADDRESS_KEY: nic.address.split("/")[0] if nic else "127.0.1.1",
+        "security.privileged": "false",
+        # No /dev/incus: the guest API socket is a way to talk to the engine.
+        "security.guestapi": "false",
+        "raw.lxc": raw_lxc(plan, nic),
+    }
+    rules = seccomp(plan)
+    if rules is not None:
+        result["security.syscalls.deny"] = "\n".join(rules.rules)
+    for key, value in plan.profile.backend_options.get("incus", {}).items():
+        value = str(value).lower() if isinstance(value, bool) else str(value)
+        if key in _APPENDED and key in result:
+            result[key] += "\n" + value
+        else:
+            result[key] = value
+    # Nesting is a requirement of the task: it wins over a profile's default.
+    result["security.nesting"] = "true" if spec.requirements.nested else result.get(
+        "security.nesting", "false"
+    )
+    return result
+
+
+def instance_request(
+    plan: LaunchPlan, fingerprint: str, pool: str, nic: Nic | None, start: bool
+) -> dict[str, Any]:
+    """The POST /1.0/instances body; no profiles, so nothing unreviewed is inherited."""
+    return {
+        "name": plan.name,
+        "type": "container",
+        "source": {"type": "image", "fingerprint": fingerprint},
+        "profiles": [],
+        "config": config(plan, nic),
+        "devices": devices(plan, pool, nic),
+        "start": start,
+    }
+
+
+_NESTING = (
+    "not applied: Requirements(nested=True) needs the {} this control would take away "
+    "(nested containers mount, unshare and map ids)"
+)
+_TAKEN = {"capabilities": "capabilities", "seccomp": "syscalls"}
+_NETWORKS = {
+    "isolated": "per the spec, network 'isolated' (overriding the profile's 'none'): a "
+    "private bridge with no host address, no DHCP and no NAT: no route out",
+    "bridge": "per the spec, network 'bridge' (overriding the profile's 'none'): the shared "
+    "NAT bridge, needed for what the spec asked (ports or network='bridge')",
+}
+
+
+def enforcement_overrides(plan: LaunchPlan) -> dict[str, ControlStatus]:
+    """Where this plan departs from the backend's static `controls`, and why."""
+    overrides: dict[str, ControlStatus] = {}
+    if plan.network != "none":
+        overrides["network"] = ControlStatus(True, _NETWORKS[plan.network])
+    if plan.spec.requirements.nested:
+        for control in ("capabilities", "seccomp"):
+            overrides[control] = ControlStatus(False, _NESTING.format(_TAKEN[control]))
+        return overrides
+    translation = seccomp(plan)
+    if translation is not None and translation.problems:
+        overrides["seccomp"] = ControlStatus(
+            False, "Incus cannot express: " + "; ".join(translation.problems)
+        )
+    return overrides

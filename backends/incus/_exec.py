@@ -1,0 +1,156 @@
+"""exec through Incus' exec endpoint and its websockets: stdin, separate streams, a deadline.
+
+pylxd's `execute()` polls its streams with sleep(0.1); here one select() loop reads
+stdout and stderr as they arrive, and a thread feeds stdin so a command that writes
+while it reads cannot deadlock against us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sandboxer._backend import ExecGenerator, ExitStatus
+from sandboxer._errors import EngineError
+from sandboxer._proctree import kill_process_tree
+
+from ._client import Incus
+from ._errors import incus_errors
+from ._websocket import BINARY, CLOSE, TEXT, WebSocket
+
+_STREAMS = {1: "stdout", 2: "stderr"}
+# Incus' words when forkexec could not start the command inside the sandbox.
+_NOT_STARTED = "Failed to retrieve PID of executing child process"
+_GRACE_AFTER_KILL = 5.0
+
+
+def _feed(websocket: WebSocket, data: bytes | None) -> None:
+    with contextlib.suppress(OSError):
+        if data:
+            websocket.send(data)
+        websocket.send_barrier()
+
+
+class NotStarted(EngineError):
+    """Incus could not start the command (typically: the sandbox is at its pids limit)."""
+
+
+def start(incus: Incus, name: str, body: dict[str, Any]) -> tuple[str, dict[int, WebSocket]]:
+    """Start an exec: (operation id, websockets by fd, -1 being the control channel)."""
+    with incus_errors():
+        response = incus.api.instances[name].exec.post(json=body)
+        payload = response.json()
+    operation = Incus.operation_id(payload)
+    fds = payload["metadata"]["metadata"]["fds"]
+    sockets: dict[int, WebSocket] = {}
+    try:
+        # The command starts once 0, 1 and 2 are connected: control goes first.
+        for fd, key in ((-1, "control"), (0, "0"), (1, "1"), (2, "2")):
+            sockets[fd] = incus.websocket(operation, fds[key])
+    except BaseException as exc:
+        for websocket in sockets.values():
+            websocket.close()
+        if isinstance(exc, OSError):
+            _result(incus, operation, timeout=5)  # the operation's own error says more
+        with incus_errors():
+            raise
+    return operation, sockets
+
+
+def _result(incus: Incus, operation: str, timeout: float | None = None) -> dict[str, Any]:
+    """The finished operation's metadata; NotStarted if Incus never started the command."""
+    try:
+        return incus.wait_operation(operation, timeout)
+    except EngineError as exc:
+        if _NOT_STARTED in str(exc):
+            raise NotStarted(str(exc)) from exc
+        raise
+
+
+def stream(
+    incus: Incus,
+    operation: str,
+    sockets: dict[int, WebSocket],
+    stdin: bytes | None,
+    timeout: float | None,
+    kill: Callable[[WebSocket], None],
+) -> ExecGenerator:
+    """Yield output until both streams end, killing the command at the deadline."""
+    writer = None
+    if stdin:
+        writer = threading.Thread(target=_feed, args=(sockets[0], stdin), daemon=True)
+        writer.start()
+    else:
+        _feed(sockets[0], None)  # EOF at once: a command reading stdin sees it empty
+    open_streams = {sockets[1]: 1, sockets[2]: 2}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+    try:
+        while open_streams:
+            ready = [ws for ws in open_streams if ws.pending()]
+            if not ready:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select(list(open_streams), [], [], wait)
+            if not ready:
+                if timed_out:
+                    break  # killed, yet the streams did not end: give up on them
+                timed_out = True
+                kill(sockets[-1])
+                deadline = time.monotonic() + _GRACE_AFTER_KILL
+                continue
+            for websocket in ready:
+                try:
+                    messages = websocket.receive()
+                except OSError:
+                    messages = [(CLOSE, b"")]  # reset: the operation's result tells why
+                for opcode, payload in messages:
+                    if opcode != BINARY:
+                        open_streams.pop(websocket, None)  # barrier or close: stream over
+                        break
+                    if payload:
+                        yield _STREAMS[open_streams[websocket]], payload
+        if timed_out:
+            return ExitStatus(exit_code=-1, timed_out=True)
+        metadata = _result(incus, operation)
+    finally:
+        # Closing the control channel makes Incus kill a command still running
+        # (the caller stopped reading, or the deadline passed).
+        for websocket in sockets.values():
+            with contextlib.suppress(OSError):
+                websocket.close()
+        if writer is not None:
+            writer.join(timeout=1)
+    return ExitStatus(exit_code=int((metadata.get("metadata") or {}).get("return", -1)))
+
+
+def kill_marked(marker: str) -> bool:
+    """SIGKILL every host process (and its tree) whose environment carries `marker`.
+
+    Incus does not expose an exec's host pid; a per-exec environment variable finds the
+    command and whatever it started, since children inherit it. False if none is seen.
+    """
+    needle = marker.encode()
+    found = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in variables:
+            found = kill_process_tree(int(entry)) or found
+    return found
+
+
+def signal_command(control: WebSocket, signal: int) -> None:
+    """Ask Incus to signal the command itself (not its children) via the control channel."""
+    with contextlib.suppress(OSError):
+        control.send(json.dumps({"command": "signal", "signal": signal}).encode(), TEXT)

@@ -1,0 +1,134 @@
+"""The networks behind "isolated" and "bridge".
+
+isolated: a private bridge per sandbox with no address on the host side (IPv6 off),
+no DHCP and no NAT: the sandbox has an interface but no route to the host, to other
+sandboxes or outside. bridge: one shared NAT bridge; each sandbox gets a static
+address that LXC configures before init (the hardened sandbox has no capability to
+run a DHCP client) and Incus reserves, with IP and MAC filtering against spoofing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import quote
+
+from sandboxer._errors import EngineError
+
+from ._client import Incus
+from ._config import Nic, labels_config
+from ._errors import incus_errors
+from ._sdk import pylxd
+
+BRIDGE = os.environ.get("SANDBOXER_INCUS_BRIDGE", "sandboxerbr0")
+BRIDGE_SUBNET = os.environ.get("SANDBOXER_INCUS_BRIDGE_SUBNET", "10.213.0.1/16")
+# Never routed: no host address exists on isolated bridges, so any private range does.
+ISOLATED_SUBNET = "10.214.0.1/16"
+_ADDRESS_TRIES = 8
+T = TypeVar("T")
+
+
+def isolated_network(sandbox: str) -> str:
+    """A per-sandbox network name: interface names stop at 15 characters."""
+    return "sbx" + hashlib.sha256(sandbox.encode()).hexdigest()[:12]
+
+
+def random_address(gateway: str, rng: random.Random) -> str:
+    """A host address of the gateway's subnet that is not the gateway."""
+    interface = ipaddress.ip_interface(gateway)
+    network = interface.network
+    while True:
+        candidate = network[rng.randrange(2, network.num_addresses - 1)]
+        if candidate != interface.ip:
+            return f"{candidate}/{network.prefixlen}"
+
+
+class Networks:
+    def __init__(self, incus: Incus) -> None:
+        self._incus = incus
+        self._subnet: str | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    def _config(self, name: str) -> dict[str, str] | None:
+        with incus_errors():
+            try:
+                response = self._incus.api.networks[quote(name, safe="")].get()
+            except pylxd.exceptions.NotFound:
+                return None
+        return dict(response.json()["metadata"].get("config") or {})
+
+    def _create(self, name: str, config: Mapping[str, str]) -> None:
+        with incus_errors():
+            try:
+                self._incus.api.networks.post(
+                    json={"name": name, "type": "bridge", "config": dict(config)}
+                )
+            except pylxd.exceptions.LXDAPIException as exc:
+                if "already exists" not in str(exc):
+                    raise
+
+    def _bridge_subnet(self) -> str:
+        """The shared bridge's gateway/prefix, creating the bridge on first use."""
+        with self._lock:
+            if self._subnet is None:
+                config = self._config(BRIDGE)
+                if config is None:
+                    self._create(BRIDGE, {
+                        "ipv4.address": BRIDGE_SUBNET,
+                        "ipv4.nat": "true",
+                        "ipv6.address": "none",
+                        "user.sandboxer.managed": "true",
+                    })
+                    config = self._config(BRIDGE) or {}
+                subnet = config.get("ipv4.address", "none")
+                if subnet in ("none", ""):
+                    raise EngineError(
+                        f"network {BRIDGE} has no IPv4 subnet; fix: "
+                        f"incus network set {BRIDGE} ipv4.address={BRIDGE_SUBNET} ipv4.nat=true"
+                    )
+                self._subnet = subnet
+            return self._subnet
+
+    def bridge_nic(self) -> Callable[[], Nic]:
+        """A fresh NIC with a random address each call (the caller retries on conflicts)."""
+        subnet = self._bridge_subnet()
+        gateway = str(ipaddress.ip_interface(subnet).ip)
+        return lambda: Nic(BRIDGE, random_address(subnet, self._rng), gateway, reserved=True)
+
+    def create_isolated(self, sandbox: str, labels: Mapping[str, str]) -> Nic:
+        """A private bridge, and an address on it that is unlikely to equal a peer's: so
+        trying to reach another isolated sandbox really goes nowhere."""
+        name = isolated_network(sandbox)
+        self._create(name, {
+            "ipv4.address": "none",
+            "ipv6.address": "none",
+            **labels_config(labels),
+            "user.sandboxer.sandbox": sandbox,
+        })
+        return Nic(name, random_address(ISOLATED_SUBNET, self._rng))
+
+    def remove_isolated(self, sandbox: str) -> None:
+        """Delete the sandbox's private network if it has one (only ours, by label)."""
+        name = isolated_network(sandbox)
+        config = self._config(name)
+        if config is not None and config.get("user.sandboxer.sandbox") == sandbox:
+            with incus_errors(), contextlib.suppress(pylxd.exceptions.NotFound):
+                self._incus.api.networks[name].delete()
+
+
+def retry_address_conflicts(attempt: Callable[[], T]) -> T:
+    """Run `attempt` again while Incus says a random address is taken."""
+    for _ in range(_ADDRESS_TRIES - 1):
+        try:
+            return attempt()
+        except EngineError as exc:
+            if "already defined on another NIC" not in str(exc):
+                raise
+    return attempt()
