@@ -274,19 +274,33 @@ def run_bounded(calls: Mapping[str, Callable[[], T]], timeout: float) -> dict[st
 
 # Keyed by class, so a backend re-registered under the same name is probed afresh.
 _probe_cache: dict[type[Backend], tuple[float, Availability]] = {}
-_probing: set[type[Backend]] = set()  # probes still running: never start a second one
+# Probes still running, each with an event set once its result is cached: concurrent
+# callers wait for that one probe instead of starting another (or giving up).
+_probing: dict[type[Backend], threading.Event] = {}
 _probe_lock = threading.Lock()
 
 
 def _probe(cls: type[Backend]) -> Availability:
     try:
         state = cls.probe()
-    finally:
-        with _probe_lock:
-            _probing.discard(cls)
-    if not isinstance(state, Availability):
-        return Availability(False, f"probe returned {state!r}, not an Availability")
+        if not isinstance(state, Availability):
+            state = Availability(False, f"probe returned {state!r}, not an Availability")
+    except Exception as exc:
+        state = Availability(False, f"probe failed: {type(exc).__name__}: {exc}")
+    with _probe_lock:
+        _probe_cache[cls] = (time.monotonic(), state)
+        done = _probing.pop(cls, None)
+    if done is not None:
+        done.set()
     return state
+
+
+def _late(cls: type[Backend]) -> Availability:
+    with _probe_lock:
+        entry = _probe_cache.get(cls)
+    if entry is not None:
+        return entry[1]
+    return Availability(False, f"did not answer a probe within {PROBE_TIMEOUT_SECONDS:g}s")
 
 
 def probe_all(names: Sequence[str], *, fresh: bool = False) -> dict[str, Availability]:
@@ -300,30 +314,30 @@ def probe_all(names: Sequence[str], *, fresh: bool = False) -> dict[str, Availab
         except BackendUnavailable as exc:
             states[name] = Availability(False, exc.reason, exc.fix)
     stale: dict[str, Callable[[], Availability]] = {}
+    pending: dict[str, threading.Event] = {}
     with _probe_lock:
         for name, cls in classes.items():
             entry = _probe_cache.get(cls)
             if entry is not None and not fresh and time.monotonic() - entry[0] <= _PROBE_TTL:
                 states[name] = entry[1]
             elif cls in _probing:
-                states[name] = Availability(False, "an earlier probe has not answered yet")
+                if entry is not None:
+                    states[name] = entry[1]  # a refresh is under way: the last answer will do
+                else:
+                    pending[name] = _probing[cls]
             else:
-                _probing.add(cls)
+                _probing[cls] = threading.Event()
                 stale[name] = functools.partial(_probe, cls)
     results = run_bounded(stale, PROBE_TIMEOUT_SECONDS)
     for name in stale:
         result = results.get(name)
-        if result is None:
-            state = Availability(False, f"did not answer a probe within {PROBE_TIMEOUT_SECONDS:g}s")
-        elif isinstance(result, Exception):
-            state = Availability(False, f"probe failed: {type(result).__name__}: {result}")
-        else:
-            state = result
+        states[name] = result if isinstance(result, Availability) else _late(classes[name])
+    for name, event in pending.items():
+        event.wait(PROBE_TIMEOUT_SECONDS)
+        states[name] = _late(classes[name])
+    for name, state in states.items():
         if not state.available:
             logger.debug("backend %s unavailable: %s", name, state.reason)
-        with _probe_lock:
-            _probe_cache[classes[name]] = (time.monotonic(), state)
-        states[name] = state
     return {name: states[name] for name in names}
 
 

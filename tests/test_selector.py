@@ -7,6 +7,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import attrs
@@ -23,6 +24,7 @@ from sandboxer import (
     UnsupportedFeature,
 )
 from sandboxer._selector import PREFERENCE_ENV, probe_all, rank, resolve_preference
+from sandboxer.testing import FakeBackend
 
 ALL_CONTROLS = {control: "fake mechanism" for control in sandboxer.CONTROLS}
 NETWORKS = frozenset({"none", "isolated", "bridge"})
@@ -363,13 +365,33 @@ def test_probes_are_parallel_bounded_and_cached(fakes: dict[str, type[Backend]])
     assert not states["libvirt"].available and "RuntimeError: boom" in states["libvirt"].reason
     # The hung probe is not started twice: no thread piles up behind a stuck engine.
     again = probe_all(["incus"], fresh=True)["incus"]
-    assert "earlier probe has not answered" in again.reason
+    assert "did not answer a probe within 1s" in again.reason
     assert fakes["incus"].probes == 1  # type: ignore[attr-defined]
     probes = fakes["docker"].probes  # type: ignore[attr-defined]
     probe_all(["docker"])
     assert fakes["docker"].probes == probes  # type: ignore[attr-defined]
     probe_all(["docker"], fresh=True)
     assert fakes["docker"].probes == probes + 1  # type: ignore[attr-defined]
+
+
+def test_concurrent_callers_share_one_probe_and_its_answer() -> None:
+    class Slow(FakeBackend):
+        probes = 0
+
+        @classmethod
+        def probe(cls) -> Availability:
+            cls.probes += 1
+            time.sleep(0.3)
+            return Availability(True)
+
+    sandboxer.register_backend("slow", Slow, replace=True)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            states = list(pool.map(lambda _: probe_all(["slow"], fresh=False)["slow"], range(8)))
+    finally:
+        sandboxer.unregister_backend("slow")
+    assert all(state.available for state in states)
+    assert Slow.probes == 1
 
 
 def test_select_from_requirements_with_reasons(fakes: dict[str, type[Backend]]) -> None:
