@@ -5,6 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import uuid
+
+# Set in the environment of an exec that has a timeout: children inherit it, so the whole
+# tree (orphans and setsid'd daemons included) can be found and killed from the host.
+EXEC_MARKER = "SANDBOXER_EXEC_ID"
 
 
 def _children(pid: int) -> list[int]:
@@ -32,3 +37,29 @@ def kill_process_tree(pid: int) -> bool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(member, signal.SIGKILL)
     return True
+
+
+def new_exec_marker() -> tuple[str, str]:
+    """(variable, value) to put in a timed exec's environment for `kill_marked`."""
+    return EXEC_MARKER, uuid.uuid4().hex
+
+
+def kill_marked(value: str) -> bool:
+    """SIGKILL every host process (and its tree) whose environment carries the marker.
+
+    Engines do not always tell an exec's host pid, and orphans leave its tree anyway;
+    the inherited variable finds them all. False if none is seen from here.
+    """
+    needle = f"{EXEC_MARKER}={value}".encode()
+    found = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in variables:
+            found = kill_process_tree(int(entry)) or found
+    return found

@@ -61,7 +61,9 @@ def test_hardened_plan_becomes_a_locked_down_container(tmp_path: Path) -> None:
     assert args["user"] == "1000:1000"
     assert args["pids_limit"] == 128 and args["mem_limit"] == args["memswap_limit"] == 256 << 20
     assert args["nano_cpus"] == 500_000_000
-    assert args["volumes"] == {str(tmp_path): {"bind": "/data", "mode": "ro"}}
+    [mount] = args["mounts"]
+    assert (mount["Source"], mount["Target"], mount["Type"]) == (str(tmp_path), "/data", "bind")
+    assert mount["ReadOnly"] is True
     assert args["ports"] == {"8080/tcp": ("127.0.0.1", 18080)}
     assert "no-new-privileges:true" in args["security_opt"]
     seccomp = next(o for o in args["security_opt"] if o.startswith("seccomp="))

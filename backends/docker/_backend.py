@@ -22,7 +22,7 @@ from sandboxer._backend import (
 from sandboxer._errors import UnsupportedFeature
 from sandboxer._labels import MANAGED
 from sandboxer._log import logger, timed
-from sandboxer._proctree import kill_process_tree
+from sandboxer._proctree import kill_marked, kill_process_tree, new_exec_marker
 from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
 
 from . import _doctor
@@ -154,12 +154,17 @@ class DockerBackend(Backend):
         return Handle(container.id, plan.name, container)
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+        environment = dict(request.env)
+        marker = None
+        if request.timeout is not None:
+            variable, marker = new_exec_marker()
+            environment[variable] = marker
         with docker_errors():
             exec_id = self._api.exec_create(
                 handle.id,
                 list(request.argv),
                 stdin=request.stdin is not None,
-                environment=dict(request.env) or None,
+                environment=environment or None,
                 workdir=request.workdir,
                 user=request.user or "",
             )["Id"]
@@ -168,11 +173,14 @@ class DockerBackend(Backend):
             raw,
             request.stdin,
             request.timeout,
-            kill=lambda: self._kill_exec(exec_id),
+            kill=lambda: self._kill_exec(exec_id, marker),
             exit_code=lambda: self._exit_code(exec_id),
         )
 
-    def _kill_exec(self, exec_id: str) -> None:
+    def _kill_exec(self, exec_id: str, marker: str | None) -> None:
+        # The marker also finds orphans that left the exec's process tree.
+        if marker is not None and kill_marked(marker):
+            return
         with docker_errors():
             pid = self._api.exec_inspect(exec_id).get("Pid") or 0
         if not pid or not kill_process_tree(pid):

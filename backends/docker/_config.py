@@ -6,6 +6,8 @@ from typing import Any
 
 from sandboxer._backend import LaunchPlan
 
+from ._sdk import docker
+
 # PID 1 when the spec gives no command: docker-init (tini) reaps and forwards signals,
 # and a long sleep keeps the container up for exec.
 KEEPALIVE = ("sleep", "2147483647")
@@ -47,9 +49,12 @@ def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[
         "security_opt": security_options(plan) or None,
         "read_only": profile.read_only_root,
         "tmpfs": tmpfs_mounts(plan) or None,
-        "volumes": {
-            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
-        }
+        # Mount objects, not `volumes`: a bind source gone missing fails the launch instead
+        # of being silently created on the host as an empty root-owned directory.
+        "mounts": [
+            docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
+            for m in spec.mounts
+        ]
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}
         or None,

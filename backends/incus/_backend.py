@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -33,6 +32,7 @@ from sandboxer._errors import (
 )
 from sandboxer._labels import EXEC_USER, MANAGED
 from sandboxer._log import logger, timed
+from sandboxer._proctree import kill_marked, new_exec_marker
 from sandboxer.images import is_builtin
 
 from . import _diagnose, _exec, _prepare
@@ -58,7 +58,6 @@ _STATES = {
     "stopping": SandboxState.RUNNING,
     "starting": SandboxState.CREATED,
 }
-EXEC_MARKER = "SANDBOXER_EXEC_ID"
 _REMOVE_SECONDS = 30.0
 _RETRY_SECONDS = 0.25
 
@@ -259,8 +258,8 @@ class IncusBackend(Backend):
             environment["HOME"] = identity.home
         marker = None
         if request.timeout is not None and self._incus.endpoint.is_local:
-            environment[EXEC_MARKER] = uuid.uuid4().hex
-            marker = f"{EXEC_MARKER}={environment[EXEC_MARKER]}"
+            variable, marker = new_exec_marker()
+            environment[variable] = marker
         body = {
             "command": list(request.argv),
             "environment": environment,
@@ -274,7 +273,7 @@ class IncusBackend(Backend):
 
         def kill(control: WebSocket) -> None:
             # The whole tree from the host where its pids are visible; else the command.
-            if marker is None or not _exec.kill_marked(marker):
+            if marker is None or not kill_marked(marker):
                 _exec.signal_command(control, 9)
 
         def attempt() -> ExecGenerator:

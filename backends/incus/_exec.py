@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import threading
 import time
@@ -18,7 +17,6 @@ from typing import Any
 
 from sandboxer._backend import ExecGenerator, ExitStatus
 from sandboxer._errors import EngineError
-from sandboxer._proctree import kill_process_tree
 
 from ._client import Incus
 from ._errors import incus_errors
@@ -127,27 +125,6 @@ def stream(
         if writer is not None:
             writer.join(timeout=1)
     return ExitStatus(exit_code=int((metadata.get("metadata") or {}).get("return", -1)))
-
-
-def kill_marked(marker: str) -> bool:
-    """SIGKILL every host process (and its tree) whose environment carries `marker`.
-
-    Incus does not expose an exec's host pid; a per-exec environment variable finds the
-    command and whatever it started, since children inherit it. False if none is seen.
-    """
-    needle = marker.encode()
-    found = False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                variables = environ.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in variables:
-            found = kill_process_tree(int(entry)) or found
-    return found
 
 
 def signal_command(control: WebSocket, signal: int) -> None:
