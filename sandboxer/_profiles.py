@@ -31,6 +31,63 @@ CONTROLS = (
 )
 
 
+# Linux capability names (capabilities(7)), without the CAP_ prefix.
+CAPABILITIES = frozenset(
+    [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+)
+
+
+def _capability_names(names: Any) -> tuple[str, ...]:
+    """Upper case, without a CAP_ prefix; unknown names are checked in the profile."""
+    return tuple(str(name).upper().removeprefix("CAP_") for name in names)
+
+
+def _optional_capability_names(names: Any) -> tuple[str, ...] | None:
+    return None if names is None else _capability_names(names)
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
@@ -45,8 +102,12 @@ class Profile:
 
     name: str
     description: str = ""
-    cap_drop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    cap_add: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    cap_drop: tuple[str, ...] = attrs.field(default=(), converter=_capability_names)
+    cap_add: tuple[str, ...] = attrs.field(default=(), converter=_capability_names)
+    # The most a profile derived from this one may add back; None = no ceiling.
+    cap_add_allowed: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_optional_capability_names
+    )
     no_new_privileges: bool = False
     seccomp: Path | None = None  # an OCI/Docker seccomp JSON; None = the engine's default
     read_only_root: bool = False
@@ -65,12 +126,33 @@ class Profile:
     )
 
     def __attrs_post_init__(self) -> None:
+        self._check_capabilities()
         if self.network not in NETWORKS:
             raise InvalidSpec("profile.network", f"must be one of {NETWORKS}, got {self.network!r}")
         if self.pids is not None and self.pids < 1:
             raise InvalidSpec("profile.limits.pids", f"must be at least 1, got {self.pids}")
         if self.cpus is not None and self.cpus <= 0:
             raise InvalidSpec("profile.limits.cpus", f"must be positive, got {self.cpus}")
+
+    def _check_capabilities(self) -> None:
+        for field in ("cap_drop", "cap_add", "cap_add_allowed"):
+            unknown = [c for c in getattr(self, field) or () if c not in CAPABILITIES | {"ALL"}]
+            if unknown:
+                raise InvalidSpec(f"profile.{field}", f"unknown capabilities {unknown}")
+        if self.cap_add_allowed is None:
+            return
+        if "ALL" not in self.cap_drop:
+            raise InvalidSpec(
+                "profile.cap_drop",
+                f"profile {self.name!r} limits cap_add, so it must drop ALL capabilities",
+            )
+        beyond = [c for c in self.cap_add if c not in self.cap_add_allowed]
+        if beyond:
+            raise InvalidSpec(
+                "profile.cap_add",
+                f"{', '.join(beyond)} may not be added under profile {self.name!r} "
+                f"(allowed: {', '.join(self.cap_add_allowed) or 'none'})",
+            )
 
     def controls(self) -> tuple[str, ...]:
         """The controls this profile asks a backend to enforce."""
@@ -100,6 +182,7 @@ _LAYOUT: dict[str, dict[str, str]] = {
     "security": {
         "cap_drop": "cap_drop",
         "cap_add": "cap_add",
+        "cap_add_allowed": "cap_add_allowed",
         "no_new_privileges": "no_new_privileges",
         "seccomp": "seccomp",
         "read_only_root": "read_only_root",

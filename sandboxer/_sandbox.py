@@ -27,7 +27,7 @@ from ._backend import (
     drain,
     single_file_archive,
 )
-from ._errors import ExecTimeout, InvalidSpec, SandboxNotFound
+from ._errors import EngineError, ExecTimeout, InvalidSpec, SandboxNotFound
 from ._log import logger, timed
 from ._models import ExecResult, SandboxSpec
 
@@ -209,12 +209,16 @@ class Sandbox:
         """A file's bytes; SandboxFileNotFound if it does not exist."""
         path = _sandbox_path("path", path)
         archive = self._backend.get_archive(self._live_handle(), path)
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            member = tar.next()
-            stream = tar.extractfile(member) if member is not None else None
-            if stream is None:
-                raise InvalidSpec("path", f"not a regular file: {path}")
-            return stream.read()
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                member = tar.next()
+                if member is None or not member.isfile():
+                    raise EngineError(f"not a regular file in the sandbox: {path}")
+                stream = tar.extractfile(member)
+                assert stream is not None  # a regular file always has content
+                return stream.read()
+        except tarfile.TarError as exc:
+            raise EngineError(f"unreadable archive of {path} from the sandbox: {exc}") from exc
 
     def copy_in(self, host_path: str | os.PathLike[str], sandbox_path: str) -> None:
         """Copy a host file or directory tree to `sandbox_path` (the new entry's full path)."""
@@ -234,11 +238,17 @@ class Sandbox:
         destination = Path(host_path)
         archive = self._backend.get_archive(self._live_handle(), source)
         with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                # The sandbox is untrusted: the "data" filter refuses absolute paths, "..",
-                # links leaving the tree and device files.
-                tar.extractall(scratch, filter="data")
-            shutil.move(os.path.join(scratch, posixpath.basename(source)), destination)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                    # The sandbox is untrusted: the "data" filter refuses absolute paths,
+                    # "..", links leaving the tree and device files.
+                    tar.extractall(scratch, filter="data")
+            except tarfile.TarError as exc:
+                raise EngineError(f"unsafe archive of {source} from the sandbox: {exc}") from exc
+            top = os.path.join(scratch, posixpath.basename(source))
+            if not os.path.lexists(top):
+                raise EngineError(f"the sandbox's archive of {source} does not hold it")
+            shutil.move(top, destination)
 
     def logs(self) -> str:
         """What the sandbox's main process (or console) printed."""

@@ -10,10 +10,15 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 export DEBIAN_FRONTEND=noninteractive
 # What building libvirt-python and creating a venv need on a bare Debian 12.
 need=()
-for pkg in python3-venv python3-dev gcc pkg-config libvirt-dev; do
+# libc6-dev: the security suite builds a static probe binary.
+for pkg in python3-venv python3-dev gcc libc6-dev pkg-config libvirt-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
-if [ ${#need[@]} -gt 0 ] && ! { python3 -m venv --help && command -v gcc && pkg-config --exists libvirt; } >/dev/null 2>&1; then
+usable() {  # what those packages provide, however this machine got it (pyenv, ...)
+    python3 -m venv --help && command -v gcc && pkg-config --exists libvirt \
+        && [ "$(gcc -print-file-name=libc.a)" != libc.a ]
+}
+if [ ${#need[@]} -gt 0 ] && ! usable >/dev/null 2>&1; then
     log "apt-get install ${need[*]}"
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
