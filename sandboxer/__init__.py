@@ -1,5 +1,6 @@
 """sandboxer: one API to launch isolated sandboxes on Docker, Incus/LXC and libvirt/QEMU."""
 
+from . import aio
 from ._backend import (
     Availability,
     Backend,
@@ -34,6 +35,7 @@ from ._models import (
     Resources,
     SandboxSpec,
 )
+from ._pool import Pool, PoolClosed, PoolTimeout
 from ._profiles import CONTROLS, Profile, builtin_profiles, load_profile
 from ._registry import backend_names, get_backend, register_backend, unregister_backend
 from ._sandbox import ExecStream, Sandbox
@@ -60,6 +62,9 @@ __all__ = [
     "InvalidSpec",
     "LaunchPlan",
     "Mount",
+    "Pool",
+    "PoolClosed",
+    "PoolTimeout",
     "PortMapping",
     "Profile",
     "Requirements",
@@ -74,6 +79,7 @@ __all__ = [
     "SandboxState",
     "Selection",
     "UnsupportedFeature",
+    "aio",
     "backend_names",
     "builtin_profiles",
     "get_backend",

@@ -5,12 +5,15 @@
 - `sandbox_factory` (session scope) launches sandboxes on demand; all are destroyed when
   the session ends.
 - `--sandbox-backend=docker,incus` runs each test that uses `sandbox` once per backend.
+- `--sandbox-pool=N` keeps N sandboxes of each spec the `sandbox` fixture uses started
+  ahead (`sandboxer.Pool`): a test still gets a fresh sandbox, never a reused one.
 - Everything is labelled with this session (one per xdist worker); at the end the session's
   leftovers on every engine are reaped, so nothing survives a test run that finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Generator, Iterator
 from typing import Any, Protocol
@@ -38,6 +41,17 @@ class _PluginSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.active = False
+        # Specs hold mappings, so they are compared by value, not hashed.
+        self.pools: list[tuple[sandboxer.SandboxSpec, sandboxer.Pool]] = []
+
+    def pool(self, spec: sandboxer.SandboxSpec) -> sandboxer.Pool:
+        """The session's warm pool for `spec`, started on first use."""
+        for known, pool in self.pools:
+            if known == spec:
+                return pool
+        pool = sandboxer.Pool(spec, size=self.config.getoption("sandbox_pool"))
+        self.pools.append((spec, pool))
+        return pool
 
     @property
     def session(self) -> str:
@@ -53,6 +67,8 @@ class _PluginSession:
             self._sweep()
 
     def finish(self) -> None:
+        for _, pool in self.pools:
+            pool.close()
         if self.active:  # else this process never touched an engine: leave them alone
             self._sweep()
 
@@ -77,6 +93,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAMES",
         help="run every test that uses the `sandbox` fixture once per backend "
         "(comma-separated, e.g. docker,incus,libvirt)",
+    )
+    group.addoption(
+        "--sandbox-pool",
+        dest="sandbox_pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N sandboxes of each spec the `sandbox` fixture uses started ahead; "
+        "every test still gets a fresh one (default 0: launch on demand)",
     )
 
 
@@ -152,8 +177,14 @@ def sandbox(
     fields = _marker_fields(request.node)
     if sandbox_backend is not None:
         fields["backend"] = sandbox_backend
-    request.config.stash[_PLUGIN_KEY].activate()
-    with sandboxer.launch(**fields) as made:
+    plugin = request.config.stash[_PLUGIN_KEY]
+    plugin.activate()
+    lease: contextlib.AbstractContextManager[sandboxer.Sandbox]
+    if request.config.getoption("sandbox_pool") > 0 and "name" not in fields:
+        lease = plugin.pool(sandboxer.SandboxSpec(**fields)).acquire()
+    else:
+        lease = sandboxer.launch(**fields)  # a fixed name cannot come from a pool
+    with lease as made:
         request.node.stash[_SANDBOX_KEY] = made
         yield made
 

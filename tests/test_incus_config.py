@@ -406,7 +406,9 @@ def test_isolated_network_names_fit_an_interface_name() -> None:
 def test_mount_points_are_made_only_over_a_read_only_root(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     mounts = [Mount(str(tmp_path), "/data"), Mount(str(tmp_path / "f"), "/etc/f.conf")]
-    assert _prepare.mount_points(plan(mounts=mounts)) == [
+    # The built-in image already has /tmp; another image may not.
+    assert _prepare.mount_points(plan(mounts=mounts)) == [("/data", False), ("/etc/f.conf", True)]
+    assert _prepare.mount_points(plan(image="someone/else", mounts=mounts)) == [
         ("/tmp", False), ("/data", False), ("/etc/f.conf", True),
     ]
     assert _prepare.mount_points(plan(profile="default", mounts=mounts)) == []

@@ -81,11 +81,19 @@ class DockerBackend(Backend):
 
     diagnose = classmethod(_doctor.diagnose)
 
+    _probe_client: ClassVar[Any] = None  # reused: building a client costs ~10x a ping
+
     def __init__(self) -> None:
         with docker_errors():
             # One client per process: every call reuses its connection pool.
             self._client = docker.from_env(max_pool_size=64, timeout=120)
         self._api = self._client.api
+        if _socket_path() is not None:
+            # No proxy, netrc or CA bundle applies to a unix socket; requests would still
+            # scan the environment for them on every call.
+            self._api.trust_env = False
+        # Sandboxes this process created: whether each has a private network to remove.
+        self._networks: dict[str, bool] = {}
         self._ready_images: set[str] = set()
         self._image_lock = threading.Lock()
 
@@ -96,12 +104,11 @@ class DockerBackend(Backend):
         if path is not None and not os.path.exists(path):
             return Availability(False, f"no Docker socket at {path}", fix)
         try:
-            client = docker.from_env(timeout=1)
-            try:
-                client.ping()
-            finally:
-                client.close()
+            if cls._probe_client is None:
+                cls._probe_client = docker.from_env(timeout=1)
+            cls._probe_client.ping()
         except Exception as exc:
+            cls._probe_client = None
             return Availability(False, f"dockerd does not answer: {exc}", fix)
         return Availability(True)
 
@@ -149,6 +156,7 @@ class DockerBackend(Backend):
                 ).name
             elif plan.network == "bridge":
                 network = "bridge"
+            self._networks[plan.name] = plan.network == "isolated"
             container = self._client.containers.create(**create_arguments(plan, image, network))
             container.start()
         return Handle(container.id, plan.name, container)
@@ -204,6 +212,8 @@ class DockerBackend(Backend):
         with docker_errors():
             with contextlib.suppress(docker.errors.NotFound):
                 self._api.remove_container(name, force=True, v=True)
+            if not self._networks.pop(name, True):
+                return  # made here without a private network: nothing more to look for
             # The sandbox's private network, when it had one; only ours (by label) go.
             for network in self._api.networks(names=[name], filters=_ours()):
                 if network["Name"] == name:

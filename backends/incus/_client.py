@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 import attrs
+import requests
+import urllib3
 
 from sandboxer._errors import InvalidSpec
 
@@ -63,7 +65,7 @@ class Endpoint:
         return self.address.startswith("/")
 
     def client(self, timeout: float | None = None) -> Any:
-        session = None
+        session = _unix_session(self.address) if self.is_local else None
         if not self.is_local:
             session = pylxd.client.get_session_for_url(
                 self.address, verify=self.verify, cert=self.cert
@@ -98,6 +100,52 @@ class Endpoint:
     @property
     def host(self) -> str:
         return "localhost" if self.is_local else urlparse(self.address).netloc
+
+
+class _SocketPool(urllib3.HTTPConnectionPool):
+    """Keep-alive connections to the daemon's unix socket, up to `maxsize` kept for reuse."""
+
+    def __init__(self, path: str, maxsize: int) -> None:
+        super().__init__("localhost", maxsize=maxsize)
+        self.path = path
+
+    def _new_conn(self) -> Any:
+        connection = urllib3.connection.HTTPConnection("localhost")
+        path = self.path
+
+        def connect() -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            connection.sock = sock
+
+        connection.connect = connect  # type: ignore[method-assign]
+        return connection
+
+
+class _SocketAdapter(requests.adapters.HTTPAdapter):
+    """One connection pool for the whole daemon. pylxd's own adapter keys its pools by full
+    URL: a new pool (and connection) for every operation id, and under load it closes
+    pools that are still in use."""
+
+    def __init__(self, path: str, maxsize: int = 64) -> None:
+        super().__init__()
+        self._pool = _SocketPool(path, maxsize)
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pool
+
+    def request_url(self, request: Any, proxies: Any) -> str:
+        return str(request.path_url)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _unix_session(path: str) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxy, netrc or CA bundle applies to a unix socket
+    session.mount("http+unix://", _SocketAdapter(path))
+    return session
 
 
 class Incus:

@@ -11,6 +11,8 @@ import posixpath
 import shlex
 
 from sandboxer._backend import LaunchPlan
+from sandboxer.images import is_builtin
+from sandboxer.images.rootfs import ROOTFS_DIRECTORIES
 
 from ._client import Incus
 from ._errors import incus_errors
@@ -23,7 +25,9 @@ def mount_points(plan: LaunchPlan) -> list[tuple[str, bool]]:
     """(path, is a file) for everything mounted over a read-only root; else nothing."""
     if not plan.profile.read_only_root:
         return []
-    points = [(path, False) for path in plan.profile.tmpfs]
+    # The built-in images already have these directories: nothing to make for them.
+    present = ROOTFS_DIRECTORIES if is_builtin(plan.spec.image) else frozenset()
+    points = [(path, False) for path in plan.profile.tmpfs if path.rstrip("/") not in present]
     points += [(m.target, not os.path.isdir(m.source)) for m in plan.spec.mounts]
     return points
 

@@ -18,6 +18,13 @@ from .._errors import ImageNotFound
 IMAGE_VERSION = "3"
 BUILTIN_IMAGES = ("sandboxer/minimal", "sandboxer/system")
 BUSYBOX_FIX = "apt-get install -y busybox-static"
+_DIRECTORIES = (
+    "/bin", "/sbin", "/usr", "/usr/bin", "/usr/sbin", "/etc", "/etc/sandboxer",
+    "/etc/sandboxer/services", "/proc", "/sys", "/dev", "/run", "/var", "/root", "/home", "/mnt",
+)  # fmt: skip
+_STICKY_DIRECTORIES = ("/tmp", "/var/tmp")
+# Every directory the built-in images hold (adapters need not create mount points there).
+ROOTFS_DIRECTORIES = frozenset((*_DIRECTORIES, *_STICKY_DIRECTORIES, "/home/sandbox"))
 
 _PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -95,27 +102,10 @@ def build_rootfs_tar(prefix: str = "", compress: bool = False) -> bytes:
         def add(name: str, **kwargs: object) -> None:
             _add(tar, prefix + name, **kwargs)  # type: ignore[arg-type]
 
-        for directory in (
-            "bin",
-            "sbin",
-            "usr",
-            "usr/bin",
-            "usr/sbin",
-            "etc",
-            "etc/sandboxer",
-            "etc/sandboxer/services",
-            "proc",
-            "sys",
-            "dev",
-            "run",
-            "var",
-            "root",
-            "home",
-            "mnt",
-        ):
-            add(directory, kind=tarfile.DIRTYPE)
-        for directory in ("tmp", "var/tmp"):
-            add(directory, kind=tarfile.DIRTYPE, mode=0o1777)
+        for directory in _DIRECTORIES:
+            add(directory.lstrip("/"), kind=tarfile.DIRTYPE)
+        for directory in _STICKY_DIRECTORIES:
+            add(directory.lstrip("/"), kind=tarfile.DIRTYPE, mode=0o1777)
         add("home/sandbox", kind=tarfile.DIRTYPE, uid=1000)
         add("bin/busybox", data=busybox)
         for applet in sorted(set(applets.split())):
