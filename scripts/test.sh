@@ -11,5 +11,7 @@ export PATH="$root/.venv/bin:$PATH"
 ruff check sandboxer backends profiles tests integration bench
 mypy
 python -m pytest tests integration "$@"
+# Numbers only, never timing assertions: sandboxer against the raw SDKs.
+python bench/run.py --quick
 # Last and alone: these restart the engine daemons everything above relies on.
 SANDBOXER_DISRUPTIVE=1 python -m pytest integration/test_daemon_restart.py -m disruptive "$@"

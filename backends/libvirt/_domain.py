@@ -1,0 +1,217 @@
+"""A launch plan turned into libvirt domain XML (pure: no engine calls, no I/O).
+
+Networking is QEMU's user-mode stack (slirp), given through <qemu:commandline> because
+libvirt 9.0's own <interface type='user'> can neither forward ports (without passt) nor
+isolate the guest. Published ports come in through a network with `restrict=on`, from
+which the guest reaches nothing ("isolated" is just that); "bridge" adds a second,
+unrestricted network for outbound traffic (see `_guest_config.nics` for why two).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from sandboxer._backend import LaunchPlan
+from sandboxer._errors import UnsupportedFeature
+from sandboxer._models import PortMapping
+
+from ._guest_config import Share, nics
+from ._guest_scripts import (
+    AGENT_CHANNEL,
+    GUEST_ADDRESS,
+    INBOUND_MAC,
+    INBOUND_NET,
+    OUTBOUND_MAC,
+    OUTBOUND_NET,
+)
+
+NAMESPACE = "https://github.com/sandboxer/sandboxer/libvirt/1"
+NAMESPACE_PREFIX = "sandboxer"
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+MIB = 1024 * 1024
+# Guest RAM beyond the sandbox's memory limit: the kernel and the in-RAM root file system.
+GUEST_OVERHEAD = 128 * MIB
+DEFAULT_MEMORY = 512 * MIB
+# Fast boot under TCG: skip self-tests and probing of hardware the VM does not have.
+KERNEL_ARGS = (
+    "console=ttyS0",
+    "panic=-1",
+    "quiet",
+    "acpi=off",
+    "cryptomgr.notests",
+    "i8042.noaux",
+    "i8042.nokbd",
+    "i8042.nopnp",
+    "tsc=reliable",
+    "no_timer_check",
+    "random.trust_cpu=on",
+)
+
+
+@attrs.frozen
+class Boot:
+    """Direct kernel boot: no disk, no boot loader."""
+
+    kernel: str
+    initrd: str
+    loader: str | None = None  # a firmware ROM (qboot) instead of SeaBIOS
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def cmdline(self) -> str:
+        return " ".join((*KERNEL_ARGS, *self.extra_args))
+
+
+@attrs.frozen
+class Disk:
+    path: str
+    format: str = "qcow2"
+    device: str = "disk"  # "disk" | "cdrom"
+    read_only: bool = False
+
+
+def guest_memory(memory: int | None) -> int:
+    """Bytes of guest RAM for a sandbox memory limit, rounded up to whole MiB."""
+    total = DEFAULT_MEMORY if memory is None else memory + GUEST_OVERHEAD
+    return math.ceil(total / MIB) * MIB
+
+
+def vcpus(cpus: float | None) -> int:
+    return max(1, math.ceil(cpus)) if cpus else 1
+
+
+def _forward(port: PortMapping) -> str:
+    if ipaddress.ip_address(port.host_ip).version != 4:
+        raise UnsupportedFeature(
+            f"QEMU user networking forwards IPv4 host addresses only, not {port.host_ip}"
+        )
+    target = f"{GUEST_ADDRESS}:{port.guest_port}"
+    return f"hostfwd={port.protocol}:{port.host_ip}:{port.host_port}-{target}"
+
+
+def network_arguments(plan: LaunchPlan) -> list[str]:
+    """QEMU arguments for the guest's user-mode networks (see `_guest_config.nics`)."""
+    inbound, outbound = nics(plan)
+    arguments = []
+    if inbound:
+        forwards = [_forward(port) for port in plan.ports]
+        netdev = ",".join(["user", "id=sbxin", f"net={INBOUND_NET}.0/24", "restrict=on", *forwards])
+        arguments += ["-netdev", netdev, "-device", _nic("sbxin", INBOUND_MAC, 0x1E)]
+    if outbound:
+        netdev = f"user,id=sbxout,net={OUTBOUND_NET}.0/24,restrict=off"
+        arguments += ["-netdev", netdev, "-device", _nic("sbxout", OUTBOUND_MAC, 0x1F)]
+    return arguments
+
+
+def _nic(netdev: str, mac: str, slot: int) -> str:
+    # High PCI slots, clear of those libvirt assigns; no option ROM: nothing boots from it.
+    return f"virtio-net-pci,netdev={netdev},mac={mac},bus=pci.0,addr={slot:#x},romfile="
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attributes)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _metadata(root: ET.Element, labels: Mapping[str, str]) -> None:
+    holder = _sub(_sub(root, "metadata"), f"{NAMESPACE_PREFIX}:sandbox")
+    holder.set(f"xmlns:{NAMESPACE_PREFIX}", NAMESPACE)
+    for key, value in sorted(labels.items()):
+        _sub(holder, f"{NAMESPACE_PREFIX}:label", value, name=key)
+
+
+def parse_labels(metadata: str) -> dict[str, str]:
+    """Labels back from the XML `virDomainGetMetadata` returns for our namespace."""
+    element = ET.fromstring(metadata)
+    return {
+        label.get("name", ""): label.text or ""
+        for label in element
+        if label.tag.rsplit("}", 1)[-1].rsplit(":", 1)[-1] == "label"
+    }
+
+
+def _os(root: ET.Element, boot: Boot | None) -> None:
+    os_element = _sub(root, "os")
+    _sub(os_element, "type", "hvm", arch="x86_64", machine="pc")
+    if boot is None:
+        _sub(os_element, "boot", dev="hd")
+        return
+    if boot.loader:
+        _sub(os_element, "loader", boot.loader, type="rom", readonly="yes")
+    _sub(os_element, "kernel", boot.kernel)
+    _sub(os_element, "initrd", boot.initrd)
+    _sub(os_element, "cmdline", boot.cmdline)
+
+
+def _devices(
+    root: ET.Element, console_log: str, shares: Sequence[Share], disks: Sequence[Disk]
+) -> None:
+    devices = _sub(root, "devices")
+    for index, disk in enumerate(disks):
+        element = _sub(devices, "disk", type="file", device=disk.device)
+        _sub(element, "driver", name="qemu", type=disk.format)
+        _sub(element, "source", file=disk.path)
+        bus, prefix = ("virtio", "vd") if disk.device == "disk" else ("sata", "sd")
+        _sub(element, "target", dev=prefix + "abcdefgh"[index], bus=bus)
+        if disk.read_only:
+            _sub(element, "readonly")
+    for share in shares:
+        # squash: QEMU runs unprivileged, so it cannot chown what the guest creates;
+        # it creates files as itself and ignores ownership changes.
+        element = _sub(devices, "filesystem", type="mount", accessmode="squash")
+        _sub(element, "source", dir=share.source)
+        _sub(element, "target", dir=share.tag)
+        if share.read_only:
+            _sub(element, "readonly")
+    serial = _sub(devices, "serial", type="file")
+    _sub(serial, "source", path=console_log)
+    _sub(serial, "target", port="0")
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
+    _sub(devices, "controller", type="usb", model="none")
+    _sub(devices, "memballoon", model="none")
+
+
+def _network(root: ET.Element, plan: LaunchPlan) -> None:
+    arguments = network_arguments(plan)
+    if not arguments:
+        return  # no network device at all: the guest has loopback only
+    root.set("xmlns:qemu", QEMU_NAMESPACE)
+    commandline = _sub(root, "qemu:commandline")
+    for value in arguments:
+        _sub(commandline, "qemu:arg", value=value)
+
+
+def domain_xml(
+    plan: LaunchPlan,
+    *,
+    accel: str,
+    console_log: str,
+    boot: Boot | None = None,
+    disks: Sequence[Disk] = (),
+    shares: Sequence[Share] = (),
+) -> str:
+    """The transient domain for `plan`: `accel` is "kvm" or "qemu" (TCG)."""
+    root = ET.Element("domain", type=accel)
+    _sub(root, "name", plan.name)
+    _sub(root, "title", "sandboxer sandbox")
+    _metadata(root, plan.labels)
+    _sub(root, "memory", str(guest_memory(plan.memory) // MIB), unit="MiB")
+    _sub(root, "vcpu", str(vcpus(plan.cpus)))
+    _os(root, boot)
+    if accel == "kvm":
+        _sub(root, "cpu", mode="host-passthrough")
+    _sub(root, "clock", offset="utc")
+    # Transient and disposable: whatever ends the guest ends the domain.
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        _sub(root, event, "destroy")
+    _devices(root, console_log, shares, disks)
+    _network(root, plan)
+    return ET.tostring(root, encoding="unicode")

@@ -1,0 +1,130 @@
+"""A launch plan turned into the per-sandbox files the guest init reads (pure: no I/O).
+
+They travel as a small cpio archive appended to the shared initramfs: the kernel unpacks
+concatenated archives in order, so these files land on top of the image's own.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import shlex
+
+import attrs
+
+from sandboxer._backend import LaunchPlan
+from sandboxer._errors import UnsupportedFeature
+
+from ._cpio import CpioWriter
+
+CPU_PERIOD_US = 100_000
+
+
+@attrs.frozen
+class Share:
+    """One host directory exported to the guest over virtio-9p."""
+
+    tag: str
+    source: str  # the host path QEMU opens
+    target: str
+    read_only: bool
+
+
+def nics(plan: LaunchPlan) -> tuple[bool, bool]:
+    """(inbound, outbound): which of the two user-mode networks the guest gets.
+
+    Published ports arrive through a restricted network, from which the guest reaches
+    nothing; "bridge" adds an unrestricted one for outbound traffic. Two networks rather
+    than one because QEMU maps its gateway address to the host's loopback: the outbound
+    one's gateway can then be prohibited in the guest without cutting off the replies of
+    forwarded connections, which come from the inbound one's.
+    """
+    inbound = plan.network == "isolated" or (plan.network == "bridge" and bool(plan.ports))
+    return inbound, plan.network == "bridge"
+
+
+def shares(plan: LaunchPlan) -> tuple[Share, ...]:
+    return tuple(
+        Share(f"sbx{index}", mount.source, mount.target, mount.read_only)
+        for index, mount in enumerate(plan.spec.mounts)
+    )
+
+
+def _cap_names(caps: tuple[str, ...]) -> list[str]:
+    return [cap.lower().removeprefix("cap_") for cap in caps]
+
+
+def capability_sets(plan: LaunchPlan) -> tuple[str, str]:
+    """setpriv arguments: (bounding and inheritable sets, ambient set); empty = untouched."""
+    drop, add = plan.profile.cap_drop, _cap_names(plan.profile.cap_add)
+    if not drop:
+        return "", ""
+    if any(cap.upper() == "ALL" for cap in drop):
+        keep = "".join(f",+{cap}" for cap in add)
+        return "-all" + keep, ("-all" + keep) if add else ""
+    return ",".join(f"-{cap}" for cap in _cap_names(drop)), ""
+
+
+def _line_safe(field: str, value: str) -> str:
+    # The guest reads these files line by line with `read`.
+    if "\n" in value or "\\" in value:
+        raise UnsupportedFeature(f"{field} cannot hold a newline or backslash on VMs: {value!r}")
+    return value
+
+
+def sandbox_conf(plan: LaunchPlan) -> str:
+    profile = plan.profile
+    bounding, ambient = capability_sets(plan)
+    inbound, outbound = nics(plan)
+    cpu_max = ""
+    if plan.cpus is not None:
+        cpu_max = f"{math.ceil(plan.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}"
+    values = {
+        "SBX_HOSTNAME": plan.name,
+        "SBX_NET_IN": "1" if inbound else "0",
+        "SBX_NET_OUT": "1" if outbound else "0",
+        "SBX_MEMORY": str(plan.memory or ""),
+        "SBX_PIDS": str(plan.pids or ""),
+        "SBX_CPU_MAX": cpu_max,
+        "SBX_ROOT_RO": "1" if profile.read_only_root else "0",
+        "SBX_SECCOMP": "1" if profile.seccomp is not None else "0",
+        "SBX_NNP": "1" if profile.no_new_privileges else "0",
+        "SBX_USER": plan.user or "",
+        "SBX_BOUNDING": bounding,
+        "SBX_AMBIENT": ambient,
+    }
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
+
+
+def mounts_file(plan: LaunchPlan) -> str:
+    return "".join(
+        f"{share.tag} {'ro' if share.read_only else 'rw'} "
+        f"{_line_safe('Mount.target', share.target)}\n"
+        for share in shares(plan)
+    )
+
+
+def tmpfs_file(plan: LaunchPlan) -> str:
+    return "".join(
+        f"{size} {_line_safe('profile tmpfs', path)}\n" for path, size in plan.profile.tmpfs.items()
+    )
+
+
+def guest_files(plan: LaunchPlan, seccomp_bpf: bytes) -> dict[str, bytes]:
+    """Path inside the guest -> content, for everything that differs between sandboxes."""
+    return {
+        "etc/sandboxer/sandbox.conf": sandbox_conf(plan).encode(),
+        "etc/sandboxer/mounts": mounts_file(plan).encode(),
+        "etc/sandboxer/tmpfs": tmpfs_file(plan).encode(),
+        "etc/sandboxer/seccomp.bpf": seccomp_bpf,
+    }
+
+
+def config_archive(files: dict[str, bytes]) -> bytes:
+    """The files as a cpio archive to append to the initramfs."""
+    buffer = io.BytesIO()
+    cpio = CpioWriter(buffer)
+    for name, data in files.items():
+        cpio.file(name, data, 0o644)
+    cpio.close()
+    return buffer.getvalue()

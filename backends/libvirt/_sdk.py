@@ -1,0 +1,15 @@
+"""libvirt-python, or BackendUnavailable with the install hint when it is missing."""
+
+from sandboxer._errors import BackendUnavailable
+
+try:
+    import libvirt
+    import libvirt_qemu
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise BackendUnavailable(
+        "libvirt",
+        f"libvirt-python is not installed ({exc})",
+        "apt-get install libvirt-dev pkg-config && pip install 'sandboxer[libvirt]'",
+    ) from exc
+
+__all__ = ["libvirt", "libvirt_qemu"]
