@@ -6,6 +6,7 @@ process and shared, so a launch never builds a new engine client.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import importlib.metadata
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 
 from ._backend import Backend
 from ._errors import BackendUnavailable
+from ._log import logger
 
 ENTRY_POINT_GROUP = "sandboxer.backends"
 
@@ -27,6 +29,20 @@ INSTALL_HINTS: Mapping[str, str] = {
 _lock = threading.Lock()
 _registered: dict[str, str | type[Backend]] = {}
 _instances: dict[str, Backend] = {}
+
+
+@atexit.register
+def _close_all() -> None:
+    # Close engine connections while the interpreter is whole: SDK finalizers that run
+    # later (libvirt's) fail noisily on a half torn-down interpreter.
+    with _lock:
+        instances = list(_instances.values())
+        _instances.clear()
+    for instance in instances:
+        try:
+            instance.close()
+        except Exception:
+            logger.debug("closing backend %s failed", instance.name, exc_info=True)
 
 
 def register_backend(name: str, backend: str | type[Backend], *, replace: bool = False) -> None:

@@ -10,7 +10,9 @@ scripts/setup-python.sh
 export PATH="$root/.venv/bin:$PATH"
 ruff check sandboxer backends profiles tests integration bench
 mypy
-python -m pytest tests integration "$@"
+# Two runs: the unit tests register an in-memory fake backend for their whole session.
+python -m pytest tests "$@"
+python -m pytest integration "$@"
 # Numbers only, never timing assertions: sandboxer against the raw SDKs.
 python bench/run.py --quick
 # Last and alone: these restart the engine daemons everything above relies on.
