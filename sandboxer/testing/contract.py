@@ -2,7 +2,8 @@
 
     class TestMyBackend(SandboxContract):
         @pytest.fixture(scope="class")
-        def backend(self): return "mybackend"
+        @classmethod
+        def backend(cls): return "mybackend"
 
 `SandboxContract` is what the API promises (the in-memory fake passes it too);
 `EngineContract` adds what only a real kernel can show (limits felt from inside).
@@ -53,7 +54,8 @@ class SandboxContract:
             sandbox.destroy()
 
     @pytest.fixture(scope="class")
-    def shared(self, backend: str) -> Iterator[Sandbox]:
+    @classmethod
+    def shared(cls, backend: str) -> Iterator[Sandbox]:
         """One sandbox for the tests that do not change it (booting a VM per test is slow)."""
         with sandboxer.launch(backend=backend, env={"FROM_SPEC": "spec"}) as sandbox:
             yield sandbox
