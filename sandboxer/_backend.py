@@ -207,9 +207,7 @@ class Backend(abc.ABC):
         parent, base = posixpath.split(posixpath.normpath(path))
         code, out, err = self._run(handle, ("tar", "-c", "-f", "-", "-C", parent or "/", base))
         if code != 0:
-            if "No such file" in err or "not found" in err.lower():
-                raise SandboxFileNotFound(f"no such file in the sandbox: {path}")
-            raise EngineError(f"packing {path} failed: {err.strip()}")
+            raise packing_error(path, err)
         return out
 
     def _run(
@@ -218,6 +216,13 @@ class Backend(abc.ABC):
         request = ExecRequest(argv, {}, None, None, stdin, timeout=None)
         status, out, err = drain(self.exec(handle, request))
         return status.exit_code, out, err.decode("utf-8", "replace")
+
+
+def packing_error(path: str, stderr: str) -> EngineError | SandboxFileNotFound:
+    """The error for a `tar -c` of `path` inside a sandbox that failed with `stderr`."""
+    if "No such file" in stderr or "not found" in stderr.lower():
+        return SandboxFileNotFound(f"no such file in the sandbox: {path}")
+    return EngineError(f"packing {path} failed: {stderr.strip()}")
 
 
 def drain(generator: ExecGenerator) -> tuple[ExitStatus, bytes, bytes]:

@@ -25,12 +25,12 @@ from sandboxer._backend import (
     SandboxInfo,
     SandboxState,
     drain,
+    packing_error,
 )
 from sandboxer._errors import (
     EngineError,
     ImageNotFound,
     SandboxExists,
-    SandboxFileNotFound,
     SandboxNotFound,
 )
 from sandboxer._labels import is_ours
@@ -270,10 +270,7 @@ class LibvirtBackend(Backend):
         try:
             status, _, err = drain(exec_command(agent, request, stdout_file=staged))
             if status.exit_code != 0:
-                message = err.decode("utf-8", "replace")
-                if "No such file" in message or "not found" in message.lower():
-                    raise SandboxFileNotFound(f"no such file in the sandbox: {path}")
-                raise EngineError(f"packing {path} failed: {message.strip()}")
+                raise packing_error(path, err.decode("utf-8", "replace"))
             return agent.read_file(staged)
         finally:
             run_to_end(agent, "/bin/rm", ["-f", staged])
