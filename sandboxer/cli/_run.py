@@ -56,15 +56,7 @@ def register(commands: Any) -> None:
         description="Run CMD in one of our sandboxes, found by name, id or id prefix.",
     )
     execute.add_argument("sandbox", metavar="ID_OR_NAME")
-    execute.add_argument(
-        "-e",
-        "--env",
-        dest="env",
-        metavar="K=V",
-        action="append",
-        default=[],
-        help="environment variable; a bare K copies ours (repeatable)",
-    )
+    _spec.env_option(execute)
     execute.add_argument("-w", "--workdir", metavar="DIR", help="working directory")
     execute.add_argument("-u", "--user", metavar="USER", help="user[:group] or uid[:gid]")
     _command_options(execute)

@@ -76,15 +76,7 @@ def launch_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("launch")
     group.add_argument("--name", help="sandbox name (default: sbx-<random>)")
-    group.add_argument(
-        "-e",
-        "--env",
-        dest="env",
-        metavar="K=V",
-        action="append",
-        default=[],
-        help="environment variable; a bare K copies ours (repeatable)",
-    )
+    env_option(group)
     group.add_argument(
         "-l",
         "--label",
@@ -156,3 +148,16 @@ def spec_from(args: argparse.Namespace) -> SandboxSpec:
             allow_unenforced=args.allow_unenforced,
         )
     return SandboxSpec(**fields)
+
+
+def env_option(container: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`-e K=V` as in `docker run`/`docker exec`; read back with `pairs(args.env, ...)`."""
+    container.add_argument(
+        "-e",
+        "--env",
+        dest="env",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="environment variable; a bare K copies ours (repeatable)",
+    )
