@@ -28,5 +28,6 @@ def requested_backends(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Class scope, so a contract class shares one sandbox per backend.
-    if "backend" in metafunc.fixturenames:
+    # A class that names its own backend (a fixture) runs on that one only.
+    if "backend" in metafunc.fixturenames and not hasattr(metafunc.cls, "backend"):
         metafunc.parametrize("backend", requested_backends(metafunc.config), scope="class")

@@ -50,6 +50,8 @@ class Capabilities:
     controls: Mapping[str, str] = attrs.field(converter=_frozen)
     # Profile control -> why this backend cannot enforce it.
     unenforceable: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
+    # Boots a user's own disk image (an absolute path to a .qcow2, .img or .raw file).
+    disk_images: bool = False
 
 
 @attrs.frozen

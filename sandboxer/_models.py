@@ -20,6 +20,7 @@ import attrs
 from ._errors import InvalidSpec
 from ._profiles import CONTROLS, NETWORKS, Profile, load_profile
 from ._units import parse_size
+from .images.disk import DISK_IMAGE_SUFFIXES, is_disk_image, looks_like_disk_image
 
 KINDS = ("app", "system", "vm")
 # Ordered weakest to strongest: shared kernel, shared kernel with a user namespace, own kernel.
@@ -298,6 +299,12 @@ class SandboxSpec:
             or any(c.isspace() for c in self.image)
         ):
             raise _fail("image", f"expected an image name without spaces, got {self.image!r}")
+        if looks_like_disk_image(self.image) and not is_disk_image(self.image):
+            raise _fail(
+                "image",
+                f"a disk image ({', '.join(DISK_IMAGE_SUFFIXES)}) is named by its absolute "
+                f"path, got {self.image!r}",
+            )
         for key in self.env:
             if not _ENV_KEY.match(key):
                 raise _fail(f"env[{key!r}]", "not a valid environment variable name")

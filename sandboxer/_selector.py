@@ -28,6 +28,7 @@ from ._errors import BackendUnavailable, UnsupportedFeature
 from ._log import logger
 from ._models import ISOLATION_LEVELS, KINDS, Requirements, SandboxSpec
 from ._registry import backend_class, backend_names
+from .images.disk import is_disk_image
 
 # Last tie-break; names not listed rank after these, alphabetically.
 DEFAULT_PREFERENCE = ("docker", "incus", "libvirt")
@@ -108,6 +109,8 @@ def _mismatches(spec: SandboxSpec, caps: Capabilities) -> list[str]:
             f"starts in about {caps.start_seconds:g}s, more than max_start_seconds="
             f"{req.max_start_seconds:g}"
         )
+    if is_disk_image(spec.image) and not caps.disk_images:
+        problems.append(f"cannot boot a disk image ({spec.image})")
     if spec.mounts and not caps.mounts:
         problems.append("cannot share host directories")
     if spec.ports and not caps.ports:

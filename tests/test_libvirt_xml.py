@@ -29,7 +29,11 @@ def plan_for(**fields: object) -> LaunchPlan:
 
 
 def domain(plan: LaunchPlan, **kwargs: object) -> ET.Element:
-    arguments: dict[str, object] = {"accel": "qemu", "console_log": "/run/x/console.log"}
+    arguments: dict[str, object] = {
+        "accel": "qemu",
+        "console_log": "/run/x/console.log",
+        "boot": _domain.Boot("/img/vmlinuz", "/run/x/initrd.img"),
+    }
     arguments.update(kwargs)
     return ET.fromstring(_domain.domain_xml(plan, **arguments))  # type: ignore[arg-type]
 

@@ -249,6 +249,19 @@ CASES = [
         rejected={"docker": "cannot limit memory"},
     ),
     Case(
+        "a disk image boots only where disk images can",
+        {"image": "/srv/images/debian.qcow2"},
+        capabilities={**THREE, "libvirt": attrs.evolve(LIBVIRT, disk_images=True)},
+        expect="libvirt",
+        rejected={"docker": "cannot boot a disk image", "incus": "cannot boot a disk image"},
+    ),
+    Case(
+        "a disk image and no backend that boots one",
+        {"image": "/srv/images/debian.img"},
+        expect=UnsupportedFeature,
+        reasons=("cannot boot a disk image (/srv/images/debian.img)",),
+    ),
+    Case(
         "a backend that cannot be loaded",
         capabilities={"docker": DOCKER},
         availability={"incus": Availability(False, "cannot import pylxd", "pip install x")},

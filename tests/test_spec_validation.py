@@ -53,6 +53,7 @@ def test_value_classes_name_the_field(tmp_path: Path, make: Any, field: str) -> 
         ({"workdir": "/proc/self"}, "workdir"),
         ({"workdir": "relative"}, "workdir"),
         ({"image": ""}, "image"),
+        ({"image": "images/debian.qcow2"}, "image"),
         ({"network": "host"}, "network"),
         ({"name": "-bad"}, "name"),
         ({"env": {"1BAD": "x"}}, "env['1BAD']"),

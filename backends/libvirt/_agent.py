@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandboxer._errors import EngineError
+from sandboxer._errors import EngineError, SandboxError
 
 from ._errors import libvirt_errors
 from ._sdk import libvirt, libvirt_qemu
@@ -84,6 +84,15 @@ class Agent:
                 start += int(written["count"])
         finally:
             self.call("guest-file-close", {"handle": handle})
+
+    def exists(self, path: str) -> bool:
+        """Whether the agent can open `path` for reading (False while it is unreachable)."""
+        try:
+            handle = self.call("guest-file-open", {"path": path, "mode": "r"}, timeout=5)
+        except SandboxError:  # missing, or the agent is away (the caller sees a dead VM)
+            return False
+        self.call("guest-file-close", {"handle": handle}, timeout=5)
+        return True
 
     def read_file(self, path: str) -> bytes:
         handle = self.call("guest-file-open", {"path": path, "mode": "r"})

@@ -18,6 +18,7 @@ from sandboxer._backend import (
     Backend,
     Capabilities,
     Check,
+    ControlStatus,
     ExecGenerator,
     ExecRequest,
     Handle,
@@ -35,17 +36,19 @@ from sandboxer._errors import (
 )
 from sandboxer._labels import is_ours
 from sandboxer._log import logger, timed
-from sandboxer.images import is_builtin
+from sandboxer.images import is_builtin, is_disk_image
 
 from . import _diagnose, _shares
 from ._accel import AcceleratorChooser
 from ._agent import Agent
-from ._domain import NAMESPACE, Boot, domain_xml, parse_labels
+from ._cloud_guest import DISK_IMAGE_CONTROLS, FAILED_FILE, READY_FILE, seed_files
+from ._disk import UserDisk, create_overlay, create_seed, user_disk
+from ._domain import NAMESPACE, Boot, Disk, domain_xml, parse_labels
 from ._errors import libvirt_errors
 from ._exec import environment, exec_command, run_to_end, wrapper_args
 from ._guest_config import config_archive, guest_files, shares
 from ._guest_scripts import EXEC_PATH, STAGING_DIR
-from ._image import GuestImage, ImageStore
+from ._image import ImageStore
 from ._sdk import libvirt
 from ._seccomp import compile_file
 
@@ -53,6 +56,8 @@ DEFAULT_URI = "qemu:///system"
 DEFAULT_STATE_DIR = "/var/lib/sandboxer/vm"
 QBOOT = "/usr/share/qemu/qboot.rom"
 READY_SECONDS = 180.0  # a TCG guest on a busy host can take a while; KVM needs ~1 s
+# A user's image boots systemd and cloud-init (Python): about a minute under TCG.
+DISK_READY_SECONDS = 600.0
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: SandboxState.UNKNOWN,
@@ -90,6 +95,7 @@ class LibvirtBackend(Backend):
         limits=frozenset({"cpus", "memory", "pids"}),
         mounts=True,
         ports=True,
+        disk_images=True,
         start_seconds=3.0,  # launch to exec-ready, measured under TCG (2.9 s median)
         controls={
             "capabilities": "guest: setpriv drops the bounding, inheritable and ambient "
@@ -160,17 +166,24 @@ class LibvirtBackend(Backend):
     def _run_dir(self, name: str) -> Path:
         return self._root / "run" / name
 
-    def _guest_image(self, image: str) -> GuestImage:
+    @staticmethod
+    def _user_disk(image: str) -> UserDisk | None:
+        """The user's disk image `image` names; None for a built-in image."""
+        if is_disk_image(image):
+            return user_disk(image)
         if not is_builtin(image):
             raise ImageNotFound(
                 f"no VM image {image!r}: VMs run the built-in images (sandboxer/minimal, "
-                "sandboxer/system)"
+                "sandboxer/system) or a disk image given by its absolute path (.qcow2, .img, "
+                ".raw) with cloud-init"
             )
-        return self._images.ensure()
+        return None
 
     # lifecycle ----------------------------------------------------------------------
     def create(self, plan: LaunchPlan) -> Handle:
-        image = self._guest_image(plan.spec.image)
+        disk = self._user_disk(plan.spec.image)
+        # The built-in guest also serves the KVM check, whatever this sandbox boots.
+        image = self._images.ensure()
         loader = QBOOT if os.path.exists(QBOOT) else None
         conn = self._connection()
         with self._accel_lock:
@@ -179,13 +192,18 @@ class LibvirtBackend(Backend):
         try:
             exposed = _shares.expose(shares(plan), run / "shares")
             bpf = compile_file(plan.profile.seccomp) if plan.profile.seccomp else b""
-            initrd = run / "initrd.img"
-            _write_initrd(initrd, image.initrd, config_archive(guest_files(plan, bpf)))
+            if disk is None:
+                initrd = run / "initrd.img"
+                _write_initrd(initrd, image.initrd, config_archive(guest_files(plan, bpf)))
+                boot, disks = Boot(str(image.kernel), str(initrd), loader), []
+            else:
+                boot, disks = None, _prepare_disks(plan, disk, run, bpf)
             xml = domain_xml(
                 plan,
                 accel=accel.domain_type,
                 console_log=str(run / "console.log"),
-                boot=Boot(str(image.kernel), str(initrd), loader),
+                boot=boot,
+                disks=disks,
                 shares=exposed,
             )
             with timed("libvirt createXML", sandbox=plan.name), libvirt_errors():
@@ -196,10 +214,21 @@ class LibvirtBackend(Backend):
             raise
         handle = Handle(domain.UUIDString(), plan.name, domain)
         with timed("guest agent ready", sandbox=plan.name):
-            self._wait_ready(handle, run)
+            if disk is None:
+                self._wait_ready(handle, run, READY_SECONDS)
+            else:
+                self._wait_ready(handle, run, DISK_READY_SECONDS, set_up=True)
         if plan.spec.command:
             self._start_main(handle, plan)
         return handle
+
+    def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
+        statuses = super().enforcement(plan)
+        if is_disk_image(plan.spec.image):
+            for control, status in statuses.items():
+                if status.enforced and control in DISK_IMAGE_CONTROLS:
+                    statuses[control] = ControlStatus(True, DISK_IMAGE_CONTROLS[control])
+        return statuses
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
         with libvirt_errors():
@@ -223,20 +252,34 @@ class LibvirtBackend(Backend):
         (run / "labels.json").write_text(json.dumps(dict(plan.labels)) + "\n")
         return run
 
-    def _wait_ready(self, handle: Handle, run: Path) -> None:
+    def _wait_ready(self, handle: Handle, run: Path, seconds: float, set_up: bool = False) -> None:
+        """Until the agent answers and, with `set_up`, cloud-init ran our set-up script."""
         agent = Agent(handle.native)
-        deadline = time.monotonic() + READY_SECONDS
-        while not agent.ping():
+        deadline = time.monotonic() + seconds
+        while not (agent.ping() and (not set_up or self._set_up(agent, run))):
             with libvirt_errors():
                 alive = self._alive(handle.native)
             if not alive:
                 raise EngineError(f"the VM stopped while booting:\n{_tail(run / 'console.log')}")
             if time.monotonic() > deadline:
+                waited_for = "sandboxer's cloud-init set-up" if set_up else "the guest agent"
                 raise EngineError(
-                    f"the guest agent did not answer within {READY_SECONDS:.0f} s:\n"
+                    f"{waited_for} did not finish within {seconds:.0f} s:\n"
                     f"{_tail(run / 'console.log')}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.05 if not set_up else 0.5)
+
+    @staticmethod
+    def _set_up(agent: Agent, run: Path) -> bool:
+        """Whether the set-up script is done in the guest; EngineError if it failed."""
+        if agent.exists(READY_FILE):
+            return True
+        if agent.exists(FAILED_FILE):
+            reason = agent.read_file(FAILED_FILE).decode(errors="replace").strip()
+            raise EngineError(
+                f"sandboxer's set-up in the guest failed: {reason}\n{_tail(run / 'console.log')}"
+            )
+        return False
 
     @staticmethod
     def _alive(domain: libvirt.virDomain) -> bool:
@@ -383,6 +426,14 @@ def _write_initrd(path: Path, base: Path, config: bytes) -> None:
         target.write(b"\0" * (-target.tell() % 4))  # the kernel skips zero padding
         target.write(config)
     path.chmod(0o644)
+
+
+def _prepare_disks(plan: LaunchPlan, disk: UserDisk, run: Path, bpf: bytes) -> list[Disk]:
+    """The overlay on the user's image, then the cloud-init seed, in the sandbox's directory."""
+    overlay, seed = run / "overlay.qcow2", run / "seed.iso"
+    create_overlay(disk, overlay)
+    create_seed(seed_files(plan, bpf), seed)
+    return [Disk(str(overlay)), Disk(str(seed), format="raw", read_only=True)]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -34,9 +34,13 @@ NAMESPACE = "https://github.com/sandboxer/sandboxer/libvirt/1"
 NAMESPACE_PREFIX = "sandboxer"
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 MIB = 1024 * 1024
-# Guest RAM beyond the sandbox's memory limit: the kernel and the in-RAM root file system.
+# Guest RAM beyond the sandbox's memory limit: the kernel and the in-RAM root file system,
+# or, booting a user's disk image, systemd and cloud-init (Python). Untouched RAM costs the
+# host nothing.
 GUEST_OVERHEAD = 128 * MIB
 DEFAULT_MEMORY = 512 * MIB
+DISK_GUEST_OVERHEAD = 384 * MIB
+DISK_DEFAULT_MEMORY = 1024 * MIB
 # Fast boot under TCG: skip self-tests and probing of hardware the VM does not have.
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -71,13 +75,15 @@ class Boot:
 class Disk:
     path: str
     format: str = "qcow2"
-    device: str = "disk"  # "disk" | "cdrom"
     read_only: bool = False
 
 
-def guest_memory(memory: int | None) -> int:
+def guest_memory(memory: int | None, disk_boot: bool = False) -> int:
     """Bytes of guest RAM for a sandbox memory limit, rounded up to whole MiB."""
-    total = DEFAULT_MEMORY if memory is None else memory + GUEST_OVERHEAD
+    if memory is None:
+        total = DISK_DEFAULT_MEMORY if disk_boot else DEFAULT_MEMORY
+    else:
+        total = memory + (DISK_GUEST_OVERHEAD if disk_boot else GUEST_OVERHEAD)
     return math.ceil(total / MIB) * MIB
 
 
@@ -155,11 +161,10 @@ def _devices(
 ) -> None:
     devices = _sub(root, "devices")
     for index, disk in enumerate(disks):
-        element = _sub(devices, "disk", type="file", device=disk.device)
+        element = _sub(devices, "disk", type="file", device="disk")
         _sub(element, "driver", name="qemu", type=disk.format)
         _sub(element, "source", file=disk.path)
-        bus, prefix = ("virtio", "vd") if disk.device == "disk" else ("sata", "sd")
-        _sub(element, "target", dev=prefix + "abcdefgh"[index], bus=bus)
+        _sub(element, "target", dev="vd" + "abcdefgh"[index], bus="virtio")
         if disk.read_only:
             _sub(element, "readonly")
     for share in shares:
@@ -198,12 +203,16 @@ def domain_xml(
     disks: Sequence[Disk] = (),
     shares: Sequence[Share] = (),
 ) -> str:
-    """The transient domain for `plan`: `accel` is "kvm" or "qemu" (TCG)."""
+    """The transient domain for `plan`: `accel` is "kvm" or "qemu" (TCG).
+
+    With `boot`, the kernel boots directly; without, the firmware boots the first disk.
+    """
     root = ET.Element("domain", type=accel)
     _sub(root, "name", plan.name)
     _sub(root, "title", "sandboxer sandbox")
     _metadata(root, plan.labels)
-    _sub(root, "memory", str(guest_memory(plan.memory) // MIB), unit="MiB")
+    memory = guest_memory(plan.memory, disk_boot=boot is None)
+    _sub(root, "memory", str(memory // MIB), unit="MiB")
     _sub(root, "vcpu", str(vcpus(plan.cpus)))
     _os(root, boot)
     if accel == "kvm":

@@ -22,6 +22,30 @@ EXEC_PATH, KILL_PATH, SHUTDOWN_PATH = "/sbin/sbx-exec", "/sbin/sbx-kill", "/sbin
 # Files the host hands to one exec (stdin, staged output) live here: root-only tmpfs.
 STAGING_DIR = "/run/sandboxer"
 
+# Shared by both guests' set-up (this init, and the cloud-init set-up of a user's disk
+# image): the 9p shares and tmpfs mounts from /etc/sandboxer, then the commands' cgroup.
+MOUNTS = r"""while read -r tag mode target; do
+    mkdir -p "$target"
+    mount -t 9p -o "$mode,nosuid,nodev,trans=virtio,version=9p2000.L,msize=262144,cache=none" \
+        "$tag" "$target" || log "mounting $tag on $target failed"
+done < /etc/sandboxer/mounts
+while read -r size target; do
+    mkdir -p "$target"
+    mount -t tmpfs -o "size=$size,mode=1777,nosuid,nodev" tmpfs "$target"
+done < /etc/sandboxer/tmpfs
+"""
+# Limits apply to everything exec starts (each exec gets a child cgroup of "sandbox");
+# the agent stays outside them so that a fork bomb or a memory hog cannot silence it.
+LIMITS = r"""echo "+pids +memory +cpu" > /sys/fs/cgroup/cgroup.subtree_control
+mkdir -p /sys/fs/cgroup/sandbox
+[ -n "$SBX_PIDS" ] && echo "$SBX_PIDS" > /sys/fs/cgroup/sandbox/pids.max
+if [ -n "$SBX_MEMORY" ]; then
+    echo "$SBX_MEMORY" > /sys/fs/cgroup/sandbox/memory.max
+    echo 0 > /sys/fs/cgroup/sandbox/memory.swap.max
+fi
+[ -n "$SBX_CPU_MAX" ] && echo "$SBX_CPU_MAX" > /sys/fs/cgroup/sandbox/cpu.max
+"""
+
 # PID 1. Order matters: every mkdir on / happens before / turns read-only; qemu-ga starts
 # last, once the guest looks exactly as the sandbox should.
 INIT = r"""#!/bin/sh
@@ -96,30 +120,11 @@ if [ "$SBX_NET_IN" = 1 ]; then
 fi
 echo "$address $SBX_HOSTNAME" >> /etc/hosts
 
-if [ -s /etc/sandboxer/mounts ]; then
-    load 9p
-    while read -r tag mode target; do
-        mkdir -p "$target"
-        mount -t 9p -o "$mode,nosuid,nodev,trans=virtio,version=9p2000.L,msize=262144,cache=none" \
-            "$tag" "$target" || log "mounting $tag on $target failed"
-    done < /etc/sandboxer/mounts
-fi
-while read -r size target; do
-    mkdir -p "$target"
-    mount -t tmpfs -o "size=$size,mode=1777,nosuid,nodev" tmpfs "$target"
-done < /etc/sandboxer/tmpfs
-
-# Limits apply to everything exec starts (each exec gets a child cgroup of "sandbox");
-# the agent stays outside them so that a fork bomb or a memory hog cannot silence it.
+[ -s /etc/sandboxer/mounts ] && load 9p
+@MOUNTS@
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
-echo "+pids +memory +cpu" > /sys/fs/cgroup/cgroup.subtree_control
-mkdir /sys/fs/cgroup/agent /sys/fs/cgroup/sandbox
-[ -n "$SBX_PIDS" ] && echo "$SBX_PIDS" > /sys/fs/cgroup/sandbox/pids.max
-if [ -n "$SBX_MEMORY" ]; then
-    echo "$SBX_MEMORY" > /sys/fs/cgroup/sandbox/memory.max
-    echo 0 > /sys/fs/cgroup/sandbox/memory.swap.max
-fi
-[ -n "$SBX_CPU_MAX" ] && echo "$SBX_CPU_MAX" > /sys/fs/cgroup/sandbox/cpu.max
+mkdir /sys/fs/cgroup/agent
+@LIMITS@
 
 [ "$SBX_ROOT_RO" = 1 ] && mount -o remount,ro /
 
@@ -236,7 +241,9 @@ echo stop > /run/initctl
 
 def init_script() -> str:
     return (
-        INIT.replace("@MODULE_DIR@", MODULE_DIR)
+        INIT.replace("@MOUNTS@", MOUNTS.rstrip("\n"))
+        .replace("@LIMITS@", LIMITS.rstrip("\n"))
+        .replace("@MODULE_DIR@", MODULE_DIR)
         .replace("@AGENT_CHANNEL@", AGENT_CHANNEL)
         .replace("@PROBE_MARKER@", PROBE_MARKER)
         .replace("@PROBE_ARGUMENT@", PROBE_ARGUMENT)

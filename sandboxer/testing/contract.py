@@ -40,12 +40,18 @@ def _names(backend: str) -> set[str]:
 
 
 class SandboxContract:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def image(cls) -> str:
+        """The image every sandbox of the suite runs; a subclass may name its own."""
+        return str(sandboxer.SandboxSpec().image)
+
     @pytest.fixture
-    def make(self, backend: str) -> Iterator[Make]:
+    def make(self, backend: str, image: str) -> Iterator[Make]:
         made: list[Sandbox] = []
 
         def launch(**fields: Any) -> Sandbox:
-            sandbox = sandboxer.launch(backend=backend, **fields)
+            sandbox = sandboxer.launch(backend=backend, image=image, **fields)
             made.append(sandbox)
             return sandbox
 
@@ -55,9 +61,9 @@ class SandboxContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def shared(cls, backend: str) -> Iterator[Sandbox]:
+    def shared(cls, backend: str, image: str) -> Iterator[Sandbox]:
         """One sandbox for the tests that do not change it (booting a VM per test is slow)."""
-        with sandboxer.launch(backend=backend, env={"FROM_SPEC": "spec"}) as sandbox:
+        with sandboxer.launch(backend=backend, image=image, env={"FROM_SPEC": "spec"}) as sandbox:
             yield sandbox
 
     # lifecycle -----------------------------------------------------------------------
@@ -81,8 +87,8 @@ class SandboxContract:
         assert found.labels[SESSION] == session_id()
         assert abs(float(found.labels[CREATED_AT]) - time.time()) < 3600
 
-    def test_leaving_the_block_after_an_error_destroys(self, backend: str) -> None:
-        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend) as sb:
+    def test_leaving_the_block_after_an_error_destroys(self, backend: str, image: str) -> None:
+        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend, image=image) as sb:
             name = sb.name
             raise RuntimeError("boom")
         assert name not in _names(backend)
@@ -93,10 +99,13 @@ class SandboxContract:
             sandboxer.launch(backend=backend, image="sandboxer/no-such-image")
         assert _names(backend) == before
 
-    def test_bad_spec_is_refused_before_the_engine(self, backend: str, tmp_path: Path) -> None:
+    def test_bad_spec_is_refused_before_the_engine(
+        self, backend: str, image: str, tmp_path: Path
+    ) -> None:
         before = _names(backend)
         with pytest.raises(sandboxer.InvalidSpec, match=r"Mount\.source"):
-            sandboxer.launch(backend=backend, mounts=[Mount(str(tmp_path / "missing"), "/data")])
+            missing = Mount(str(tmp_path / "missing"), "/data")
+            sandboxer.launch(backend=backend, image=image, mounts=[missing])
         assert _names(backend) == before
 
     # exec ----------------------------------------------------------------------------

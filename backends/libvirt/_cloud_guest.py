@@ -1,0 +1,237 @@
+"""The NoCloud seed that makes a user's own cloud image a sandbox (pure: no I/O).
+
+cloud-init reads three files from a volume labelled "cidata": meta-data (instance id and
+hostname), network-config (the static addresses QEMU's user-mode networks expect) and
+user-data. Our user-data writes the files the built-in guest carries in its initramfs
+(/etc/sandboxer, the exec wrapper, the kill helper), a systemd drop-in that runs qemu-ga,
+and so every command, under the profile's controls, and a set-up script that runcmd runs
+last. The script's /run/sandboxer/ready tells the host the guest is ready for exec; its
+/run/sandboxer/failed says why it is not.
+
+cloud-config and network-config are YAML, and JSON is YAML: the standard library writes
+them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+
+from sandboxer._backend import LaunchPlan
+from sandboxer._errors import UnsupportedFeature
+
+from ._guest_config import guest_files, nics, shares
+from ._guest_scripts import (
+    AGENT_CHANNEL,
+    EXEC,
+    EXEC_PATH,
+    INBOUND_MAC,
+    INBOUND_NET,
+    KILL,
+    KILL_PATH,
+    LIMITS,
+    MOUNTS,
+    OUTBOUND_MAC,
+    OUTBOUND_NET,
+    STAGING_DIR,
+)
+
+SETUP_PATH = "/usr/local/sbin/sbx-setup"
+SECCOMP_LOADER_PATH = "/usr/local/sbin/sbx-seccomp"
+AGENT_DROP_IN = "/etc/systemd/system/qemu-guest-agent.service.d/sandboxer.conf"
+READY_FILE = f"{STAGING_DIR}/ready"
+FAILED_FILE = f"{STAGING_DIR}/failed"
+AGENT_STATE_DIR = "/run/qga"
+SANDBOX_UID = 1000
+
+# runcmd runs this as root once cloud-init has written the files; every boot is a first
+# boot (the overlay is new), so it runs once per sandbox.
+SETUP = r"""#!/bin/sh
+# sandboxer's set-up of a cloud image, after cloud-init wrote /etc/sandboxer.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "sandboxer-setup: $*" >/dev/console; }
+fail() { log "$*"; echo "$*" > @FAILED_FILE@; exit 1; }
+mkdir -p -m 700 @STAGING_DIR@ @AGENT_STATE_DIR@
+. /etc/sandboxer/sandbox.conf
+
+# The profile's user runs commands; give it a name and a home where the image has none.
+getent passwd @UID@ >/dev/null || useradd --uid @UID@ --user-group --create-home \
+    --shell /bin/sh sandbox || fail "cannot create the sandbox user (uid @UID@)"
+address=127.0.1.1
+if [ "$SBX_NET_OUT" = 1 ]; then
+    # QEMU maps the outbound network's .2 to the host's loopback: keep it out of reach.
+    ip route add prohibit @OUTBOUND_NET@.2/32 || fail "cannot prohibit the host's address"
+    address=@OUTBOUND_NET@.15
+fi
+[ "$SBX_NET_IN" = 1 ] && address=@INBOUND_NET@.15
+echo "$address $SBX_HOSTNAME" >> /etc/hosts
+if [ -s /etc/sandboxer/mounts ]; then
+    modprobe -a 9pnet_virtio 9p || fail "the guest kernel has no 9p modules, needed for mounts"
+fi
+@MOUNTS@
+@LIMITS@
+# qemu-ga again, now under the drop-in: the profile's controls reach every command.
+systemctl daemon-reload && systemctl restart qemu-guest-agent.service \
+    || fail "cannot restart qemu-guest-agent.service (is it installed?)"
+: > @READY_FILE@
+log ready
+"""
+
+# Loads the profile's compiled filter (no_new_privs first), then execs the agent: the
+# filter is inherited by every command the agent starts. Cloud images have python3 for
+# cloud-init, and no seccomp loader of their own.
+SECCOMP_LOADER = r'''#!/usr/bin/python3
+"""sbx-seccomp FILTER COMMAND...: load a seccomp BPF program, then exec COMMAND."""
+import ctypes
+import os
+import sys
+
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+class Program(ctypes.Structure):
+    _fields_ = [("length", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+with open(sys.argv[1], "rb") as source:
+    code = source.read()
+program = Program(len(code) // 8, code)  # struct sock_filter is 8 bytes
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.prctl(
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0
+) != 0:
+    sys.exit("sbx-seccomp: " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[2], sys.argv[2:])
+'''
+
+# What each control means on a user's disk image (the built-in guest's are in _backend).
+DISK_IMAGE_CONTROLS: Mapping[str, str] = {
+    "capabilities": "guest: setpriv drops the bounding, inheritable and ambient capability "
+    "sets of every command (cap_add kept)",
+    "no_new_privileges": "guest: NoNewPrivileges= on qemu-guest-agent.service, inherited by "
+    "every command (and setpriv --nnp)",
+    "seccomp": "guest: the profile's policy compiled to BPF (libseccomp) and loaded on the "
+    "guest agent, inherited by every command; host: QEMU runs under its own seccomp sandbox",
+    "read_only_root": "guest: ProtectSystem=strict on qemu-guest-agent.service: every "
+    "command sees the file system read-only but for the profile's tmpfs paths and "
+    "read-write mounts",
+    "non_root_user": "guest: commands run as the profile's uid:gid (setpriv); host: QEMU "
+    "runs as the unprivileged user of qemu.conf",
+    "pids_limit": "guest: pids cgroup (pids.max) around every command",
+    "memory_limit": "host: the VM's RAM; guest: memory cgroup (memory.max, no swap) around "
+    "every command",
+    "cpu_limit": "host: vCPU count (cpus rounded up); guest: cpu.max on the commands' cgroup",
+    "network": "no network device in the VM: loopback only",
+}
+
+
+def setup_script() -> str:
+    replacements = {
+        "@MOUNTS@": MOUNTS.rstrip("\n"),
+        "@LIMITS@": LIMITS.rstrip("\n"),
+        "@STAGING_DIR@": STAGING_DIR,
+        "@AGENT_STATE_DIR@": AGENT_STATE_DIR,
+        "@READY_FILE@": READY_FILE,
+        "@FAILED_FILE@": FAILED_FILE,
+        "@OUTBOUND_NET@": OUTBOUND_NET,
+        "@INBOUND_NET@": INBOUND_NET,
+        "@UID@": str(SANDBOX_UID),
+    }
+    script = SETUP
+    for placeholder, value in replacements.items():
+        script = script.replace(placeholder, value)
+    return script
+
+
+def _unit_path(field: str, path: str) -> str:
+    """`path` quoted for a systemd unit file ('%' starts a specifier there)."""
+    if '"' in path:
+        raise UnsupportedFeature(f"{field} cannot hold a double quote on VM disk images: {path!r}")
+    return '"' + path.replace("%", "%%") + '"'
+
+
+def agent_drop_in(plan: LaunchPlan) -> str:
+    """The qemu-guest-agent.service drop-in that puts the agent under the profile."""
+    profile = plan.profile
+    agent = f"/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/{AGENT_CHANNEL}"
+    command = f"{agent} -t {AGENT_STATE_DIR}"
+    if profile.seccomp is not None:
+        command = f"/usr/bin/python3 {SECCOMP_LOADER_PATH} /etc/sandboxer/seccomp.bpf {command}"
+    # Commands see their own processes only, as in the built-in guest.
+    command = f"/usr/bin/unshare --pid --fork --mount-proc {command}"
+    lines = ["[Service]", "ExecStart=", f"ExecStart={command}"]
+    if profile.no_new_privileges or profile.seccomp is not None:
+        lines.append("NoNewPrivileges=yes")
+    if profile.read_only_root:
+        writable = [STAGING_DIR, AGENT_STATE_DIR, *profile.tmpfs]
+        writable += [share.target for share in shares(plan) if not share.read_only]
+        lines.append("ProtectSystem=strict")
+        lines += [f"ReadWritePaths={_unit_path('Mount.target', path)}" for path in writable]
+    return "\n".join(lines) + "\n"
+
+
+def _write_file(path: str, content: bytes, permissions: str) -> dict[str, str]:
+    return {
+        "path": path,
+        "encoding": "b64",
+        "content": base64.b64encode(content).decode(),
+        "permissions": permissions,
+        "owner": "root:root",
+    }
+
+
+def user_data(plan: LaunchPlan, seccomp_bpf: bytes) -> str:
+    files = [
+        _write_file("/" + path, content, "0644")
+        for path, content in guest_files(plan, seccomp_bpf).items()
+    ]
+    files += [
+        _write_file(EXEC_PATH, EXEC.encode(), "0755"),
+        _write_file(KILL_PATH, KILL.encode(), "0755"),
+        _write_file(SETUP_PATH, setup_script().encode(), "0755"),
+        _write_file(SECCOMP_LOADER_PATH, SECCOMP_LOADER.encode(), "0755"),
+        _write_file(AGENT_DROP_IN, agent_drop_in(plan).encode(), "0644"),
+    ]
+    config = {
+        "users": [],  # no default user with sudo: commands run as the profile's user
+        "disable_root": True,
+        "ssh_pwauth": False,
+        "write_files": files,
+        "runcmd": [[SETUP_PATH]],
+    }
+    return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
+
+
+def meta_data(plan: LaunchPlan) -> str:
+    return json.dumps({"instance-id": plan.name, "local-hostname": plan.name}) + "\n"
+
+
+def network_config(plan: LaunchPlan) -> str:
+    """Static addresses on the NICs the domain has (see `_guest_config.nics`): no DHCP wait."""
+    inbound, outbound = nics(plan)
+    ethernets: dict[str, dict[str, object]] = {}
+    if inbound:
+        ethernets["sbxin"] = {
+            "match": {"macaddress": INBOUND_MAC},
+            "set-name": "sbxin",
+            "addresses": [f"{INBOUND_NET}.15/24"],
+        }
+    if outbound:
+        ethernets["sbxout"] = {
+            "match": {"macaddress": OUTBOUND_MAC},
+            "set-name": "sbxout",
+            "addresses": [f"{OUTBOUND_NET}.15/24"],
+            "gateway4": f"{OUTBOUND_NET}.2",
+            "nameservers": {"addresses": [f"{OUTBOUND_NET}.3"]},
+        }
+    return json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n"
+
+
+def seed_files(plan: LaunchPlan, seccomp_bpf: bytes) -> dict[str, bytes]:
+    """File name -> content of the NoCloud seed volume."""
+    return {
+        "meta-data": meta_data(plan).encode(),
+        "user-data": user_data(plan, seccomp_bpf).encode(),
+        "network-config": network_config(plan).encode(),
+    }

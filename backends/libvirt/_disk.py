@@ -1,0 +1,79 @@
+"""A user's disk image, made ready for one sandbox: a copy-on-write overlay and a seed.
+
+The user's image is only ever read: the guest writes to a qcow2 overlay in the sandbox's
+directory, which `remove()` deletes with everything else there. The NoCloud seed is a
+small ISO 9660 volume labelled "cidata", attached as a second, read-only virtio disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import attrs
+
+from sandboxer._errors import BackendUnavailable, EngineError, ImageNotFound
+
+QCOW2_MAGIC = b"QFI\xfb"
+SEED_LABEL = "cidata"
+
+
+@attrs.frozen
+class UserDisk:
+    path: Path
+    format: str  # "qcow2" | "raw"
+
+
+def user_disk(image: str) -> UserDisk:
+    """The disk image at `image`, or ImageNotFound saying why it cannot be used."""
+    path = Path(image)
+    try:
+        with open(path, "rb") as disk:
+            head = disk.read(len(QCOW2_MAGIC))
+    except FileNotFoundError:
+        raise ImageNotFound(f"no disk image at {image}") from None
+    except IsADirectoryError:
+        raise ImageNotFound(f"{image} is a directory, not a disk image") from None
+    except OSError as exc:
+        raise ImageNotFound(f"cannot read the disk image {image}: {exc.strerror}") from exc
+    return UserDisk(path, "qcow2" if head == QCOW2_MAGIC else "raw")
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        subprocess.run(argv, capture_output=True, text=True, check=True)
+    except FileNotFoundError as exc:
+        raise BackendUnavailable(
+            "libvirt",
+            f"{what} needs {argv[0]}, which is missing",
+            "apt-get install qemu-utils genisoimage",
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        raise EngineError(f"{what} failed: {exc.stderr.strip()}") from exc
+
+
+def create_overlay(disk: UserDisk, overlay: Path) -> None:
+    """A qcow2 file at `overlay` that reads from `disk` and keeps the guest's writes."""
+    _run(
+        [
+            "qemu-img", "create", "-q", "-f", "qcow2",
+            "-b", str(disk.path.resolve()), "-F", disk.format, str(overlay),
+        ],
+        "creating the overlay disk",
+    )  # fmt: skip
+
+
+def create_seed(files: dict[str, bytes], seed: Path) -> None:
+    """The NoCloud seed volume holding `files` (name -> content) at `seed`."""
+    with tempfile.TemporaryDirectory(prefix="seed-", dir=seed.parent) as scratch:
+        for name, content in files.items():
+            (Path(scratch) / name).write_bytes(content)
+        _run(
+            [
+                "genisoimage", "-quiet", "-output", str(seed), "-volid", SEED_LABEL,
+                "-joliet", "-rock", *(str(Path(scratch) / name) for name in files),
+            ],
+            "writing the cloud-init seed",
+        )  # fmt: skip
+    seed.chmod(0o644)
