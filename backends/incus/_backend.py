@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -67,6 +68,7 @@ class _Known:
     """What this process learned about one sandbox, so that exec asks the engine once."""
 
     user: str | None  # who exec runs as when the request names nobody
+    isolated: bool = True  # may have a private network to remove (unknown: assume so)
     accounts: tuple[str, str] | None = None  # its /etc/passwd and /etc/group
     workdirs: set[str] = attrs.Factory(lambda: {"/"})  # directories seen to exist
 
@@ -137,8 +139,8 @@ class IncusBackend(Backend):
                 self._pool = _diagnose.root_pool(self._incus.client)
             if self._pool is None:
                 raise BackendUnavailable(
-                    "incus", "the default profile has no root disk and "
-                    f"{_diagnose.POOL} is unset",
+                    "incus",
+                    f"the default profile has no root disk and {_diagnose.POOL} is unset",
                     "incus profile device add default root disk path=/ pool=default",
                 )
             return self._pool
@@ -169,8 +171,10 @@ class IncusBackend(Backend):
         nic = self._nic(plan)
         start = not _prepare.needed(plan)
         api = self._incus.api.instances[plan.name]
+        # Chosen here rather than read back from Incus after the create: one call less.
+        identity = str(uuid.uuid4())
         try:
-            retry_address_conflicts(lambda: self._post(plan, image, pool, nic(), start))
+            retry_address_conflicts(lambda: self._post(plan, image, pool, nic(), start, identity))
             if not start:
                 _prepare.Preparer(self._incus, plan.name).run(plan)
                 with timed("incus start", sandbox=plan.name), incus_errors():
@@ -179,15 +183,16 @@ class IncusBackend(Backend):
             if type(exc) is not EngineError or "forkstart" not in str(exc):
                 raise
             raise EngineError(f"{exc}\n{self._start_errors(plan.name)}") from exc
-        with incus_errors():
-            config = api.get().json()["metadata"]["config"]
-        self._known[plan.name] = _Known(plan.user)
-        return Handle(config.get("volatile.uuid", plan.name), plan.name)
+        self._known[plan.name] = _Known(plan.user, isolated=plan.network == "isolated")
+        return Handle(identity, plan.name)
 
-    def _post(self, plan: LaunchPlan, image: str, pool: str, nic: Nic | None, start: bool) -> None:
+    def _post(
+        self, plan: LaunchPlan, image: str, pool: str, nic: Nic | None, start: bool, identity: str
+    ) -> None:
         for retry in (True, False):
             fingerprint = self._images.fingerprint(image)
             body = instance_request(plan, fingerprint, pool, nic, start=start)
+            body["config"]["volatile.uuid"] = identity  # the instance's id, as Incus reports it
             try:
                 with timed("incus create", sandbox=plan.name, start=start), incus_errors():
                     self._incus.wait(self._incus.api.instances.post(json=body))
@@ -277,9 +282,9 @@ class IncusBackend(Backend):
                 _exec.signal_command(control, 9)
 
         def attempt() -> ExecGenerator:
-            operation, sockets = _exec.start(self._incus, handle.name, body)
+            waiter, sockets = _exec.start(self._incus, handle.name, body)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return _exec.stream(self._incus, operation, sockets, request.stdin, left, kill)
+            return _exec.stream(waiter, sockets, request.stdin, left, kill)
 
         try:
             first: ExecGenerator | None = attempt()  # eager: SandboxNotFound surfaces here
@@ -353,8 +358,9 @@ class IncusBackend(Backend):
                 if "running" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self._networks.remove_isolated(name)
-        self._known.pop(name, None)
+        known = self._known.pop(name, None)
+        if known is None or known.isolated:
+            self._networks.remove_isolated(name)
 
     def state(self, handle: Handle) -> SandboxState:
         with incus_errors():

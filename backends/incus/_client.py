@@ -7,6 +7,8 @@ PEM files; SANDBOXER_INCUS_VERIFY is "true", "false" or a CA bundle path).
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import ssl
@@ -17,7 +19,7 @@ import attrs
 import requests
 import urllib3
 
-from sandboxer._errors import InvalidSpec
+from sandboxer._errors import EngineError, InvalidSpec
 
 from ._errors import incus_errors
 from ._sdk import pylxd
@@ -74,7 +76,10 @@ class Endpoint:
             session.trust_env = self.verify is True
         with incus_errors():
             return pylxd.Client(
-                endpoint=self.address, cert=self.cert, verify=self.verify, timeout=timeout,
+                endpoint=self.address,
+                cert=self.cert,
+                verify=self.verify,
+                timeout=timeout,
                 session=session,
             )
 
@@ -148,6 +153,42 @@ def _unix_session(path: str) -> requests.Session:
     return session
 
 
+class SentWait:
+    """An operation's /wait request sent ahead on a connection of its own: the daemon
+    answers as the operation ends, so reading the answer then costs no round trip."""
+
+    def __init__(self, endpoint: Endpoint, operation: str) -> None:
+        with incus_errors():
+            sock = endpoint.open_socket(timeout=10.0)
+        sock.settimeout(None)  # the operation takes as long as its command
+        self._connection = http.client.HTTPConnection(endpoint.host)
+        self._connection.sock = sock
+        try:
+            self._connection.request("GET", f"/1.0/operations/{quote(operation)}/wait")
+        except OSError as exc:
+            self.close()
+            raise EngineError(f"waiting for operation {operation}: {exc}") from exc
+
+    def result(self) -> dict[str, Any]:
+        """The finished operation's metadata (once it finishes), or raise its error."""
+        try:
+            response = self._connection.getresponse()
+            body = json.loads(response.read() or b"{}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise EngineError(f"waiting for an operation: {exc}") from exc
+        finally:
+            self.close()
+        metadata: dict[str, Any] = body.get("metadata") or {}
+        if response.status != 200:
+            raise EngineError(body.get("error") or f"operation wait: HTTP {response.status}")
+        if metadata.get("status") == "Failure" or metadata.get("err"):
+            raise EngineError(metadata.get("err") or "the operation failed")
+        return metadata
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class Incus:
     """A pylxd client plus operation waiting and websockets, shared by one backend."""
 
@@ -176,19 +217,31 @@ class Incus:
     def operation_id(body: dict[str, Any]) -> str:
         return str(body["operation"]).rstrip("/").rsplit("/", 1)[-1]
 
-    def websocket(self, operation: str, secret: str, timeout: float = 10.0) -> WebSocket:
-        resource = f"/1.0/operations/{quote(operation)}/websocket?secret={quote(secret)}"
-        sock = self.endpoint.open_socket(timeout)
+    def websockets(
+        self, operation: str, secrets: dict[int, str], timeout: float = 10.0
+    ) -> dict[int, WebSocket]:
+        """Connect one websocket per secret, the handshakes in flight together: the
+        daemon answers them in parallel, so this costs one round trip, not one each."""
+        path = f"/1.0/operations/{quote(operation)}/websocket?secret="
+        resources = {fd: path + quote(secret) for fd, secret in secrets.items()}
+        sockets: dict[int, socket.socket] = {}
+        websockets: dict[int, WebSocket] = {}
         try:
-            websocket = WebSocket.connect(sock, self.endpoint.host, resource)
+            keys: dict[int, bytes] = {}
+            for fd, resource in resources.items():
+                sockets[fd] = self.endpoint.open_socket(timeout)
+                keys[fd] = WebSocket.request_upgrade(sockets[fd], self.endpoint.host, resource)
+            for fd, key in keys.items():
+                websockets[fd] = WebSocket.accept(sockets[fd], key, resources[fd])
+                sockets[fd].settimeout(None)
         except BaseException:
-            sock.close()
+            for sock in sockets.values():
+                sock.close()
             raise
-        sock.settimeout(None)
-        return websocket
+        return websockets
 
     def file_type(self, instance: str, path: str) -> str | None:
-        """"file", "directory" or "symlink" at `path` in the instance (as it sees it), or None."""
+        """The type at `path` as the instance sees it: "file", "directory", "symlink" or None."""
         files = self.api.instances[instance].files
         with incus_errors():
             response = self.api.session.head(files._api_endpoint, params={"path": path})

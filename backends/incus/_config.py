@@ -48,7 +48,7 @@ def labels_config(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def labels_from_config(config: Mapping[str, str]) -> dict[str, str]:
-    return {k[len(LABEL_PREFIX):]: v for k, v in config.items() if k.startswith(LABEL_PREFIX)}
+    return {k[len(LABEL_PREFIX) :]: v for k, v in config.items() if k.startswith(LABEL_PREFIX)}
 
 
 def _capability(name: str) -> str:
@@ -181,8 +181,8 @@ def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
         else:
             result[key] = value
     # Nesting is a requirement of the task: it wins over a profile's default.
-    result["security.nesting"] = "true" if spec.requirements.nested else result.get(
-        "security.nesting", "false"
+    result["security.nesting"] = (
+        "true" if spec.requirements.nested else result.get("security.nesting", "false")
     )
     return result
 

@@ -18,7 +18,7 @@ from typing import Any
 from sandboxer._backend import ExecGenerator, ExitStatus
 from sandboxer._errors import EngineError
 
-from ._client import Incus
+from ._client import Incus, SentWait
 from ._errors import incus_errors
 from ._websocket import BINARY, CLOSE, TEXT, WebSocket
 
@@ -39,8 +39,8 @@ class NotStarted(EngineError):
     """Incus could not start the command (typically: the sandbox is at its pids limit)."""
 
 
-def start(incus: Incus, name: str, body: dict[str, Any]) -> tuple[str, dict[int, WebSocket]]:
-    """Start an exec: (operation id, websockets by fd, -1 being the control channel)."""
+def start(incus: Incus, name: str, body: dict[str, Any]) -> tuple[SentWait, dict[int, WebSocket]]:
+    """Start an exec: (its result to come, websockets by fd, -1 being the control channel)."""
     with incus_errors():
         response = incus.api.instances[name].exec.post(json=body)
         payload = response.json()
@@ -48,23 +48,25 @@ def start(incus: Incus, name: str, body: dict[str, Any]) -> tuple[str, dict[int,
     fds = payload["metadata"]["metadata"]["fds"]
     sockets: dict[int, WebSocket] = {}
     try:
-        # The command starts once 0, 1 and 2 are connected: control goes first.
-        for fd, key in ((-1, "control"), (0, "0"), (1, "1"), (2, "2")):
-            sockets[fd] = incus.websocket(operation, fds[key])
+        # The command starts once 0, 1 and 2 are connected; control must be connected by
+        # then (a quick command could end before it is). So two batches of handshakes.
+        for batch in ((-1, "control"), (0, "0"), (1, "1")), ((2, "2"),):
+            sockets.update(incus.websockets(operation, {fd: fds[key] for fd, key in batch}))
+        waiter = SentWait(incus.endpoint, operation)  # while the command runs
     except BaseException as exc:
         for websocket in sockets.values():
             websocket.close()
-        if isinstance(exc, OSError):
-            _result(incus, operation, timeout=5)  # the operation's own error says more
+        if isinstance(exc, OSError):  # the operation's own error says more
+            _result(lambda: incus.wait_operation(operation, timeout=5))
         with incus_errors():
             raise
-    return operation, sockets
+    return waiter, sockets
 
 
-def _result(incus: Incus, operation: str, timeout: float | None = None) -> dict[str, Any]:
+def _result(wait: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The finished operation's metadata; NotStarted if Incus never started the command."""
     try:
-        return incus.wait_operation(operation, timeout)
+        return wait()
     except EngineError as exc:
         if _NOT_STARTED in str(exc):
             raise NotStarted(str(exc)) from exc
@@ -72,8 +74,7 @@ def _result(incus: Incus, operation: str, timeout: float | None = None) -> dict[
 
 
 def stream(
-    incus: Incus,
-    operation: str,
+    waiter: SentWait,
     sockets: dict[int, WebSocket],
     stdin: bytes | None,
     timeout: float | None,
@@ -115,8 +116,9 @@ def stream(
                         yield _STREAMS[open_streams[websocket]], payload
         if timed_out:
             return ExitStatus(exit_code=-1, timed_out=True)
-        metadata = _result(incus, operation)
+        metadata = _result(waiter.result)
     finally:
+        waiter.close()
         # Closing the control channel makes Incus kill a command still running
         # (the caller stopped reading, or the deadline passed).
         for websocket in sockets.values():

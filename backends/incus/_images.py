@@ -36,7 +36,7 @@ INCUS_REVISION = 1
 _TEMPLATES = {
     "/etc/hosts": (
         "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-        "{{ config_get(\"" + ADDRESS_KEY + "\", \"127.0.1.1\") }} {{ instance.name }}\n"
+        '{{ config_get("' + ADDRESS_KEY + '", "127.0.1.1") }} {{ instance.name }}\n'
     ),
     "/etc/hostname": "{{ instance.name }}\n",
 }
@@ -135,8 +135,11 @@ class Images:
             for index, name in enumerate(BUILTIN_IMAGES):
                 try:
                     self._incus.api.images.aliases.post(
-                        json={"name": alias(name), "target": fingerprint,
-                              "description": f"sandboxer built-in {name}"}
+                        json={
+                            "name": alias(name),
+                            "target": fingerprint,
+                            "description": f"sandboxer built-in {name}",
+                        }
                     )
                 except pylxd.exceptions.LXDAPIException as exc:
                     if "already exists" not in str(exc):

@@ -80,12 +80,15 @@ class Networks:
             if self._subnet is None:
                 config = self._config(BRIDGE)
                 if config is None:
-                    self._create(BRIDGE, {
-                        "ipv4.address": BRIDGE_SUBNET,
-                        "ipv4.nat": "true",
-                        "ipv6.address": "none",
-                        "user.sandboxer.managed": "true",
-                    })
+                    self._create(
+                        BRIDGE,
+                        {
+                            "ipv4.address": BRIDGE_SUBNET,
+                            "ipv4.nat": "true",
+                            "ipv6.address": "none",
+                            "user.sandboxer.managed": "true",
+                        },
+                    )
                     config = self._config(BRIDGE) or {}
                 subnet = config.get("ipv4.address", "none")
                 if subnet in ("none", ""):
@@ -106,12 +109,15 @@ class Networks:
         """A private bridge, and an address on it that is unlikely to equal a peer's: so
         trying to reach another isolated sandbox really goes nowhere."""
         name = isolated_network(sandbox)
-        self._create(name, {
-            "ipv4.address": "none",
-            "ipv6.address": "none",
-            **labels_config(labels),
-            "user.sandboxer.sandbox": sandbox,
-        })
+        self._create(
+            name,
+            {
+                "ipv4.address": "none",
+                "ipv6.address": "none",
+                **labels_config(labels),
+                "user.sandboxer.sandbox": sandbox,
+            },
+        )
         return Nic(name, random_address(ISOLATED_SUBNET, self._rng))
 
     def remove_isolated(self, sandbox: str) -> None:

@@ -52,8 +52,12 @@ class Preparer:
         return self._incus.file_type(self._name, path) is not None
 
     def _put(self, path: str, kind: str, data: bytes = b"", mode: str = "0755") -> None:
-        headers = {"X-Incus-uid": "0", "X-Incus-gid": "0", "X-Incus-mode": mode,
-                   "X-Incus-type": kind}
+        headers = {
+            "X-Incus-uid": "0",
+            "X-Incus-gid": "0",
+            "X-Incus-mode": mode,
+            "X-Incus-type": kind,
+        }
         self._files.post(params={"path": path}, data=data, headers=headers)
 
     def make_path(self, path: str, is_file: bool) -> None:
@@ -63,13 +67,17 @@ class Preparer:
             current = "/" + posixpath.join(*parts[:depth])
             if not self._exists(current):
                 last = depth == len(parts)
-                self._put(current, "file" if is_file and last else "directory",
-                          mode="0644" if is_file and last else "0755")
+                self._put(
+                    current,
+                    "file" if is_file and last else "directory",
+                    mode="0644" if is_file and last else "0755",
+                )
 
     def run(self, plan: LaunchPlan) -> None:
         with incus_errors():
             for path, is_file in mount_points(plan):
                 self.make_path(path, is_file)
             if plan.spec.command:
-                self._put(COMMAND_SERVICE, "file", command_script(plan.spec.command,
-                                                                  plan.spec.workdir))
+                self._put(
+                    COMMAND_SERVICE, "file", command_script(plan.spec.command, plan.spec.workdir)
+                )

@@ -21,8 +21,15 @@ _ACTIONS = {
     "SCMP_ACT_KILL_PROCESS": "kill",
     "SCMP_ACT_TRAP": "trap",
 }
-_OPS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
-        "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ")
+_OPS = (
+    "SCMP_CMP_NE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+)
 _SYSCALL = re.compile(r"^[a-z0-9_]+$")
 _EPERM = 1
 
@@ -58,8 +65,9 @@ def translate(policy: dict[str, Any]) -> Translation:
     problems: list[str] = []
     default = policy.get("defaultAction")
     if default != "SCMP_ACT_ALLOW":
-        problems.append(f"defaultAction {default!r}: Incus can only add denials to its "
-                        "allow-by-default policy")
+        problems.append(
+            f"defaultAction {default!r}: Incus can only add denials to its allow-by-default policy"
+        )
     for entry in policy.get("syscalls", []):
         names = list(entry.get("names", [])) + ([entry["name"]] if "name" in entry else [])
         if entry.get("action") == "SCMP_ACT_ALLOW":

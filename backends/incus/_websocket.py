@@ -47,15 +47,17 @@ class WebSocket:
 
     def __init__(self, sock: socket.socket, leftover: bytes = b"") -> None:
         self.sock = sock
-        self._buffer = leftover
+        self._buffer = bytearray(leftover)
+        self._position = 0  # where the next frame starts in _buffer
         self._message = bytearray()
         self._message_opcode = BINARY
         self.closed = False
         # Messages that arrived with the handshake response.
         self._ready = self._parse()
 
-    @classmethod
-    def connect(cls, sock: socket.socket, host: str, resource: str) -> WebSocket:
+    @staticmethod
+    def request_upgrade(sock: socket.socket, host: str, resource: str) -> bytes:
+        """Send the upgrade request; the key `accept` checks the answer against."""
         key = base64.b64encode(os.urandom(16))
         request = (
             f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
@@ -63,6 +65,11 @@ class WebSocket:
             f"Sec-WebSocket-Key: {key.decode()}\r\n\r\n"
         ).encode()
         sock.sendall(request)
+        return key
+
+    @classmethod
+    def accept(cls, sock: socket.socket, key: bytes, resource: str) -> WebSocket:
+        """Read the answer to `request_upgrade`: the connection, once the server agreed."""
         response = b""
         while b"\r\n\r\n" not in response:
             data = sock.recv(4096)
@@ -75,7 +82,7 @@ class WebSocket:
             raise EngineError(f"websocket handshake refused: {lines[0]}")
         expected = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
         fields = (line.partition(":") for line in lines[1:])
-        headers = {key.strip().lower(): value.strip() for key, _, value in fields}
+        headers = {name.strip().lower(): value.strip() for name, _, value in fields}
         if headers.get("sec-websocket-accept") != expected:
             raise EngineError("websocket handshake: bad Sec-WebSocket-Accept")
         return cls(sock, leftover)
@@ -122,6 +129,9 @@ class WebSocket:
         while True:
             frame = self._next_frame()
             if frame is None:
+                # Drop the parsed frames at once, not one by one (each a copy of the rest).
+                del self._buffer[: self._position]
+                self._position = 0
                 return messages
             fin, opcode, payload = frame
             if opcode == PING:
@@ -133,32 +143,37 @@ class WebSocket:
             elif opcode in (TEXT, BINARY, CONTINUATION):
                 if opcode != CONTINUATION:
                     self._message_opcode = opcode
+                if fin and not self._message:
+                    messages.append((self._message_opcode, payload))  # the usual: one frame
+                    continue
                 self._message += payload
                 if fin:
                     messages.append((self._message_opcode, bytes(self._message)))
                     self._message.clear()
 
     def _next_frame(self) -> tuple[bool, int, bytes] | None:
-        buffer = self._buffer
-        if len(buffer) < 2:
+        buffer, start = self._buffer, self._position
+        available = len(buffer) - start
+        if available < 2:
             return None
-        first, second = buffer[0], buffer[1]
-        size, offset = second & 0x7F, 2
+        first, second = buffer[start], buffer[start + 1]
+        size, header = second & 0x7F, 2
         if size == 126:
-            if len(buffer) < 4:
+            if available < 4:
                 return None
-            size, offset = struct.unpack_from("!H", buffer, 2)[0], 4
+            size, header = struct.unpack_from("!H", buffer, start + 2)[0], 4
         elif size == 127:
-            if len(buffer) < 10:
+            if available < 10:
                 return None
-            size, offset = struct.unpack_from("!Q", buffer, 2)[0], 10
+            size, header = struct.unpack_from("!Q", buffer, start + 2)[0], 10
         key = b""
         if second & 0x80:
-            key, offset = buffer[offset : offset + 4], offset + 4
-        if len(buffer) < offset + size:
+            key, header = bytes(buffer[start + header : start + header + 4]), header + 4
+        if available < header + size:
             return None
-        payload = buffer[offset : offset + size]
-        self._buffer = buffer[offset + size :]
+        with memoryview(buffer) as view:
+            payload = bytes(view[start + header : start + header + size])
+        self._position = start + header + size
         if key:
             payload = _mask(key, payload)
         return bool(first & 0x80), first & 0x0F, payload
