@@ -67,12 +67,16 @@ def timed(function: Callable[[], object]) -> float:
 def interleave(
     repetitions: int, sides: Mapping[str, Callable[[], float]]
 ) -> dict[str, list[float]]:
-    """Run each side once per round, in turn (A, B, A, B ...), so that a slow spell of the
-    machine hits both alike. Each side returns the seconds it measured itself."""
+    """Run each side once per round, in turn (A, B, B, A, A, B ...), so that a slow spell
+    of the machine hits both alike; the order flips every round, so that neither side
+    always goes first after the previous measurement's clean-up. Each side returns the
+    seconds it measured itself."""
     samples: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
     for _ in range(repetitions):
-        for name, side in sides.items():
-            samples[name].append(side())
+        for name in order:
+            samples[name].append(sides[name]())
+        order.reverse()
     return samples
 
 

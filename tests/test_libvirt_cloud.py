@@ -64,7 +64,9 @@ def test_seed_carries_the_built_in_guests_files_and_the_set_up() -> None:
 
 def test_seed_creates_no_default_user_and_no_logins() -> None:
     config = cloud_config(plan_for())
-    assert config["users"] == [] and config["disable_root"] is True
+    assert [user["name"] for user in config["users"]] == ["sandbox"]  # not "default"
+    assert config["users"][0]["uid"] == 1000 and config["users"][0]["lock_passwd"] is True
+    assert config["disable_root"] is True
     assert config["ssh_pwauth"] is False
 
 
@@ -109,7 +111,8 @@ def test_hardened_agent_runs_filtered_without_new_privileges_on_a_read_only_syst
     assert lines[:2] == ["[Service]", "ExecStart="]
     start = lines[2]
     assert start.startswith("ExecStart=/usr/bin/unshare --pid --fork --mount-proc ")
-    assert f"{_cloud_guest.SECCOMP_LOADER_PATH} /etc/sandboxer/seccomp.bpf" in start
+    init = f"{_cloud_guest.AGENT_INIT_PATH} --seccomp /etc/sandboxer/seccomp.bpf -- "
+    assert init + "/usr/sbin/qemu-ga " in start
     assert start.endswith(f"-t {_cloud_guest.AGENT_STATE_DIR}")
     assert "NoNewPrivileges=yes" in lines and "ProtectSystem=strict" in lines
     assert 'ReadWritePaths="/tmp"' in lines  # the hardened profile's tmpfs
@@ -119,7 +122,7 @@ def test_hardened_agent_runs_filtered_without_new_privileges_on_a_read_only_syst
 def test_default_profile_agent_has_no_filter_and_a_writable_system() -> None:
     lines = drop_in(plan_for(profile="default"))
     assert not any(line.startswith(("ProtectSystem", "ReadWritePaths")) for line in lines)
-    assert _cloud_guest.SECCOMP_LOADER_PATH not in lines[2]
+    assert f"{_cloud_guest.AGENT_INIT_PATH} -- /usr/sbin/qemu-ga" in lines[2]  # no filter
 
 
 def test_read_write_mounts_stay_writable_under_a_read_only_system(tmp_path: Path) -> None:
@@ -137,8 +140,8 @@ def test_unit_file_refuses_a_path_it_cannot_quote(tmp_path: Path) -> None:
         drop_in(plan_for(mounts=[Mount(str(tmp_path), '/data/"x"')]))
 
 
-def test_seccomp_loader_is_valid_python() -> None:
-    compile(_cloud_guest.SECCOMP_LOADER, _cloud_guest.SECCOMP_LOADER_PATH, "exec")
+def test_agent_init_is_valid_python() -> None:
+    compile(_cloud_guest.AGENT_INIT, _cloud_guest.AGENT_INIT_PATH, "exec")
 
 
 # the domain ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ._guest_scripts import (
 )
 
 SETUP_PATH = "/usr/local/sbin/sbx-setup"
-SECCOMP_LOADER_PATH = "/usr/local/sbin/sbx-seccomp"
+AGENT_INIT_PATH = "/usr/local/sbin/sbx-agent-init"
 AGENT_DROP_IN = "/etc/systemd/system/qemu-guest-agent.service.d/sandboxer.conf"
 READY_FILE = f"{STAGING_DIR}/ready"
 FAILED_FILE = f"{STAGING_DIR}/failed"
@@ -55,9 +55,6 @@ fail() { log "$*"; echo "$*" > @FAILED_FILE@; exit 1; }
 mkdir -p -m 700 @STAGING_DIR@ @AGENT_STATE_DIR@
 . /etc/sandboxer/sandbox.conf
 
-# The profile's user runs commands; give it a name and a home where the image has none.
-getent passwd @UID@ >/dev/null || useradd --uid @UID@ --user-group --create-home \
-    --shell /bin/sh sandbox || fail "cannot create the sandbox user (uid @UID@)"
 address=127.0.1.1
 if [ "$SBX_NET_OUT" = 1 ]; then
     # QEMU maps the outbound network's .2 to the host's loopback: keep it out of reach.
@@ -70,21 +67,33 @@ if [ -s /etc/sandboxer/mounts ]; then
     modprobe -a 9pnet_virtio 9p || fail "the guest kernel has no 9p modules, needed for mounts"
 fi
 @MOUNTS@
-@LIMITS@
 # qemu-ga again, now under the drop-in: the profile's controls reach every command.
 systemctl daemon-reload && systemctl restart qemu-guest-agent.service \
     || fail "cannot restart qemu-guest-agent.service (is it installed?)"
+# After systemd's reload: it rewrites the root cgroup's controllers then.
+@LIMITS@
+limit() {  # limit FILE VALUE: fail if VALUE is asked for and FILE is missing or unlimited
+    case $(cat "/sys/fs/cgroup/sandbox/$1" 2>/dev/null || echo max) in
+        max*) [ -z "$2" ] || fail "the guest kernel did not take $1 = $2" ;;
+    esac
+}
+limit pids.max "$SBX_PIDS"
+limit memory.max "$SBX_MEMORY"
+limit cpu.max "$SBX_CPU_MAX"
 : > @READY_FILE@
 log ready
 """
 
-# Loads the profile's compiled filter (no_new_privs first), then execs the agent: the
-# filter is inherited by every command the agent starts. Cloud images have python3 for
-# cloud-init, and no seccomp loader of their own.
-SECCOMP_LOADER = r'''#!/usr/bin/python3
-"""sbx-seccomp FILTER COMMAND...: load a seccomp BPF program, then exec COMMAND."""
+# PID 1 of the agent's PID namespace (unshare starts it there): loads the profile's
+# compiled seccomp filter, if any (no_new_privs first), starts the agent, which inherits
+# the filter and passes it to every command, and reaps the orphans commands leave behind,
+# which would otherwise stay zombies and hold the sandbox's pids limit. Cloud images have
+# python3 for cloud-init, and no init or seccomp loader of their own for this.
+AGENT_INIT = r'''#!/usr/bin/python3
+"""sbx-agent-init [--seccomp FILTER] -- COMMAND...: filter, start COMMAND, reap orphans."""
 import ctypes
 import os
+import signal
 import sys
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
@@ -94,15 +103,31 @@ class Program(ctypes.Structure):
     _fields_ = [("length", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
-with open(sys.argv[1], "rb") as source:
-    code = source.read()
-program = Program(len(code) // 8, code)  # struct sock_filter is 8 bytes
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.prctl(
-    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0
-) != 0:
-    sys.exit("sbx-seccomp: " + os.strerror(ctypes.get_errno()))
-os.execv(sys.argv[2], sys.argv[2:])
+def load_filter(path):
+    with open(path, "rb") as source:
+        code = source.read()
+    program = Program(len(code) // 8, code)  # struct sock_filter is 8 bytes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.prctl(
+        PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0
+    ) != 0:
+        sys.exit("sbx-agent-init: " + os.strerror(ctypes.get_errno()))
+
+
+arguments = sys.argv[1:]
+if arguments[0] == "--seccomp":
+    load_filter(arguments[1])
+    arguments = arguments[2:]
+command = arguments[1:]  # after "--"
+agent = os.fork()
+if agent == 0:
+    os.execv(command[0], command)
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(number, lambda received, _frame: os.kill(agent, received))
+while True:
+    pid, status = os.wait()
+    if pid == agent:  # leaving ends the namespace, and every command in it
+        sys.exit(os.waitstatus_to_exitcode(status))
 '''
 
 # What each control means on a user's disk image (the built-in guest's are in _backend).
@@ -136,7 +161,6 @@ def setup_script() -> str:
         "@FAILED_FILE@": FAILED_FILE,
         "@OUTBOUND_NET@": OUTBOUND_NET,
         "@INBOUND_NET@": INBOUND_NET,
-        "@UID@": str(SANDBOX_UID),
     }
     script = SETUP
     for placeholder, value in replacements.items():
@@ -155,12 +179,15 @@ def agent_drop_in(plan: LaunchPlan) -> str:
     """The qemu-guest-agent.service drop-in that puts the agent under the profile."""
     profile = plan.profile
     agent = f"/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/{AGENT_CHANNEL}"
-    command = f"{agent} -t {AGENT_STATE_DIR}"
+    init = f"/usr/bin/python3 {AGENT_INIT_PATH}"
     if profile.seccomp is not None:
-        command = f"/usr/bin/python3 {SECCOMP_LOADER_PATH} /etc/sandboxer/seccomp.bpf {command}"
+        init += " --seccomp /etc/sandboxer/seccomp.bpf"
     # Commands see their own processes only, as in the built-in guest.
-    command = f"/usr/bin/unshare --pid --fork --mount-proc {command}"
-    lines = ["[Service]", "ExecStart=", f"ExecStart={command}"]
+    command = f"/usr/bin/unshare --pid --fork --mount-proc {init} -- {agent} -t {AGENT_STATE_DIR}"
+    # systemd owns the root cgroup's controllers and turns off those no unit asks for:
+    # the agent asks for the three the commands' cgroup needs.
+    accounting = ["CPUAccounting=yes", "MemoryAccounting=yes", "TasksAccounting=yes"]
+    lines = ["[Service]", "ExecStart=", f"ExecStart={command}", *accounting]
     if profile.no_new_privileges or profile.seccomp is not None:
         lines.append("NoNewPrivileges=yes")
     if profile.read_only_root:
@@ -190,11 +217,13 @@ def user_data(plan: LaunchPlan, seccomp_bpf: bytes) -> str:
         _write_file(EXEC_PATH, EXEC.encode(), "0755"),
         _write_file(KILL_PATH, KILL.encode(), "0755"),
         _write_file(SETUP_PATH, setup_script().encode(), "0755"),
-        _write_file(SECCOMP_LOADER_PATH, SECCOMP_LOADER.encode(), "0755"),
+        _write_file(AGENT_INIT_PATH, AGENT_INIT.encode(), "0755"),
         _write_file(AGENT_DROP_IN, agent_drop_in(plan).encode(), "0644"),
     ]
     config = {
-        "users": [],  # no default user with sudo: commands run as the profile's user
+        # Instead of the image's default user (with sudo): the profile's user, uid 1000,
+        # as in the built-in images. An image that has a uid 1000 already keeps its own.
+        "users": [{"name": "sandbox", "uid": SANDBOX_UID, "shell": "/bin/sh", "lock_passwd": True}],
         "disable_root": True,
         "ssh_pwauth": False,
         "write_files": files,

@@ -5,8 +5,10 @@
         @classmethod
         def backend(cls): return "mybackend"
 
-`SandboxContract` is what the API promises (the in-memory fake passes it too);
-`EngineContract` adds what only a real kernel can show (limits felt from inside).
+`SandboxContract` is what the API promises (the in-memory fake passes it too); its base,
+`SharedSandboxContract`, is the part one running sandbox shows (one launch per class,
+for images that take a minute to boot); `EngineContract` adds what only a real kernel
+can show (limits felt from inside). A subclass may override the `image` fixture.
 Commands stay within busybox sh so that every built-in image runs them.
 """
 
@@ -39,7 +41,9 @@ def _names(backend: str) -> set[str]:
     }
 
 
-class SandboxContract:
+class SharedSandboxContract:
+    """What one running sandbox shows; it boots a single sandbox for the whole class."""
+
     @pytest.fixture(scope="class")
     @classmethod
     def image(cls) -> str:
@@ -66,32 +70,12 @@ class SandboxContract:
         with sandboxer.launch(backend=backend, image=image, env={"FROM_SPEC": "spec"}) as sandbox:
             yield sandbox
 
-    # lifecycle -----------------------------------------------------------------------
-    def test_lifecycle(self, make: Make, backend: str) -> None:
-        sb = make(labels={"purpose": "contract"})
-        assert sb.backend == backend
-        assert sb.id and sb.name
-        running = sb.state
-        assert running is SandboxState.RUNNING
-        assert sb.name in _names(backend)
-        sb.destroy()
-        assert sb.state is SandboxState.DESTROYED
-        sb.destroy()  # idempotent
-        assert sb.name not in _names(backend)
-        with pytest.raises(sandboxer.SandboxNotFound):
-            sb.exec(["true"])
-
+    # labels and refusals ------------------------------------------------------------
     def test_ownership_labels(self, shared: Sandbox, backend: str) -> None:
         found = {i.name: i for i in get_backend(backend).list_sandboxes()}[shared.name]
         assert found.labels[OWNER_PID] == str(os.getpid())
         assert found.labels[SESSION] == session_id()
         assert abs(float(found.labels[CREATED_AT]) - time.time()) < 3600
-
-    def test_leaving_the_block_after_an_error_destroys(self, backend: str, image: str) -> None:
-        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend, image=image) as sb:
-            name = sb.name
-            raise RuntimeError("boom")
-        assert name not in _names(backend)
 
     def test_failed_start_leaves_nothing(self, backend: str) -> None:
         before = _names(backend)
@@ -174,6 +158,31 @@ class SandboxContract:
         shared.copy_out("/tmp/tree", tmp_path / "back")
         assert (tmp_path / "back" / "top.txt").read_text() == "top"
         assert (tmp_path / "back" / "sub" / "deep.bin").read_bytes() == b"\x00\xff" * 1000
+
+
+class SandboxContract(SharedSandboxContract):
+    """The whole API contract: adds the tests that each launch a sandbox of their own."""
+
+    # lifecycle -----------------------------------------------------------------------
+    def test_lifecycle(self, make: Make, backend: str) -> None:
+        sb = make(labels={"purpose": "contract"})
+        assert sb.backend == backend
+        assert sb.id and sb.name
+        running = sb.state
+        assert running is SandboxState.RUNNING
+        assert sb.name in _names(backend)
+        sb.destroy()
+        assert sb.state is SandboxState.DESTROYED
+        sb.destroy()  # idempotent
+        assert sb.name not in _names(backend)
+        with pytest.raises(sandboxer.SandboxNotFound):
+            sb.exec(["true"])
+
+    def test_leaving_the_block_after_an_error_destroys(self, backend: str, image: str) -> None:
+        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend, image=image) as sb:
+            name = sb.name
+            raise RuntimeError("boom")
+        assert name not in _names(backend)
 
     # mounts --------------------------------------------------------------------------
     def test_read_only_mount(self, make: Make, tmp_path: Path) -> None:
