@@ -37,7 +37,8 @@ def _daemon_pid(backend: str) -> int:
     if backend in PID_FILES:
         return int(Path(PID_FILES[backend]).read_text().strip())
     # incusd writes no pid file; its helpers (forkproxy, callhook...) share the binary but
-    # take a subcommand first, while the daemon itself starts with options.
+    # take a subcommand first, while the daemon itself starts with options; each
+    # container's "[lxc monitor]" also runs the binary, under a rewritten argv[0].
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -46,7 +47,9 @@ def _daemon_pid(backend: str) -> int:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if exe == INCUSD and (len(argv) < 2 or not argv[1] or argv[1].startswith(b"-")):
+        if exe != INCUSD or not argv[0].endswith(b"incusd"):
+            continue
+        if len(argv) < 2 or not argv[1] or argv[1].startswith(b"-"):
             return int(entry.name)
     raise AssertionError("incusd is not running")
 
