@@ -15,7 +15,6 @@ import hashlib
 import os
 import subprocess
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 import sandboxer
 from sandboxer import Mount, PortMapping, Sandbox
 from sandboxer.backends.libvirt._backend import state_dir, uri
-from sandboxer.testing.contract import EngineContract, SharedSandboxContract
+from sandboxer.testing.contract import EngineContract, SharedSandboxContract, http_get
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD_IMAGE = os.environ.get(
@@ -130,18 +129,6 @@ def test_a_missing_disk_image_is_refused_and_leaves_nothing(tmp_path: Path) -> N
     assert _left_behind(name) == []
 
 
-def _fetch(host_ip: str, host_port: int, path: str) -> bytes:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{host_ip}:{host_port}{path}", timeout=5) as reply:
-                return bytes(reply.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 def test_mounts_ports_and_limits_in_one_sandbox(cloud_image: str, tmp_path: Path) -> None:
     """The contract's launch-per-test fields, all in one boot of the cloud image."""
     readonly, writable = tmp_path / "ro", tmp_path / "rw"
@@ -167,7 +154,9 @@ def test_mounts_ports_and_limits_in_one_sandbox(cloud_image: str, tmp_path: Path
         sb.exec(["mkdir", "-p", "/tmp/www"])
         sb.write_file("/tmp/www/index.html", b"hello from a cloud image")
         assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
-        assert _fetch(*sb.ports[8080], "/index.html") == b"hello from a cloud image"
+        host_ip, host_port = sb.ports[8080]
+        body = http_get(f"http://{host_ip}:{host_port}/index.html")
+        assert body == b"hello from a cloud image"
 
         bomb = sb.exec(["sh", "-c", "for i in $(seq 80); do sleep 3 & done; wait"], timeout=60)
         assert b"fork" in bomb.stderr.lower() or b"resource" in bomb.stderr.lower(), bomb

@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import sandboxer
 from sandboxer import Mount, PortMapping, SandboxState
 from sandboxer._registry import get_backend
 from sandboxer.backends.libvirt._backend import state_dir, uri
+from sandboxer.testing.contract import http_get
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_bridge_network_publishes_ports_but_cannot_reach_host_loopback() -> None
             sb.exec(["sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html"])
             assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
             host_ip, host_port = sb.ports[8080]
-            assert _get(f"http://{host_ip}:{host_port}/index.html") == b"up\n"
+            assert http_get(f"http://{host_ip}:{host_port}/index.html") == b"up\n"
             # QEMU maps .2 of each user network to the host's loopback.
             for gateway in ("10.0.2.2", "10.0.3.2"):
                 result = sb.exec(["sh", "-c", f"echo hi | nc -w 3 {gateway} {port}"], timeout=30)
@@ -147,19 +147,6 @@ def test_bridge_network_publishes_ports_but_cannot_reach_host_loopback() -> None
     finally:
         listener.close()
     assert not accepted
-
-
-def _get(url: str, wait: float = 60) -> bytes:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body: bytes = response.read()
-                return body
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_output_too_big_for_the_agent_fails_clearly_and_the_sandbox_carries_on() -> None:

@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import sandboxer
 from sandboxer import Mount, PortMapping, Sandbox
 from sandboxer._launch import make_plan
 from sandboxer._registry import get_backend
+from sandboxer.testing.contract import http_get
 
 ALL_BACKENDS = ("docker", "incus", "libvirt")
 PROFILE = "hardened"
@@ -494,19 +494,6 @@ class TestPorts:
             assert host_ip == "127.0.0.1"
             sb.exec(["sh", "-c", "mkdir -p /tmp/www && echo up > /tmp/www/index.html"])
             assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
-            body = _get(f"http://127.0.0.1:{host_port}/index.html")
+            body = http_get(f"http://127.0.0.1:{host_port}/index.html")
             assert body == b"up\n"
             assert _host_listeners(host_port) == ["127.0.0.1"]
-
-
-def _get(url: str, wait: float = 60) -> bytes:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body: bytes = response.read()
-                return body
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

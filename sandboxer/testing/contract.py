@@ -32,6 +32,20 @@ from sandboxer._registry import get_backend
 Make = Callable[..., Sandbox]
 
 
+def http_get(url: str, wait: float = 60.0) -> bytes:
+    """The body at `url`, retried until a server in a sandbox answers or `wait` passes."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body: bytes = response.read()
+                return body
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _names(backend: str) -> set[str]:
     """This session's sandboxes on the engine (other processes may be using it too)."""
     return {
@@ -209,16 +223,7 @@ class SandboxContract(SharedSandboxContract):
         sb.exec(["mkdir", "-p", "/tmp/www"])
         sb.write_file("/tmp/www/index.html", b"hello over http")
         assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
-        deadline, body = time.monotonic() + 30, None
-        while body is None:
-            try:
-                url = f"http://{host_ip}:{host_port}/index.html"
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    body = response.read()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        body = http_get(f"http://{host_ip}:{host_port}/index.html", wait=30)
         assert body == b"hello over http"
 
 
