@@ -214,10 +214,7 @@ class LibvirtBackend(Backend):
             raise
         handle = Handle(domain.UUIDString(), plan.name, domain)
         with timed("guest agent ready", sandbox=plan.name):
-            if disk is None:
-                self._wait_ready(handle, run, READY_SECONDS)
-            else:
-                self._wait_ready(handle, run, DISK_READY_SECONDS, set_up=True)
+            self._wait_ready(handle, run, set_up=disk is not None)
         if plan.spec.command:
             self._start_main(handle, plan)
         return handle
@@ -252,9 +249,11 @@ class LibvirtBackend(Backend):
         (run / "labels.json").write_text(json.dumps(dict(plan.labels)) + "\n")
         return run
 
-    def _wait_ready(self, handle: Handle, run: Path, seconds: float, set_up: bool = False) -> None:
-        """Until the agent answers and, with `set_up`, cloud-init ran our set-up script."""
+    def _wait_ready(self, handle: Handle, run: Path, set_up: bool) -> None:
+        """Until the agent answers and, with `set_up` (a disk image), cloud-init ran our
+        set-up script."""
         agent = Agent(handle.native)
+        seconds = DISK_READY_SECONDS if set_up else READY_SECONDS
         deadline = time.monotonic() + seconds
         while not (agent.ping() and (not set_up or self._set_up(agent, run))):
             with libvirt_errors():

@@ -26,6 +26,7 @@ from ._guest_scripts import (
     AGENT_CHANNEL,
     EXEC,
     EXEC_PATH,
+    GUEST_ADDRESS,
     INBOUND_MAC,
     INBOUND_NET,
     KILL,
@@ -35,6 +36,7 @@ from ._guest_scripts import (
     OUTBOUND_MAC,
     OUTBOUND_NET,
     STAGING_DIR,
+    fill,
 )
 
 SETUP_PATH = "/usr/local/sbin/sbx-setup"
@@ -130,10 +132,9 @@ while True:
         sys.exit(os.waitstatus_to_exitcode(status))
 '''
 
-# What each control means on a user's disk image (the built-in guest's are in _backend).
+# The controls whose mechanism differs on a user's disk image; the others are the
+# built-in guest's (the backend's capabilities).
 DISK_IMAGE_CONTROLS: Mapping[str, str] = {
-    "capabilities": "guest: setpriv drops the bounding, inheritable and ambient capability "
-    "sets of every command (cap_add kept)",
     "no_new_privileges": "guest: NoNewPrivileges= on qemu-guest-agent.service, inherited by "
     "every command (and setpriv --nnp)",
     "seccomp": "guest: the profile's policy compiled to BPF (libseccomp) and loaded on the "
@@ -141,31 +142,21 @@ DISK_IMAGE_CONTROLS: Mapping[str, str] = {
     "read_only_root": "guest: ProtectSystem=strict on qemu-guest-agent.service: every "
     "command sees the file system read-only but for the profile's tmpfs paths and "
     "read-write mounts",
-    "non_root_user": "guest: commands run as the profile's uid:gid (setpriv); host: QEMU "
-    "runs as the unprivileged user of qemu.conf",
-    "pids_limit": "guest: pids cgroup (pids.max) around every command",
-    "memory_limit": "host: the VM's RAM; guest: memory cgroup (memory.max, no swap) around "
-    "every command",
-    "cpu_limit": "host: vCPU count (cpus rounded up); guest: cpu.max on the commands' cgroup",
-    "network": "no network device in the VM: loopback only",
 }
 
 
 def setup_script() -> str:
-    replacements = {
-        "@MOUNTS@": MOUNTS.rstrip("\n"),
-        "@LIMITS@": LIMITS.rstrip("\n"),
-        "@STAGING_DIR@": STAGING_DIR,
-        "@AGENT_STATE_DIR@": AGENT_STATE_DIR,
-        "@READY_FILE@": READY_FILE,
-        "@FAILED_FILE@": FAILED_FILE,
-        "@OUTBOUND_NET@": OUTBOUND_NET,
-        "@INBOUND_NET@": INBOUND_NET,
-    }
-    script = SETUP
-    for placeholder, value in replacements.items():
-        script = script.replace(placeholder, value)
-    return script
+    return fill(
+        SETUP,
+        MOUNTS=MOUNTS.rstrip("\n"),
+        LIMITS=LIMITS.rstrip("\n"),
+        STAGING_DIR=STAGING_DIR,
+        AGENT_STATE_DIR=AGENT_STATE_DIR,
+        READY_FILE=READY_FILE,
+        FAILED_FILE=FAILED_FILE,
+        OUTBOUND_NET=OUTBOUND_NET,
+        INBOUND_NET=INBOUND_NET,
+    )
 
 
 def _unit_path(field: str, path: str) -> str:
@@ -244,7 +235,7 @@ def network_config(plan: LaunchPlan) -> str:
         ethernets["sbxin"] = {
             "match": {"macaddress": INBOUND_MAC},
             "set-name": "sbxin",
-            "addresses": [f"{INBOUND_NET}.15/24"],
+            "addresses": [f"{GUEST_ADDRESS}/24"],
         }
     if outbound:
         ethernets["sbxout"] = {

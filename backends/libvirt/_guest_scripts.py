@@ -239,16 +239,24 @@ echo stop > /run/initctl
 """
 
 
+def fill(template: str, **values: str) -> str:
+    """`template` with each @NAME@ replaced by values[NAME]."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    return template
+
+
 def init_script() -> str:
-    return (
-        INIT.replace("@MOUNTS@", MOUNTS.rstrip("\n"))
-        .replace("@LIMITS@", LIMITS.rstrip("\n"))
-        .replace("@MODULE_DIR@", MODULE_DIR)
-        .replace("@AGENT_CHANNEL@", AGENT_CHANNEL)
-        .replace("@PROBE_MARKER@", PROBE_MARKER)
-        .replace("@PROBE_ARGUMENT@", PROBE_ARGUMENT)
-        .replace("@INBOUND_NET@", INBOUND_NET)
-        .replace("@INBOUND_MAC@", INBOUND_MAC)
-        .replace("@OUTBOUND_NET@", OUTBOUND_NET)
-        .replace("@OUTBOUND_MAC@", OUTBOUND_MAC)
+    return fill(
+        INIT,
+        MOUNTS=MOUNTS.rstrip("\n"),
+        LIMITS=LIMITS.rstrip("\n"),
+        MODULE_DIR=MODULE_DIR,
+        AGENT_CHANNEL=AGENT_CHANNEL,
+        PROBE_MARKER=PROBE_MARKER,
+        PROBE_ARGUMENT=PROBE_ARGUMENT,
+        INBOUND_NET=INBOUND_NET,
+        INBOUND_MAC=INBOUND_MAC,
+        OUTBOUND_NET=OUTBOUND_NET,
+        OUTBOUND_MAC=OUTBOUND_MAC,
     )
