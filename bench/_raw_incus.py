@@ -2,8 +2,8 @@
 
 The instance config is what backends/incus builds for the hardened profile, written out
 here by hand: no profiles inherited, a read-only root disk with a tmpfs /tmp, every
-capability dropped (lxc.cap.keep = none), no_new_privs, the same seccomp deny list as
-`security.syscalls.deny` lines, pids and memory limits without swap, an isolated idmap,
+capability dropped (lxc.cap.keep = none), no_new_privs, the same seccomp allowlist as an
+LXC policy in `raw.seccomp`, pids and memory limits without swap, an isolated idmap,
 no NIC (loopback raised by a start-host hook). Exec goes through the REST exec endpoint
 with record-output (one POST, one operation wait, two log fetches): pylxd's `execute()`
 polls its websockets with 0.1 s sleeps and breaks when a command ends before they
@@ -36,22 +36,31 @@ _RAW_LXC = "\n".join(
 )
 
 
-def deny_lines(policy: dict[str, Any]) -> Iterator[str]:
-    """The policy's errno rules in LXC's syntax (this policy has nothing else)."""
+def _condition(arg: dict[str, Any]) -> str:
+    if arg["op"] == "SCMP_CMP_MASKED_EQ":  # LXC: [index, datum, op, mask]
+        return f"[{arg['index']},{arg.get('valueTwo', 0)},{arg['op']},{arg['value']}]"
+    return f"[{arg['index']},{arg['value']},{arg['op']}]"
+
+
+def policy_lines(policy: dict[str, Any]) -> Iterator[str]:
+    """The policy (allow and errno rules, this host's arch) in LXC's policy format 2."""
+    yield from ("2", f"allowlist errno {policy.get('defaultErrnoRet', 1)}", "[all]")
     for entry in policy["syscalls"]:
-        conditions = "".join(
-            f"[{a['index']},{a.get('valueTwo', 0)},{a['op']},{a['value']}]"
-            for a in entry.get("args") or []
-        )
+        if "amd64" not in entry.get("includes", {}).get("arches", ["amd64"]):
+            continue
+        action = "allow"
+        if entry["action"] == "SCMP_ACT_ERRNO":
+            action = f"errno {entry.get('errnoRet', 1)}"
+        conditions = "".join(_condition(arg) for arg in entry.get("args") or [])
         for name in entry["names"]:
-            yield f"{name} errno {entry.get('errnoRet', 1)} {conditions}".rstrip()
+            yield f"{name} {action} {conditions}".rstrip()
 
 
 class RawDriver:
     def __init__(self) -> None:
         self.client = pylxd.Client(endpoint=_SOCKET)
         self.pool = self.client.profiles.get("default").devices["root"]["pool"]
-        self.deny = "\n".join(deny_lines(json.loads(_SECCOMP.read_text())))
+        self.seccomp = "\n".join(policy_lines(json.loads(_SECCOMP.read_text()))) + "\n"
         self._image: str | None = None
 
     def image(self) -> str:
@@ -83,7 +92,7 @@ class RawDriver:
                     "security.privileged": "false",
                     "security.idmap.isolated": "true",
                     "security.nesting": "false",
-                    "security.syscalls.deny": self.deny,
+                    "raw.seccomp": self.seccomp,
                     "raw.lxc": _RAW_LXC,
                 },
                 "devices": {

@@ -21,6 +21,7 @@ import pytest
 import sandboxer
 from sandboxer import Mount, Sandbox
 from sandboxer._labels import MANAGED, OWNER_PID
+from sandboxer._proctree import EXEC_MARKER
 from sandboxer._registry import get_backend
 
 # Concurrent launches through the API, per engine (a VM per launch is far heavier).
@@ -107,6 +108,23 @@ class TestTimeoutKillsTheTree:
         listing = self._wait_gone(shared, "sleep 27")
         assert "sleep 27" not in listing, f"survivors after the timeout:\n{listing}"
 
+    def test_a_command_that_drops_the_marker_dies(self, shared: Sandbox) -> None:
+        # The marker variable gone from the command itself and from a child.
+        drop = f"env -u {EXEC_MARKER}"
+        script = f"{drop} sleep 3161 & exec {drop} sleep 3162"
+        result = shared.exec(["sh", "-c", script], timeout=2)
+        assert result.timed_out
+        listing = self._wait_gone(shared, "sleep 316")
+        assert "sleep 316" not in listing, f"survivors after the timeout:\n{listing}"
+
+    def test_an_orphan_that_drops_the_marker_dies(self, shared: Sandbox) -> None:
+        drop = f"env -u {EXEC_MARKER}"
+        script = f"({drop} sleep 3171 &); (setsid {drop} sleep 3172 &); sleep 3173"
+        result = shared.exec(["sh", "-c", script], timeout=2)
+        assert result.timed_out
+        listing = self._wait_gone(shared, "sleep 317")
+        assert "sleep 317" not in listing, f"survivors after the timeout:\n{listing}"
+
     def test_streamed_exec_times_out_too(self, shared: Sandbox) -> None:
         stream = shared.exec_stream(
             ["sh", "-c", "echo started; sleep 1618 & sleep 1619"], timeout=2
@@ -123,7 +141,13 @@ class TestFailedLaunchLeavesNothing:
     def test_missing_image(self, backend: str) -> None:
         before = _snapshot(backend)
         with pytest.raises(sandboxer.ImageNotFound):
-            sandboxer.launch(backend=backend, image="sandboxer/no-such-image", network="isolated")
+            # A foreign image's own init runs as root on Incus: allowed here, the image is missing.
+            sandboxer.launch(
+                backend=backend,
+                image="sandboxer/no-such-image",
+                network="isolated",
+                allow_unenforced=["non_root_user"],
+            )
         assert _snapshot(backend) == before
 
     def test_mount_source_removed_before_start(self, backend: str, tmp_path: Path) -> None:

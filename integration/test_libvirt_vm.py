@@ -151,7 +151,7 @@ def test_bridge_network_publishes_ports_but_cannot_reach_host_loopback() -> None
 
 def test_output_too_big_for_the_agent_fails_clearly_and_the_sandbox_carries_on() -> None:
     with sandboxer.launch(backend="libvirt") as sb:
-        with pytest.raises(sandboxer.EngineError, match="read_file"):
+        with pytest.raises(sandboxer.OutputTooLarge, match="read_file"):
             sb.exec(["head", "-c", "6000000", "/dev/zero"])
         sb.exec(["sh", "-c", "head -c 6000000 /dev/zero > /tmp/big"])
         assert sb.read_file("/tmp/big") == b"\0" * 6_000_000

@@ -7,14 +7,15 @@ import enum
 import io
 import posixpath
 import tarfile
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import attrs
 
-from ._errors import EngineError, SandboxFileNotFound
+from ._errors import EngineError, ExecTimeout, OutputTooLarge, SandboxFileNotFound
 from ._models import PortMapping, SandboxSpec
+from ._output import DEFAULT_MAX_OUTPUT, Collector
 from ._profiles import Profile
 
 
@@ -164,26 +165,39 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
-        """Run a command; kill it (and what it started) once request.timeout passes."""
+        """Run a command; kill it (and what it started) once request.timeout passes.
+
+        Closing the generator before it ends kills the command too: that is how a caller
+        that stops reading (or passes a cap) stops it.
+        """
 
     @abc.abstractmethod
     def stop(self, handle: Handle, timeout: float) -> None:
         """Stop gracefully, forcing it after `timeout` seconds."""
 
     @abc.abstractmethod
-    def remove(self, name: str) -> None:
-        """Remove the sandbox called `name` and everything made for it; no error if absent."""
+    def remove(self, name: str, launch: str) -> None:
+        """Remove the sandbox called `name` and everything made for it, only where it
+        carries the launch id `launch` (its `sandboxer.launch` label): whatever else holds
+        that name is not ours and stays. No error if absent."""
 
     @abc.abstractmethod
     def state(self, handle: Handle) -> SandboxState: ...
 
     @abc.abstractmethod
     def logs(self, handle: Handle) -> str:
-        """Output of the sandbox's main process or console."""
+        """Output of the sandbox's main process or console: at most its last LOGS_MAX bytes."""
 
     @abc.abstractmethod
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox on this engine that carries our labels, whoever made it."""
+
+    def leftovers(self) -> list[SandboxInfo]:
+        """What this engine still holds for sandboxes of ours that are gone (per-sandbox
+        networks), each as the gone sandbox with the labels it was made with, so that
+        `remove(name, launch)` takes it. Engines that make nothing beside a sandbox have
+        none."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook; most clients need no closing
         """Release the engine connection."""
@@ -200,42 +214,111 @@ class Backend(abc.ABC):
 
     # Files move as tar streams through exec by default, so they reach tmpfs and mounts
     # exactly as the sandbox sees them. Adapters with a native file API may override.
-    def put_archive(self, handle: Handle, directory: str, data: bytes) -> None:
-        status = self._run(handle, ("tar", "-x", "-f", "-", "-C", directory), data)
-        if status[0] != 0:
-            raise EngineError(f"unpacking into {directory} failed: {status[2].strip()}")
+    def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
+        """Unpack `data` into `directory`; ExecTimeout once `timeout` passes."""
+        argv = ("tar", "-x", "-f", "-", "-C", directory)
+        status, _, err = drain(self.exec(handle, ExecRequest(argv, {}, None, None, data, timeout)))
+        if status.timed_out:
+            raise ExecTimeout(argv, timeout, b"", err)
+        if status.exit_code != 0:
+            raise EngineError(f"unpacking into {directory} failed: {_text(err)}")
 
-    def get_archive(self, handle: Handle, path: str) -> bytes:
-        parent, base = posixpath.split(posixpath.normpath(path))
-        code, out, err = self._run(handle, ("tar", "-c", "-f", "-", "-C", parent or "/", base))
-        if code != 0:
-            raise packing_error(path, err)
-        return out
+    def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
+        """A tar stream of `path`, chunk by chunk; ExecTimeout once `timeout` passes.
 
-    def _run(
-        self, handle: Handle, argv: tuple[str, ...], stdin: bytes | None = None
-    ) -> tuple[int, bytes, str]:
-        request = ExecRequest(argv, {}, None, None, stdin, timeout=None)
-        status, out, err = drain(self.exec(handle, request))
-        return status.exit_code, out, err.decode("utf-8", "replace")
-
-
-def packing_error(path: str, stderr: str) -> EngineError | SandboxFileNotFound:
-    """The error for a `tar -c` of `path` inside a sandbox that failed with `stderr`."""
-    if "No such file" in stderr or "not found" in stderr.lower():
-        return SandboxFileNotFound(f"no such file in the sandbox: {path}")
-    return EngineError(f"packing {path} failed: {stderr.strip()}")
+        The reader stops reading past `limit` bytes (closing the stream kills the packing);
+        an adapter that stages the archive can use `limit` to bound the staging.
+        """
+        status, err = yield from archive_chunks(self.exec(handle, tar_request(path, timeout)))
+        check_packing(path, status, timeout, err)
 
 
-def drain(generator: ExecGenerator) -> tuple[ExitStatus, bytes, bytes]:
-    """Run an exec generator to its end: (status, stdout, stderr)."""
-    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-    while True:
-        try:
-            stream, chunk = next(generator)
-        except StopIteration as stop:
-            return stop.value, b"".join(chunks["stdout"]), b"".join(chunks["stderr"])
-        chunks[stream].append(chunk)
+ArchiveStream = Generator[bytes, None, None]
+# What logs() returns at most: the tail of what the sandbox printed.
+LOGS_MAX = 1024 * 1024
+# The first bytes of a packing command's stderr, for its error message.
+_STDERR_KEPT = 64 * 1024
+
+
+def tar_request(path: str, timeout: float | None) -> ExecRequest:
+    """`tar -c` of one sandbox path to stdout; `--` so a name starting with '-' is a name."""
+    parent, base = posixpath.split(posixpath.normpath(path))
+    return ExecRequest(
+        ("tar", "-c", "-f", "-", "-C", parent or "/", "--", base), {}, None, None, None, timeout
+    )
+
+
+def archive_chunks(generator: ExecGenerator) -> Generator[bytes, None, tuple[ExitStatus, bytes]]:
+    """Yield a packing command's stdout; return its status and the start of its stderr."""
+    errors = Collector(_STDERR_KEPT)
+    try:
+        while True:
+            try:
+                stream, chunk = next(generator)
+            except StopIteration as stop:
+                return stop.value, errors.output("stderr")
+            if stream == "stdout":
+                yield chunk
+            else:
+                errors.add("stderr", chunk)
+    finally:
+        generator.close()  # a reader that stopped early: the command is killed
+
+
+def check_packing(path: str, status: ExitStatus, timeout: float, stderr: bytes) -> None:
+    """Raise what a finished `tar -c` of `path` inside a sandbox failed with, if it did."""
+    if status.timed_out:
+        raise ExecTimeout(("tar",), timeout, b"", stderr)
+    if status.exit_code == 0:
+        return
+    text = _text(stderr)
+    if "No such file" in text or "not found" in text.lower():
+        raise SandboxFileNotFound(f"no such file in the sandbox: {path}")
+    raise EngineError(f"packing {path} failed: {text}")
+
+
+def log_tail(chunks: Iterable[bytes], limit: int = LOGS_MAX) -> str:
+    """The last `limit` bytes of a log read chunk by chunk, as text."""
+    kept = bytearray()
+    for chunk in chunks:
+        kept += chunk
+        if len(kept) > 2 * limit:  # trim now and then, not on every chunk
+            del kept[:-limit]
+    return bytes(kept[-limit:]).decode("utf-8", "replace")
+
+
+def _text(stderr: bytes) -> str:
+    return stderr.decode("utf-8", "replace").strip()
+
+
+def pump(generator: ExecGenerator, collector: Collector) -> ExitStatus | None:
+    """Feed an exec's output to `collector`; None once it passed its cap.
+
+    The generator is closed on the way out, however that is: an adapter kills a command
+    whose generator is closed before it ended.
+    """
+    try:
+        while True:
+            try:
+                stream, chunk = next(generator)
+            except StopIteration as stop:
+                status: ExitStatus = stop.value
+                return status
+            if not collector.add(stream, chunk):
+                return None
+    finally:
+        generator.close()
+
+
+def drain(
+    generator: ExecGenerator, limit: int = DEFAULT_MAX_OUTPUT
+) -> tuple[ExitStatus, bytes, bytes]:
+    """Run an exec generator to its end: (status, stdout, stderr), at most `limit` bytes."""
+    collector = Collector(limit)
+    status = pump(generator, collector)
+    if status is None:
+        raise OutputTooLarge("a helper command's output", limit, "this is not expected of it")
+    return status, collector.output("stdout"), collector.output("stderr")
 
 
 def single_file_archive(name: str, data: bytes, mode: int) -> bytes:

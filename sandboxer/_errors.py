@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import ExecResult
+
 
 class SandboxError(Exception):
     """Base of every error sandboxer raises."""
@@ -47,7 +52,24 @@ class ExecTimeout(SandboxError):
         self.timeout = timeout
         self.stdout = stdout
         self.stderr = stderr
-        super().__init__(f"{list(argv)!r} did not finish within {timeout}s and was killed")
+        # argv[0] only: the arguments can hold secrets, and messages end up in logs.
+        command = argv[0] if argv else "the command"
+        super().__init__(f"{command!r} did not finish within {timeout}s and was killed")
+
+
+class OutputTooLarge(SandboxError):
+    """A sandbox sent more than a cap allows; the message names the cap and how to raise it.
+
+    For exec, the command was killed at the cap and `result` is the partial result
+    (`truncated` set): what fitted in memory, the rest discarded.
+    """
+
+    def __init__(self, what: str, limit: int, fix: str, result: ExecResult | None = None) -> None:
+        self.what = what
+        self.limit = limit
+        self.fix = fix
+        self.result = result
+        super().__init__(f"{what} passed its cap of {limit} bytes; {fix}")
 
 
 class EngineError(SandboxError):

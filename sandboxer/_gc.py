@@ -8,7 +8,6 @@ belongs to a session being cleaned up.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import attrs
 
 from ._backend import SandboxInfo
 from ._errors import EngineError, InvalidSpec, SandboxError
-from ._labels import CREATED_AT, OWNER_HOST, OWNER_PID, SESSION, is_ours
+from ._labels import CREATED_AT, KEEP, LAUNCH, OWNER, OWNER_PID, SESSION, is_ours, owner_identity
 from ._log import logger, timed
 from ._registry import backend_names, get_backend
 from ._selector import probe_all
@@ -32,13 +31,16 @@ class Inventory:
     errors: Mapping[str, str]
 
 
-def _list(name: str) -> list[SandboxInfo]:
+def _list(name: str, leftovers: bool) -> list[SandboxInfo]:
+    backend = get_backend(name)
     with timed("list_sandboxes", backend=name):
-        return [info for info in get_backend(name).list_sandboxes() if is_ours(info.labels)]
+        found = backend.list_sandboxes() + (backend.leftovers() if leftovers else [])
+    return [info for info in found if is_ours(info.labels)]
 
 
-def inventory(backends: Sequence[str] | None = None) -> Inventory:
-    """Our sandboxes on `backends` (default: every backend available now), listed in parallel.
+def inventory(backends: Sequence[str] | None = None, *, leftovers: bool = False) -> Inventory:
+    """Our sandboxes on `backends` (default: every backend available now), listed in parallel;
+    with `leftovers`, also what the engines hold for sandboxes that are gone.
 
     A backend named explicitly that cannot answer is an error; an unnamed one is skipped.
     """
@@ -56,7 +58,7 @@ def inventory(backends: Sequence[str] | None = None) -> Inventory:
     found: list[SandboxInfo] = []
     if ready:
         with ThreadPoolExecutor(max_workers=len(ready)) as pool:
-            futures = {name: pool.submit(_list, name) for name in ready}
+            futures = {name: pool.submit(_list, name, leftovers) for name in ready}
         for name, future in futures.items():
             try:
                 found += future.result()
@@ -81,51 +83,23 @@ def owner_pid(info: SandboxInfo) -> int | None:
         return None
 
 
-def _boot_time() -> float | None:
-    try:
-        with open("/proc/stat") as stat:
-            for line in stat:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _process_start(pid: int) -> float | None:
-    """When process `pid` started (epoch seconds), or None where /proc cannot tell."""
-    boot = _boot_time()
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # The command name (field 2) may hold spaces: fields after it follow the last ')'.
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if boot is None:
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it is just not ours to signal
-    return True
-
-
 def owner_alive(info: SandboxInfo) -> bool | None:
-    """Whether the process that made the sandbox still runs; None when this host cannot tell."""
-    pid = owner_pid(info)
-    if pid is None or info.labels.get(OWNER_HOST) != socket.gethostname():
+    """Whether the process that made the sandbox still runs; None when this process cannot
+    tell (another host or boot, another PID namespace, or no owner label).
+
+    The owner is its (boot id, PID-namespace inode, pid, start time): hostname and pid
+    alone are shared by the containers of a CI fleet, and a pid may have been reused.
+    """
+    owner = info.labels.get(OWNER, "")
+    boot, _, rest = owner.partition(":")
+    namespace, _, process = rest.partition(":")
+    pid, _, _ = process.partition(":")
+    here = owner_identity(os.getpid())
+    if not owner or here is None or not pid.isdigit():
         return None
-    if not _pid_running(pid):
-        return False
-    # A live pid may have been reused by a process started after the sandbox was made.
-    started, created = _process_start(pid), created_at(info)
-    return not (started is not None and created is not None and started > created + 1.0)
+    if here.split(":")[:2] != [boot, namespace]:
+        return None
+    return owner_identity(int(pid)) == owner
 
 
 def has_labels(info: SandboxInfo, wanted: Mapping[str, str]) -> bool:
@@ -133,11 +107,18 @@ def has_labels(info: SandboxInfo, wanted: Mapping[str, str]) -> bool:
 
 
 def is_garbage(
-    info: SandboxInfo, *, older_than: float | None, session: str | None, now: float
+    info: SandboxInfo,
+    *,
+    older_than: float | None,
+    session: str | None,
+    now: float,
+    include_kept: bool = False,
 ) -> str | None:
     """Why `info` should be reaped under these rules, or None to keep it."""
     if not is_ours(info.labels):
         return None
+    if info.labels.get(KEEP) == "true" and not include_kept:
+        return None  # launched to outlive its owner (`run --keep`): removed only when asked
     created = created_at(info)
     old = older_than is not None and created is not None and now - created > older_than
     if session is not None:
@@ -170,33 +151,37 @@ def gc(
     dry_run: bool = False,
     backends: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
+    include_kept: bool = False,
 ) -> list[SandboxInfo]:
     """Remove leftover sandboxes on every available backend (or on `backends`).
 
     Without `session`: those whose owner process on this host has exited, and (with
     `older_than`, in seconds) those older than that. With `session`: every sandbox of that
     session (only the old ones if `older_than` is given too). `labels` narrows the sweep
-    to sandboxes carrying all of them. Never anything without sandboxer's labels.
+    to sandboxes carrying all of them. Sandboxes launched with `keep` stay unless
+    `include_kept`. Never anything without sandboxer's labels.
     Returns what was (with `dry_run`: would be) removed; raises GcIncomplete after trying
     everything if some removal or engine failed.
     """
     if older_than is not None and older_than < 0:
         raise InvalidSpec("older_than", f"must not be negative, got {older_than!r}")
-    found = inventory(backends)
+    found = inventory(backends, leftovers=True)
     now = time.time()
     failures = dict(found.errors)
     removed: list[SandboxInfo] = []
     for info in found.sandboxes:
         if not has_labels(info, labels or {}):
             continue
-        reason = is_garbage(info, older_than=older_than, session=session, now=now)
+        reason = is_garbage(
+            info, older_than=older_than, session=session, now=now, include_kept=include_kept
+        )
         if reason is None:
             continue
         if not dry_run:
             logger.info("gc: removing %s on %s: %s", info.name, info.backend, reason)
             try:
                 with timed("gc remove", backend=info.backend, sandbox=info.name):
-                    get_backend(info.backend).remove(info.name)
+                    get_backend(info.backend).remove(info.name, info.labels.get(LAUNCH, ""))
             except SandboxError as exc:
                 failures[f"{info.backend}/{info.name}"] = str(exc)
                 continue

@@ -14,6 +14,13 @@ OWNER_PID = PREFIX + "owner-pid"
 OWNER_HOST = PREFIX + "owner-host"
 SESSION = PREFIX + "session"
 CREATED_AT = PREFIX + "created-at"
+# The owner process's identity across hosts and PID namespaces: boot id, PID-namespace
+# inode, pid and start time (see owner_identity); a pid alone may be reused or foreign.
+OWNER = PREFIX + "owner"
+# One launch's own id: a failed launch and destroy() remove only what carries it.
+LAUNCH = PREFIX + "launch"
+# Set by `run --keep`: the sandbox is meant to outlive its owner, so gc keeps it.
+KEEP = PREFIX + "keep"
 # The user commands run as by default, so a sandbox found again (attach) keeps it.
 EXEC_USER = PREFIX + "user"
 
@@ -32,14 +39,47 @@ def set_session(session: str) -> None:
 
 
 def ownership_labels() -> dict[str, str]:
-    """The labels that mark a resource as ours, with who made it and when."""
+    """The labels that mark a resource as ours, with who made it and when; each call
+    carries a new launch id."""
     return {
         MANAGED: "true",
         OWNER_PID: str(os.getpid()),
         OWNER_HOST: socket.gethostname(),
+        OWNER: owner_identity(os.getpid()) or "",
         SESSION: _SESSION_ID,
         CREATED_AT: f"{time.time():.3f}",
+        LAUNCH: uuid.uuid4().hex,
     }
+
+
+def boot_id() -> str:
+    """This kernel boot's random id: equal only on the same host since the same boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace(pid: int) -> str:
+    """The inode of `pid`'s PID namespace, as seen from here."""
+    return str(os.stat(f"/proc/{pid}/ns/pid").st_ino)
+
+
+def _start_ticks(pid: int) -> str:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may hold spaces: fields after it follow the last ')'.
+        return stat.read().rsplit(")", 1)[1].split()[19]
+
+
+def owner_identity(pid: int) -> str | None:
+    """`boot:pidns:pid:start` for process `pid`, or None when /proc cannot tell (it has
+    exited). Unique across hosts, containers of a fleet and pid reuse."""
+    try:
+        return f"{boot_id()}:{_pid_namespace(pid)}:{pid}:{_start_ticks(pid)}"
+    except (OSError, IndexError):
+        return None
 
 
 def new_name() -> str:

@@ -10,10 +10,10 @@ from typing import Any
 import attrs
 
 from ._backend import Backend, ControlStatus, LaunchPlan
-from ._errors import SandboxExists, UnsupportedFeature
-from ._labels import EXEC_USER, new_name, ownership_labels
+from ._errors import UnsupportedFeature
+from ._labels import EXEC_USER, KEEP, LAUNCH, new_name, ownership_labels
 from ._log import logger, timed
-from ._models import SandboxSpec
+from ._models import SandboxSpec, check_mount_sources
 from ._ports import assign_host_ports
 from ._registry import get_backend
 from ._sandbox import Sandbox
@@ -32,6 +32,8 @@ def make_plan(spec: SandboxSpec) -> LaunchPlan:
     labels = {**spec.labels, **ownership_labels()}
     if user is not None:
         labels[EXEC_USER] = user
+    if spec.keep:
+        labels[KEEP] = "true"
     return LaunchPlan(
         spec=spec,
         name=spec.name or new_name(),
@@ -49,22 +51,31 @@ def relaxed_by_spec(plan: LaunchPlan) -> dict[str, ControlStatus]:
     """Controls the spec itself chose to relax: reported as not enforced, yet not refused,
     since the caller asked for it explicitly (e.g. ports need a network)."""
     profile = plan.profile
+    relaxed = {}
     if "network" in profile.controls() and plan.network != profile.network:
         reason = f"relaxed by the spec: network {plan.network!r} (profile: {profile.network!r})"
-        return {"network": ControlStatus(False, reason)}
-    return {}
+        relaxed["network"] = ControlStatus(False, reason)
+    if "non_root_user" in profile.controls() and _is_root(plan.user):
+        reason = f"relaxed by the spec: user {plan.user!r} is root"
+        relaxed["non_root_user"] = ControlStatus(False, reason)
+    return relaxed
+
+
+def _is_root(user: str | None) -> bool:
+    """Whether `user` ('name', 'uid' or 'uid:gid') names the root user."""
+    return user is not None and user.split(":", 1)[0].strip() in ("0", "root")
 
 
 def _create(backend: Backend, plan: LaunchPlan) -> Any:
     try:
         with timed("create", backend=backend.name, sandbox=plan.name):
             return backend.create(plan)
-    except SandboxExists:
-        raise  # the name belongs to someone else: nothing of ours to remove
     except BaseException:
-        # Start failed halfway (or we were interrupted): leave nothing behind.
+        # Start failed halfway (or we were interrupted, or the name is someone else's):
+        # leave nothing of this launch behind. Removal goes by the launch's own id, so
+        # whatever else holds the name is never touched.
         with contextlib.suppress(Exception):
-            backend.remove(plan.name)
+            backend.remove(plan.name, plan.labels[LAUNCH])
         raise
 
 
@@ -94,7 +105,11 @@ def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
             f"backend {backend.name!r} cannot enforce profile {spec.profile.name!r} controls "
             f"({details}); pass allow_unenforced={sorted(refused)} to accept that"
         )
+    check_mount_sources(spec)
     handle = _create(backend, plan)
+    if spec.keep:
+        # Meant to outlive this process: neither its exit nor gc (unless asked) removes it.
+        return Sandbox(backend, handle, plan, enforcement, [])
     sandbox = Sandbox(backend, handle, plan, enforcement, _live)
     with _live_lock:
         _live.append(sandbox)

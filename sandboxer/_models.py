@@ -62,20 +62,35 @@ def _guest_path(field: str, value: object) -> str:
     return "/" + normal.lstrip("/")
 
 
+def _file_identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 @attrs.frozen
 class Mount:
-    """A host directory or file shared into the sandbox at `target`."""
+    """A host directory or file shared into the sandbox at `target`.
+
+    `source` is resolved once, here, to the real path the deny lists check; engines mount
+    that path, and launch refuses it if it no longer leads to the same file (see
+    `check_mount_sources`), so a symlink swapped in later cannot redirect the mount.
+    """
 
     source: str
     target: str
     read_only: bool = False
+    # (device, inode) of the source when it was checked.
+    identity: tuple[int, int] = attrs.field(init=False, eq=False, repr=False, default=(0, 0))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.source, str | os.PathLike) or not str(self.source):
             raise _fail("Mount.source", f"expected a host path, got {self.source!r}")
-        source = os.path.abspath(os.fspath(self.source))
-        if not os.path.exists(source):
-            raise _fail("Mount.source", f"does not exist on the host: {source}")
+        source = os.path.realpath(os.fspath(self.source))
+        try:
+            identity = _file_identity(source)
+        except OSError:
+            raise _fail("Mount.source", f"does not exist on the host: {source}") from None
+        object.__setattr__(self, "identity", identity)
         target = _guest_path("Mount.target", self.target)
         if target == "/":
             raise _fail("Mount.target", "cannot mount over the sandbox's root '/'")
@@ -291,6 +306,9 @@ class SandboxSpec:
     backend: str | None = None
     # Profile controls the caller accepts to go unenforced on the chosen backend.
     allow_unenforced: frozenset[str] = attrs.field(factory=frozenset, converter=_allow_unenforced)
+    # Outlives its owner: not destroyed at the launching process's exit, and kept by gc
+    # unless asked (`run --keep`); destroy() still removes it.
+    keep: bool = False
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -306,7 +324,7 @@ class SandboxSpec:
                 f"path, got {self.image!r}",
             )
         for key in self.env:
-            if not _ENV_KEY.match(key):
+            if not _ENV_KEY.fullmatch(key):
                 raise _fail(f"env[{key!r}]", "not a valid environment variable name")
         for key in self.labels:
             if key.startswith(RESERVED_LABEL_PREFIX):
@@ -323,6 +341,8 @@ class SandboxSpec:
             raise _fail("network", f"must be one of {NETWORKS}, got {self.network!r}")
         if self.backend is not None and not isinstance(self.backend, str):
             raise _fail("backend", f"expected a backend name, got {self.backend!r}")
+        if not isinstance(self.keep, bool):
+            raise _fail("keep", f"expected True or False, got {self.keep!r}")
         self._check_mounts()
         self._check_ports()
 
@@ -364,6 +384,24 @@ class SandboxSpec:
         return "bridge" if self.ports else self.profile.network
 
 
+def check_mount_sources(spec: SandboxSpec) -> None:
+    """Refuse a mount whose source path changed since the spec checked it: a component
+    swapped for a symlink, or another file put in its place."""
+    for index, mount in enumerate(spec.mounts):
+        try:
+            same = os.path.realpath(mount.source) == mount.source and (
+                _file_identity(mount.source) == mount.identity
+            )
+        except OSError:
+            same = False
+        if not same:
+            raise _fail(
+                f"mounts[{index}].source",
+                f"{mount.source} changed after the spec was built (replaced or redirected): "
+                "build the spec again",
+            )
+
+
 def mount_refusal(profile: Profile, source: str) -> str | None:
     """Why `profile` forbids sharing the host path `source`, or None when it allows it."""
     real = os.path.realpath(source)
@@ -391,6 +429,8 @@ class ExecResult:
     stderr: bytes
     timed_out: bool
     duration: float
+    # The output held here is not all the command wrote (it passed max_output and was killed).
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,10 @@
-"""Killing a process and everything it started, from the host (for local container engines)."""
+"""Killing a sandbox's process and everything it started, from the host (for local engines).
+
+Only processes proven to be the sandbox's are signalled: each is held through a pidfd
+first, then checked to be in the sandbox's PID namespace (and, below the first, to be a
+child of a process already proven), and signalled through that pidfd. A pid that was
+reused meanwhile, or belongs to another namespace, is never signalled.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,25 @@ import uuid
 EXEC_MARKER = "SANDBOXER_EXEC_ID"
 
 
+def pid_namespace(pid: int) -> int | None:
+    """The inode of `pid`'s PID namespace, or None where this host cannot see `pid`."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -21,45 +46,112 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def kill_process_tree(pid: int) -> bool:
-    """SIGKILL `pid` and all its descendants; False if `pid` is not visible from here."""
-    if not os.path.exists(f"/proc/{pid}"):
-        return False
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        # Stop first so nothing forks new children while the tree is being walked.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(current, signal.SIGSTOP)
-        pending += _children(current)
-    for member in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(member, signal.SIGKILL)
-    return True
+def _hold(pid: int, namespace: int, parent: int | None) -> int | None:
+    """A pidfd for `pid` if, once held, it is proven the sandbox's: a child of `parent`
+    (itself proven), or with no parent given, in the PID namespace `namespace`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    # Checked after the pidfd is held: a pid reused before that fails these checks, and
+    # one that exits after it leaves a pidfd no signal can pass through.
+    in_place = _parent(pid) == parent if parent is not None else pid_namespace(pid) == namespace
+    if not in_place:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _signal(pidfd: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        signal.pidfd_send_signal(pidfd, signum)
+
+
+def _stop_tree(pid: int, namespace: int, parent: int | None, held: list[int]) -> None:
+    pidfd = _hold(pid, namespace, parent)
+    if pidfd is None:
+        return
+    held.append(pidfd)
+    # Stopped first, so nothing forks new children while the tree is being walked.
+    _signal(pidfd, signal.SIGSTOP)
+    for child in _children(pid):
+        _stop_tree(child, namespace, pid, held)
+
+
+def kill_process_tree(pid: int, namespace: int) -> bool:
+    """SIGKILL `pid` and all its descendants, if `pid` is in the PID namespace
+    `namespace` (the sandbox's); False if it is not, or not visible from here."""
+    held: list[int] = []
+    try:
+        _stop_tree(pid, namespace, None, held)
+        for pidfd in held:
+            _signal(pidfd, signal.SIGKILL)
+    finally:
+        for pidfd in held:
+            os.close(pidfd)
+    return bool(held)
 
 
 def new_exec_marker() -> tuple[str, str]:
-    """(variable, value) to put in a timed exec's environment for `kill_marked`."""
+    """(variable, value) to put in an exec's environment for `kill_exec`."""
     return EXEC_MARKER, uuid.uuid4().hex
 
 
-def kill_marked(value: str) -> bool:
-    """SIGKILL every host process (and its tree) whose environment carries the marker.
+def ticks_now() -> int:
+    """Clock ticks since boot: the unit of a process's start time in /proc/PID/stat."""
+    with open("/proc/uptime") as uptime:
+        return int(float(uptime.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
-    Engines do not always tell an exec's host pid, and orphans leave its tree anyway;
-    the inherited variable finds them all. False if none is seen from here.
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name (field 2) may hold spaces: fields after it follow the last ')'.
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _markers(pid: int) -> list[bytes]:
+    prefix = EXEC_MARKER.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return [v for v in environ.read().split(b"\0") if v.startswith(prefix)]
+    except OSError:
+        return []
+
+
+def _escaped(pid: int, namespace: int, init: int, started: int) -> bool:
+    """Whether unmarked `pid` left an exec that began at `started`: started since, and
+    re-parented to the sandbox's init or to a subreaper outside the sandbox. (The init's
+    own child, the main command, started before any exec.)"""
+    start, parent = _start_ticks(pid), _parent(pid)
+    if start is None or not parent or start < started:
+        return False  # (parent 0: the host's own init or a kernel thread)
+    return parent == init or pid_namespace(parent) != namespace
+
+
+def kill_exec(marker: str, init: int, started: int, *, root: int = 0) -> bool:
+    """SIGKILL one exec's processes in the sandbox whose init is host pid `init`.
+
+    That is: the tree of the exec's `root` (its host pid, where the engine tells it);
+    every process carrying the exec's `marker`, with its tree; and the trees of processes
+    no exec marks (they dropped the variable) that started since the exec did (`started`,
+    in ticks since boot) and were re-parented out of it. Only processes proven to be in
+    the sandbox's PID namespace are touched. False if nothing was killed.
     """
-    needle = f"{EXEC_MARKER}={value}".encode()
-    found = False
+    namespace = pid_namespace(init)
+    if namespace is None:
+        return False
+    killed = bool(root) and kill_process_tree(root, namespace)
+    ours = f"{EXEC_MARKER}={marker}".encode()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == init:
             continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                variables = environ.read().split(b"\0")
-        except OSError:
+        pid = int(entry)
+        if pid_namespace(pid) != namespace:
             continue
-        if needle in variables:
-            found = kill_process_tree(int(entry)) or found
-    return found
+        markers = _markers(pid)
+        if ours in markers or (not markers and _escaped(pid, namespace, init, started)):
+            killed = kill_process_tree(pid, namespace) or killed
+    return killed

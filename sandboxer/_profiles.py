@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidSpec
+from ._seccomp import SeccompPolicy, Target, load_policy
 from ._units import parse_size
 
 NETWORKS = ("none", "isolated", "bridge")
@@ -96,6 +97,13 @@ def _optional_size(value: int | str | None) -> int | None:
     return None if value is None else parse_size(value)
 
 
+def _seccomp_policy(value: SeccompPolicy | Path | str | None) -> SeccompPolicy | None:
+    """Parsed and validated once, when the profile is made; a path names an OCI JSON file."""
+    if value is None or isinstance(value, SeccompPolicy):
+        return value
+    return load_policy(Path(value), "profile.security.seccomp")
+
+
 @attrs.frozen
 class Profile:
     """A named set of security controls; each backend maps each control to its mechanism."""
@@ -109,7 +117,8 @@ class Profile:
         default=None, converter=_optional_capability_names
     )
     no_new_privileges: bool = False
-    seccomp: Path | None = None  # an OCI/Docker seccomp JSON; None = the engine's default
+    # From an OCI/Docker seccomp JSON (a path is loaded); None = the engine's default.
+    seccomp: SeccompPolicy | None = attrs.field(default=None, converter=_seccomp_policy)
     read_only_root: bool = False
     tmpfs: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     user: str | None = None
@@ -169,6 +178,11 @@ class Profile:
         }
         return tuple(control for control in CONTROLS if wanted[control])
 
+    def seccomp_target(self) -> Target:
+        """What the policy's includes/excludes see: the capabilities this profile grants."""
+        held = set(CAPABILITIES) if "ALL" not in self.cap_drop else set()
+        return Target(caps=frozenset((held - set(self.cap_drop)) | set(self.cap_add)))
+
     def derive(self, name: str, **changes: Any) -> Profile:
         """A new profile based on this one.
 
@@ -221,9 +235,10 @@ def _profile_fields(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if data:
         raise InvalidSpec(f"profile.{next(iter(data))}", "unknown key or section")
     if fields.get("seccomp") is not None:
-        fields["seccomp"] = (base_dir / fields["seccomp"]).resolve()
-        if not fields["seccomp"].is_file():
-            raise InvalidSpec("profile.security.seccomp", f"no such file: {fields['seccomp']}")
+        path = (base_dir / fields["seccomp"]).resolve()
+        if not path.is_file():
+            raise InvalidSpec("profile.security.seccomp", f"no such file: {path}")
+        fields["seccomp"] = path
     if "tmpfs" in fields:
         fields["tmpfs"] = {path: parse_size(size) for path, size in fields["tmpfs"].items()}
     return fields

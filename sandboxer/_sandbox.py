@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
-import shutil
 import signal
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
+from . import _arguments as arguments
 from ._backend import (
     Backend,
     ControlStatus,
@@ -24,33 +24,33 @@ from ._backend import (
     Handle,
     LaunchPlan,
     SandboxState,
-    drain,
+    pump,
     single_file_archive,
 )
-from ._errors import EngineError, ExecTimeout, InvalidSpec, SandboxNotFound
+from ._errors import ExecTimeout, InvalidSpec, OutputTooLarge, SandboxNotFound
+from ._extract import destination, extract
+from ._files import host_target, read_member, read_to_memory
+from ._labels import LAUNCH
 from ._log import logger, timed
 from ._models import ExecResult, SandboxSpec
+from ._output import (
+    DEFAULT_MAX_DISK,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_OUTPUT,
+    TAR_OVERHEAD,
+    TAR_OVERHEAD_PER_MEMBER,
+    BinaryWriter,
+    Collector,
+    TarStream,
+    Writer,
+    as_writer,
+    limit_argument,
+)
 
 # A timed-out command is reported as killed by SIGKILL, whatever the engine says.
 TIMEOUT_EXIT_CODE = -signal.SIGKILL
-
-
-def _argv(command: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(command, str):
-        return ("/bin/sh", "-c", command)
-    argv = tuple(command)
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidSpec("command", f"expected a non-empty list of strings, got {command!r}")
-    return argv
-
-
-def _sandbox_path(field: str, path: str) -> str:
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        raise InvalidSpec(field, f"expected an absolute path inside the sandbox, got {path!r}")
-    normal = posixpath.normpath(path)
-    if normal == "/":
-        raise InvalidSpec(field, "cannot be the sandbox's root '/'")
-    return normal
+# Seconds a file call (write_file, read_file, copy_in, copy_out) may take by default.
+FILE_TIMEOUT = 120.0
 
 
 class ExecStream:
@@ -143,17 +143,13 @@ class Sandbox:
         user: str | None,
         stdin: bytes | str | None,
     ) -> ExecRequest:
-        if timeout is not None and not timeout > 0:
-            raise InvalidSpec("timeout", f"must be positive, got {timeout!r}")
-        if isinstance(stdin, str):
-            stdin = stdin.encode()
         return ExecRequest(
-            argv=_argv(command),
-            env={**self.spec.env, **(env or {})},
-            workdir=_sandbox_path("workdir", workdir) if workdir else self.spec.workdir,
-            user=user if user is not None else self._plan.user,
-            stdin=stdin,
-            timeout=timeout,
+            argv=arguments.command(command),
+            env={**self.spec.env, **arguments.environment(env)},
+            workdir=arguments.workdir(workdir) if workdir is not None else self.spec.workdir,
+            user=arguments.user(user) if user is not None else self._plan.user,
+            stdin=arguments.stdin(stdin),
+            timeout=None if timeout is None else arguments.timeout(timeout),
         )
 
     def exec_stream(
@@ -166,7 +162,11 @@ class Sandbox:
         user: str | None = None,
         stdin: bytes | str | None = None,
     ) -> ExecStream:
-        """Run a command and stream its output; a str is run with /bin/sh -c."""
+        """Run a command and stream its output; a str is run with /bin/sh -c.
+
+        Nothing is buffered here: each chunk is handed over as it arrives. Stopping early
+        (`break`, or closing the iteration) kills the command.
+        """
         request = self._request(command, timeout, env, workdir, user, stdin)
         return ExecStream(self._backend.exec(self._live_handle(), request), request)
 
@@ -180,75 +180,163 @@ class Sandbox:
         user: str | None = None,
         stdin: bytes | str | None = None,
         raise_on_timeout: bool = False,
+        stdout: BinaryWriter | Writer | None = None,
+        stderr: BinaryWriter | Writer | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> ExecResult:
-        """Run a command to its end; past `timeout` it is killed and `timed_out` is set."""
+        """Run a command to its end; past `timeout` it is killed and `timed_out` is set.
+
+        `stdout`/`stderr` take a binary file object or a callable: that stream goes there
+        as it arrives and not into the result. What stays in memory is capped at
+        `max_output` bytes (both streams together): past it the command is killed, and
+        OutputTooLarge is raised with the partial result (`truncated` set) as `.result`.
+        """
         request = self._request(command, timeout, env, workdir, user, stdin)
+        limit = limit_argument("max_output", max_output, DEFAULT_MAX_OUTPUT)
+        collector = Collector(limit, as_writer("stdout", stdout), as_writer("stderr", stderr))
         started = time.monotonic()
-        with timed("exec", sandbox=self.name, argv=request.argv[:3]):
-            status, out, err = drain(self._backend.exec(self._live_handle(), request))
+        status: ExitStatus | None = None
+        try:
+            with timed("exec", sandbox=self.name, command=request.argv[0]):
+                status = pump(self._backend.exec(self._live_handle(), request), collector)
+        except OutputTooLarge as exc:  # an engine's own limit (the VM's guest agent)
+            exc.result = exc.result or self._result(status, collector, started, True)
+            raise
+        if status is None:
+            raise OutputTooLarge(
+                f"the output of {request.argv[0]!r}",
+                limit,
+                "pass exec(max_output=...) a bigger cap, or stdout=/stderr= a file or a "
+                "callable to stream it",
+                self._result(None, collector, started, True),
+            )
         if status.timed_out and raise_on_timeout:
+            out, err = collector.output("stdout"), collector.output("stderr")
             raise ExecTimeout(request.argv, timeout or 0.0, out, err)
+        return self._result(status, collector, started, False)
+
+    @staticmethod
+    def _result(
+        status: ExitStatus | None, collector: Collector, started: float, truncated: bool
+    ) -> ExecResult:
+        finished = status is not None and not status.timed_out  # a cap (None) kills too
         return ExecResult(
-            exit_code=TIMEOUT_EXIT_CODE if status.timed_out else status.exit_code,
-            stdout=out,
-            stderr=err,
-            timed_out=status.timed_out,
+            exit_code=status.exit_code if status is not None and finished else TIMEOUT_EXIT_CODE,
+            stdout=collector.output("stdout"),
+            stderr=collector.output("stderr"),
+            timed_out=status is not None and status.timed_out,
             duration=time.monotonic() - started,
+            truncated=truncated,
         )
 
-    def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+    def write_file(
+        self, path: str, data: bytes | str, mode: int = 0o644, *, timeout: float = FILE_TIMEOUT
+    ) -> None:
         """Create or replace a file inside the sandbox (its directory must exist)."""
-        path = _sandbox_path("path", path)
+        path = arguments.sandbox_path("path", path)
+        if not isinstance(data, bytes | str):
+            raise InvalidSpec("data", f"expected bytes or str, got {type(data).__name__}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise InvalidSpec("mode", f"expected permission bits (0 to 0o7777), got {mode!r}")
         payload = data.encode() if isinstance(data, str) else data
         directory, base = posixpath.split(path)
+        archive = single_file_archive(base, payload, mode)
         self._backend.put_archive(
-            self._live_handle(), directory, single_file_archive(base, payload, mode)
+            self._live_handle(), directory, archive, arguments.timeout(timeout)
         )
 
-    def read_file(self, path: str) -> bytes:
-        """A file's bytes; SandboxFileNotFound if it does not exist."""
-        path = _sandbox_path("path", path)
-        archive = self._backend.get_archive(self._live_handle(), path)
-        try:
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                member = tar.next()
-                if member is None or not member.isfile():
-                    raise EngineError(f"not a regular file in the sandbox: {path}")
-                stream = tar.extractfile(member)
-                assert stream is not None  # a regular file always has content
-                return stream.read()
-        except tarfile.TarError as exc:
-            raise EngineError(f"unreadable archive of {path} from the sandbox: {exc}") from exc
+    def read_file(
+        self,
+        path: str,
+        *,
+        into: BinaryWriter | str | os.PathLike[str] | None = None,
+        max_size: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> bytes:
+        """A file's bytes; SandboxFileNotFound if it does not exist.
 
-    def copy_in(self, host_path: str | os.PathLike[str], sandbox_path: str) -> None:
+        With `into` (a binary file object, or a host path: created or truncated, never
+        followed if it is a symlink) the file is streamed there and b"" returned.
+        `max_size` caps the file: 64 MiB in memory, 4 GiB into a file by default; past it
+        OutputTooLarge. Past `timeout` seconds the copy is killed: ExecTimeout.
+        """
+        path = arguments.sandbox_path("path", path)
+        default = DEFAULT_MAX_OUTPUT if into is None else DEFAULT_MAX_DISK
+        limit = limit_argument("max_size", max_size, default)
+        seconds = arguments.timeout(timeout)
+        handle = self._live_handle()
+        if into is None:
+            with self._archive(handle, path, seconds, limit) as stream:
+                return read_to_memory(stream, path, limit)
+        with host_target(into) as write, self._archive(handle, path, seconds, limit) as stream:
+            read_member(stream, path, write, limit)
+        return b""
+
+    @contextlib.contextmanager
+    def _archive(
+        self, handle: Handle, path: str, timeout: float, limit: int
+    ) -> Iterator[TarStream]:
+        """The sandbox's tar stream of `path`; leaving early kills the packing."""
+        chunks = self._backend.get_archive(handle, path, timeout, limit + TAR_OVERHEAD)
+        with timed("get_archive", sandbox=self.name), contextlib.closing(chunks):
+            yield TarStream(chunks, path)
+
+    def copy_in(
+        self,
+        host_path: str | os.PathLike[str],
+        sandbox_path: str,
+        *,
+        timeout: float = FILE_TIMEOUT,
+    ) -> None:
         """Copy a host file or directory tree to `sandbox_path` (the new entry's full path)."""
-        source = Path(host_path)
-        if not source.exists():
+        try:
+            source = Path(host_path)
+        except TypeError:
+            raise InvalidSpec("host_path", f"expected a host path, got {host_path!r}") from None
+        if "\0" in str(source) or not source.exists():
             raise InvalidSpec("host_path", f"does not exist: {source}")
-        target = _sandbox_path("sandbox_path", sandbox_path)
+        target = arguments.sandbox_path("sandbox_path", sandbox_path)
+        seconds = arguments.timeout(timeout)
         directory, base = posixpath.split(target)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.add(str(source), arcname=base)
-        self._backend.put_archive(self._live_handle(), directory, buffer.getvalue())
+        self._backend.put_archive(self._live_handle(), directory, buffer.getvalue(), seconds)
 
-    def copy_out(self, sandbox_path: str, host_path: str | os.PathLike[str]) -> None:
-        """Copy a sandbox file or directory tree to `host_path` (the new entry's full path)."""
-        source = _sandbox_path("sandbox_path", sandbox_path)
-        destination = Path(host_path)
-        archive = self._backend.get_archive(self._live_handle(), source)
-        with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-            try:
-                with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                    # The sandbox is untrusted: the "data" filter refuses absolute paths,
-                    # "..", links leaving the tree and device files.
-                    tar.extractall(scratch, filter="data")
-            except tarfile.TarError as exc:
-                raise EngineError(f"unsafe archive of {source} from the sandbox: {exc}") from exc
-            top = os.path.join(scratch, posixpath.basename(source))
-            if not os.path.lexists(top):
-                raise EngineError(f"the sandbox's archive of {source} does not hold it")
-            shutil.move(top, destination)
+    def copy_out(
+        self,
+        sandbox_path: str,
+        host_path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        timeout: float = FILE_TIMEOUT,
+        max_size: int | None = None,
+        max_members: int | None = None,
+    ) -> None:
+        """Copy a sandbox file or directory tree to `host_path`: the new entry's full path.
+
+        Symlinks in host_path's directory part are the caller's and are followed; nothing
+        at or below host_path is. An existing host_path is refused unless `overwrite`,
+        and then replaced (never entered). The tree is checked as it is unpacked (see
+        `sandboxer._extract`): capped at `max_size` bytes (4 GiB) and `max_members`
+        entries (100000) by default, OutputTooLarge past either; ExecTimeout past
+        `timeout` seconds. Nothing lands at host_path unless the whole copy succeeded.
+        """
+        source = arguments.sandbox_path("sandbox_path", sandbox_path)
+        parent, name = destination(host_path, "host_path")
+        if not isinstance(overwrite, bool):
+            raise InvalidSpec("overwrite", f"expected True or False, got {overwrite!r}")
+        if not overwrite and os.path.lexists(parent / name):
+            raise InvalidSpec("host_path", f"{parent / name} exists; pass overwrite=True")
+        limit = limit_argument("max_size", max_size, DEFAULT_MAX_DISK)
+        members = limit_argument("max_members", max_members, DEFAULT_MAX_MEMBERS)
+        seconds = arguments.timeout(timeout)
+        overhead = members * TAR_OVERHEAD_PER_MEMBER
+        with self._archive(self._live_handle(), source, seconds, limit + overhead) as stream:
+            top = posixpath.basename(source)
+            extract(
+                stream, top, parent, name, overwrite=overwrite, max_size=limit, max_members=members
+            )
 
     def logs(self) -> str:
         """What the sandbox's main process (or console) printed."""
@@ -265,7 +353,7 @@ class Sandbox:
             if self._destroyed:
                 return
             with timed("remove", sandbox=self.name, backend=self.backend):
-                self._backend.remove(self._handle.name)
+                self._backend.remove(self._handle.name, self._plan.labels.get(LAUNCH, ""))
             self._destroyed = True
         if self in self._registry:
             self._registry.remove(self)

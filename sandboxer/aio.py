@@ -33,7 +33,8 @@ from ._backend import ControlStatus, SandboxState
 from ._launch import launch as _launch_sync
 from ._log import logger
 from ._models import ExecResult, SandboxSpec
-from ._sandbox import ExecStream, Sandbox
+from ._output import DEFAULT_MAX_OUTPUT, BinaryWriter, Writer
+from ._sandbox import FILE_TIMEOUT, ExecStream, Sandbox
 
 __all__ = ["AsyncExecStream", "AsyncSandbox", "launch", "max_threads", "set_max_threads"]
 
@@ -183,8 +184,12 @@ class AsyncSandbox:
         user: str | None = None,
         stdin: bytes | str | None = None,
         raise_on_timeout: bool = False,
+        stdout: BinaryWriter | Writer | None = None,
+        stderr: BinaryWriter | Writer | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> ExecResult:
-        """Run a command to its end (see `Sandbox.exec`)."""
+        """Run a command to its end (see `Sandbox.exec`); `stdout`/`stderr` are written to
+        (or called) from a worker thread, not the event loop."""
         return await _run(
             self.sync.exec,
             command,
@@ -194,6 +199,9 @@ class AsyncSandbox:
             user=user,
             stdin=stdin,
             raise_on_timeout=raise_on_timeout,
+            stdout=stdout,
+            stderr=stderr,
+            max_output=max_output,
         )
 
     def exec_stream(
@@ -214,17 +222,50 @@ class AsyncSandbox:
             )
         )
 
-    async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
-        await _run(self.sync.write_file, path, data, mode)
+    async def write_file(
+        self, path: str, data: bytes | str, mode: int = 0o644, *, timeout: float = FILE_TIMEOUT
+    ) -> None:
+        await _run(self.sync.write_file, path, data, mode, timeout=timeout)
 
-    async def read_file(self, path: str) -> bytes:
-        return await _run(self.sync.read_file, path)
+    async def read_file(
+        self,
+        path: str,
+        *,
+        into: BinaryWriter | str | os.PathLike[str] | None = None,
+        max_size: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> bytes:
+        """See `Sandbox.read_file`; a file object `into` is written from a worker thread."""
+        return await _run(self.sync.read_file, path, into=into, max_size=max_size, timeout=timeout)
 
-    async def copy_in(self, host_path: str | os.PathLike[str], sandbox_path: str) -> None:
-        await _run(self.sync.copy_in, host_path, sandbox_path)
+    async def copy_in(
+        self,
+        host_path: str | os.PathLike[str],
+        sandbox_path: str,
+        *,
+        timeout: float = FILE_TIMEOUT,
+    ) -> None:
+        await _run(self.sync.copy_in, host_path, sandbox_path, timeout=timeout)
 
-    async def copy_out(self, sandbox_path: str, host_path: str | os.PathLike[str]) -> None:
-        await _run(self.sync.copy_out, sandbox_path, host_path)
+    async def copy_out(
+        self,
+        sandbox_path: str,
+        host_path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        timeout: float = FILE_TIMEOUT,
+        max_size: int | None = None,
+        max_members: int | None = None,
+    ) -> None:
+        await _run(
+            self.sync.copy_out,
+            sandbox_path,
+            host_path,
+            overwrite=overwrite,
+            timeout=timeout,
+            max_size=max_size,
+            max_members=max_members,
+        )
 
     async def logs(self) -> str:
         return await _run(self.sync.logs)

@@ -12,6 +12,8 @@ ruff check sandboxer backends profiles tests integration bench
 mypy
 # Two runs: the unit tests register an in-memory fake backend for their whole session.
 python -m pytest tests "$@"
+# Host-side file handling on Debian's own Python 3.11.2 (older tarfile), with the venv's packages.
+/usr/bin/python3 -c 'import site, sys; site.addsitedir(sys.argv[1]); import pytest; sys.exit(pytest.main(sys.argv[2:]))' .venv/lib/python3.11/site-packages tests/test_host_boundary.py tests/test_spec_fuzz.py tests/test_fake_contract.py "$@"
 python -m pytest integration "$@"
 # Numbers only, never timing assertions: sandboxer against the raw SDKs.
 python bench/run.py --quick

@@ -18,7 +18,16 @@ import pytest
 import sandboxer
 from sandboxer import _gc, _registry, _selector
 from sandboxer._attach import attach, detach, find
-from sandboxer._labels import CREATED_AT, MANAGED, OWNER_PID, SESSION, session_id
+from sandboxer._labels import (
+    CREATED_AT,
+    LAUNCH,
+    MANAGED,
+    OWNER,
+    OWNER_PID,
+    SESSION,
+    owner_identity,
+    session_id,
+)
 from sandboxer._launch import _live, make_plan
 from sandboxer.cli import _completion, _manage, _output, build_parser, main
 from sandboxer.cli._spec import spec_from
@@ -32,8 +41,8 @@ def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _selector._probe_cache.clear()
     yield
     monkeypatch.undo()  # a test may have broken FakeBackend.remove
-    for name in list(FakeBackend.sandboxes):
-        FakeBackend().remove(name)
+    for name, box in list(FakeBackend.sandboxes.items()):
+        FakeBackend().remove(name, box.plan.labels[LAUNCH])
     _selector._probe_cache.clear()
 
 
@@ -57,6 +66,15 @@ def dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def dead_owner() -> dict[str, str]:
+    """Owner labels of a process in this boot and PID namespace that has exited."""
+    pid = dead_pid()
+    here = owner_identity(os.getpid())
+    assert here is not None
+    boot, namespace = here.split(":")[:2]
+    return {OWNER_PID: str(pid), OWNER: f"{boot}:{namespace}:{pid}:0"}
 
 
 # parsing -----------------------------------------------------------------------------
@@ -265,9 +283,10 @@ def test_detach_forgets_a_launched_sandbox() -> None:
 
 # ls and rm ---------------------------------------------------------------------------
 def test_ls_table_json_and_quiet(capsys: pytest.CaptureFixture[str]) -> None:
-    gone = dead_pid()
+    owner = dead_owner()
+    gone = owner[OWNER_PID]
     planted(name="mine")
-    planted({OWNER_PID: str(gone)}, name="orphan")
+    planted(owner, name="orphan")
     planted({MANAGED: "false"}, name="foreign")
     code, out, _ = run_cli(capsys, "ls")
     lines = out.splitlines()
@@ -306,9 +325,9 @@ def test_rm(capsys: pytest.CaptureFixture[str]) -> None:
 
 # gc --------------------------------------------------------------------------------
 def test_gc_reaps_dead_owners_and_keeps_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
-    orphan = planted({OWNER_PID: str(dead_pid())}, name="orphan")
+    orphan = planted(dead_owner(), name="orphan")
     planted(name="alive")
-    planted({MANAGED: "no", OWNER_PID: str(dead_pid())}, name="foreign")
+    planted({MANAGED: "no", **dead_owner()}, name="foreign")
     code, out, _ = run_cli(capsys, "gc", "--dry-run")
     assert (code, out) == (0, f"would remove fake/orphan ({orphan.id[:12]})\n")
     assert "orphan" in FakeBackend.sandboxes
@@ -321,8 +340,8 @@ def test_gc_reaps_dead_owners_and_keeps_the_rest(capsys: pytest.CaptureFixture[s
 
 
 def test_label_filters(capsys: pytest.CaptureFixture[str]) -> None:
-    planted({OWNER_PID: str(dead_pid()), "job": "7"}, name="tagged")
-    planted({OWNER_PID: str(dead_pid())}, name="untagged")
+    planted({**dead_owner(), "job": "7"}, name="tagged")
+    planted(dead_owner(), name="untagged")
     assert run_cli(capsys, "ls", "-q", "--label", "job=7")[1] == "tagged\n"
     assert run_cli(capsys, "gc", "-l", "job=7")[1].startswith("removed fake/tagged ")
     assert set(FakeBackend.sandboxes) == {"untagged"}
@@ -330,8 +349,11 @@ def test_label_filters(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_gc_treats_a_reused_owner_pid_as_dead() -> None:
-    # Our pid, but the label says the sandbox predates this process: the pid was reused.
-    planted({CREATED_AT: "1000.0"}, name="ancient")
+    # Our pid, but another start time: the pid was reused by this process.
+    here = owner_identity(os.getpid())
+    assert here is not None
+    boot, namespace, pid, _ = here.split(":")
+    planted({OWNER: f"{boot}:{namespace}:{pid}:1"}, name="ancient")
     assert [info.name for info in _gc.gc()] == ["ancient"]
 
 
@@ -359,14 +381,14 @@ def test_gc_older_than_and_sessions(
 def test_gc_goes_on_past_failures_and_exits_125(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    planted({OWNER_PID: str(dead_pid())}, name="stuck")
-    planted({OWNER_PID: str(dead_pid())}, name="loose")
+    planted(dead_owner(), name="stuck")
+    planted(dead_owner(), name="loose")
     real_remove = FakeBackend.remove
 
-    def remove(self: FakeBackend, name: str) -> None:
+    def remove(self: FakeBackend, name: str, launch: str) -> None:
         if name == "stuck":
             raise sandboxer.EngineError("engine said no")
-        real_remove(self, name)
+        real_remove(self, name, launch)
 
     monkeypatch.setattr(FakeBackend, "remove", remove)
     with pytest.raises(_gc.GcIncomplete) as failure:

@@ -67,7 +67,7 @@ def test_hardened_plan_becomes_a_locked_down_container(tmp_path: Path) -> None:
     assert args["ports"] == {"8080/tcp": ("127.0.0.1", 18080)}
     assert "no-new-privileges:true" in args["security_opt"]
     seccomp = next(o for o in args["security_opt"] if o.startswith("seccomp="))
-    assert json.loads(seccomp.removeprefix("seccomp="))["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert json.loads(seccomp.removeprefix("seccomp="))["defaultAction"] == "SCMP_ACT_ERRNO"
     assert args["labels"]["sandboxer.managed"] == "true"
     assert "/tmp" in args["tmpfs"]
 

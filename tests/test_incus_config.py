@@ -23,7 +23,6 @@ from sandboxer.backends.incus import _config, _errors, _images, _network, _prepa
 from sandboxer.backends.incus._client import DEFAULT_SOCKET, Endpoint
 from sandboxer.backends.incus._config import Nic
 from sandboxer.backends.incus._sdk import pylxd
-from sandboxer.backends.incus._seccomp import translate, translate_file
 from sandboxer.backends.incus._websocket import BINARY, CLOSE, TEXT, WebSocket, _frame
 
 POOL = "default"
@@ -82,14 +81,14 @@ def test_hardened_limits() -> None:
     assert "limits.cpu" not in config
 
 
-def test_hardened_seccomp_deny_list_covers_the_profile() -> None:
-    denied = request(plan())["config"]["security.syscalls.deny"].splitlines()
-    policy = json.loads(Path(sandboxer.load_profile("hardened").seccomp or "").read_text())
-    names = {n for rule in policy["syscalls"] for n in rule["names"]}
-    assert {line.split()[0] for line in denied} == names
-    assert "mount errno 1" in denied
-    assert "clone errno 1 [0,268435456,SCMP_CMP_MASKED_EQ,268435456]" in denied
-    assert "clone3 errno 38" in denied
+def test_hardened_seccomp_is_an_lxc_allow_list_in_raw_seccomp() -> None:
+    config = request(plan())["config"]
+    lines = config["raw.seccomp"].splitlines()
+    assert lines[:3] == ["2", "allowlist errno 1", "[all]"]
+    assert "clone allow [0,0,SCMP_CMP_MASKED_EQ,2114060288]" in lines
+    assert "clone3 errno 38" in lines
+    assert not any(line.startswith(("mount ", "io_uring", "unshare ")) for line in lines)
+    assert "security.syscalls.deny" not in config
 
 
 def test_request_uses_no_profiles_and_the_fingerprint() -> None:
@@ -104,7 +103,7 @@ def test_default_profile_adds_no_controls() -> None:
     body = request(plan(profile="default"))
     lines = raw_lines(body)
     assert not any(line.startswith(("lxc.cap", "lxc.no_new_privs", "lxc.mount")) for line in lines)
-    assert "security.syscalls.deny" not in body["config"]
+    assert "raw.seccomp" not in body["config"]
     assert body["devices"]["root"]["readonly"] == "false"
     assert "limits.processes" not in body["config"]
 
@@ -113,7 +112,7 @@ def test_nested_lifts_capability_and_syscall_controls_and_reports_them() -> None
     nested = plan(requirements={"nested": True})
     config = request(nested)["config"]
     assert config["security.nesting"] == "true"
-    assert "security.syscalls.deny" not in config
+    assert "raw.seccomp" not in config
     assert not any(line.startswith("lxc.cap") for line in raw_lines(request(nested)))
     overrides = _config.enforcement_overrides(nested)
     assert not overrides["capabilities"].enforced
@@ -139,14 +138,21 @@ def test_profile_backend_options_append_to_line_lists_and_override_the_rest() ->
     extra = hardened.derive("extra", backend_options={"incus": {
         **hardened.backend_options["incus"],
         "raw.lxc": "lxc.apparmor.profile = unconfined",
-        "security.syscalls.deny": "acct errno 1",
+        "raw.seccomp": "acct errno 1",
         "boot.autostart": False,
     }})
     config = request(plan(profile=extra))["config"]
     assert config["raw.lxc"].endswith("\nlxc.apparmor.profile = unconfined")
     assert "lxc.cap.keep = none" in config["raw.lxc"]
-    assert config["security.syscalls.deny"].endswith("\nacct errno 1")
+    assert config["raw.seccomp"].endswith("\nacct errno 1")
     assert config["boot.autostart"] == "false"
+
+
+def test_profile_syscall_keys_that_raw_seccomp_would_void_are_refused() -> None:
+    hardened = sandboxer.load_profile("hardened")
+    extra = hardened.derive("extra", backend_options={"incus": {"security.syscalls.deny": "x"}})
+    with pytest.raises(sandboxer.UnsupportedFeature, match=r"security\.syscalls\.deny"):
+        request(plan(profile=extra))
 
 
 def test_tmpfs_path_with_spaces_is_refused() -> None:
@@ -225,6 +231,7 @@ def test_bridge_nic_is_reserved_filtered_and_configured_by_lxc() -> None:
     assert body["devices"]["eth0"] == {
         "type": "nic", "network": "sandboxerbr0", "name": "eth0", "ipv4.address": "10.213.4.7",
         "security.ipv4_filtering": "true", "security.mac_filtering": "true",
+        "security.port_isolation": "true",
     }
     lines = raw_lines(body)
     assert "lxc.net.0.ipv4.address = 10.213.4.7/16 10.213.255.255" in lines
@@ -246,46 +253,54 @@ def test_network_control_names_what_the_spec_chose() -> None:
     assert override.enforced and "bridge" in override.mechanism
 
 
-# seccomp translation -----------------------------------------------------------------
-def test_seccomp_translation_of_actions_and_arguments() -> None:
-    result = translate({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "syscalls": [
-            {"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"},
-            {"names": ["reboot"], "action": "SCMP_ACT_KILL"},
-            {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
-            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
-             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_NE"}]},
-            {"names": ["clone"], "action": "SCMP_ACT_ERRNO",
-             "args": [{"index": 0, "value": 2048, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
-        ],
-    })
-    assert result.problems == ()
-    assert result.rules == (
-        "ptrace errno 1",
-        "reboot kill",
-        "personality errno 22 [0,8,SCMP_CMP_NE,0]",
-        "clone errno 1 [0,0,SCMP_CMP_MASKED_EQ,2048]",
-    )
+# who the processes run as, and host mounts ---------------------------------------------
+def test_the_built_in_init_runs_as_the_profile_user() -> None:
+    lines = raw_lines(request(plan(command=["sleep", "1"])))
+    assert "lxc.init.uid = 1000" in lines and "lxc.init.gid = 1000" in lines
+    assert "non_root_user" not in _config.enforcement_overrides(plan())
 
 
-@pytest.mark.parametrize("entry", [
-    {"names": ["x"], "action": "SCMP_ACT_LOG"},
-    {"names": ["x"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
-    {"names": ["x"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "SCMP_CMP_BAD"}]},
-    {"names": ["bad\nname"], "action": "SCMP_ACT_ERRNO"},
-])
-def test_what_incus_cannot_express_is_reported(entry: dict[str, Any]) -> None:
-    result = translate({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [entry]})
-    assert result.rules == ()
-    assert len(result.problems) == 1
+def test_a_user_name_is_resolved_against_the_built_in_accounts() -> None:
+    lines = raw_lines(request(plan(user="nobody")))
+    assert "lxc.init.uid = 65534" in lines and "lxc.init.gid = 65534" in lines
+    with pytest.raises(sandboxer.InvalidSpec):
+        request(plan(user="ghost"))
 
 
-def test_an_allow_list_policy_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "allow.json"
-    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}))
-    assert "defaultAction" in translate_file(path).problems[0]
-    profile = sandboxer.load_profile("hardened").derive("allowlist", seccomp=path)
+def test_no_init_user_without_a_user() -> None:
+    lines = raw_lines(request(plan(profile="default")))
+    assert not any(line.startswith("lxc.init") for line in lines)
+
+
+def test_an_image_with_its_own_init_keeps_it_root_and_says_so() -> None:
+    own = plan(image="someone/debian-systemd")
+    assert not any(line.startswith("lxc.init") for line in raw_lines(request(own)))
+    status = _config.enforcement_overrides(own)["non_root_user"]
+    assert not status.enforced and "own init" in status.mechanism
+
+
+def test_every_host_mount_is_remounted_nosuid_nodev(tmp_path: Path) -> None:
+    mounts = [Mount(str(tmp_path), "/data"), Mount(str(tmp_path), "/ro", read_only=True)]
+    hooks = [line for line in raw_lines(request(plan(mounts=mounts))) if "hook.mount" in line]
+    assert hooks == [
+        "lxc.hook.mount = /bin/sh -c "
+        "'mount -o remount,bind,nosuid,nodev \"$LXC_ROOTFS_MOUNT\"/data'",
+        "lxc.hook.mount = /bin/sh -c "
+        "'mount -o remount,bind,nosuid,nodev,ro \"$LXC_ROOTFS_MOUNT\"/ro'",
+    ]
+
+
+@pytest.mark.parametrize("target", ["/my data", "/x'y", "/a\nlxc.hook.pre-start = x", "/$(id)"])
+def test_mount_targets_a_hook_cannot_name_safely_are_refused(tmp_path: Path, target: str) -> None:
+    with pytest.raises(sandboxer.UnsupportedFeature):
+        request(plan(mounts=[Mount(str(tmp_path), target)]))
+
+
+# seccomp translation (the translator itself: tests/test_seccomp.py) --------------------
+def test_a_policy_incus_cannot_express_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_LOG", "syscalls": []}))
+    profile = sandboxer.load_profile("hardened").derive("logged", seccomp=path)
     override = _config.enforcement_overrides(plan(profile=profile))["seccomp"]
     assert not override.enforced and "cannot express" in override.mechanism
 

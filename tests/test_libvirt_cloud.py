@@ -166,7 +166,7 @@ def test_disk_boot_domain_boots_the_overlay_with_the_seed_beside_it() -> None:
 # the user's disk -----------------------------------------------------------------------
 def test_user_disk_format_from_its_header(tmp_path: Path) -> None:
     qcow2, raw = tmp_path / "a.qcow2", tmp_path / "b.img"
-    qcow2.write_bytes(_disk.QCOW2_MAGIC + b"\0" * 100)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "1M"], check=True)
     raw.write_bytes(b"\0" * 512)
     assert _disk.user_disk(str(qcow2)).format == "qcow2"
     assert _disk.user_disk(str(raw)).format == "raw"

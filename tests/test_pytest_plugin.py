@@ -9,7 +9,7 @@ import pytest
 
 import sandboxer
 from sandboxer import _registry, _selector
-from sandboxer._labels import session_id
+from sandboxer._labels import LAUNCH, session_id
 from sandboxer._launch import make_plan
 from sandboxer.testing import FakeBackend
 
@@ -35,8 +35,8 @@ def fake_engines(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> 
     _selector._probe_cache.clear()
     pytester.makeconftest(CONFTEST)
     yield
-    for name in list(FakeBackend.sandboxes):
-        FakeBackend().remove(name)
+    for name, box in list(FakeBackend.sandboxes.items()):
+        FakeBackend().remove(name, box.plan.labels[LAUNCH])
     sandboxer.unregister_backend("otherfake")
     sandboxer.register_backend("fake", FakeBackend, replace=True)
 

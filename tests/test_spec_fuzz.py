@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 import sandboxer
 from sandboxer import CONTROLS, Handle, Mount, SandboxSpec, load_profile
+from sandboxer._backend import ArchiveStream
 from sandboxer.testing import FakeBackend
+from sandboxer.testing._fake import chunked
 
 Fields = dict[str, Any]
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -308,8 +310,8 @@ class HostileFake(FakeBackend):
 
     archive: bytes = b""
 
-    def get_archive(self, handle: Handle, path: str) -> bytes:
-        return self.archive
+    def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
+        yield from chunked(self.archive)
 
 
 # case -> members, given the host's `outside` directory and a `secret` file in it.
@@ -419,6 +421,62 @@ def test_dot_dot_in_a_sandbox_path_stays_inside_the_sandbox() -> None:
         sandbox.write_file("/tmp/../tmp/a/../../../tmp/f", b"data")
         assert sandbox.read_file("/tmp/f") == b"data"
         assert set(FakeBackend.sandboxes[sandbox.name].files) == {"/tmp/f"}
+
+
+# exec and file calls: every argument checked at the entry point ---------------------------
+_any_text = st.text(max_size=12)  # NUL, newlines, '=' and all the rest
+_exec_arguments = st.fixed_dictionaries(
+    {},
+    optional={
+        "env": st.dictionaries(_any_text | _env_key, _any_text, max_size=3),
+        "workdir": _any_text | _guest_dir | st.just("/"),
+        "user": _any_text | st.sampled_from(["1000", "1000:1000", "sandbox"]),
+        "timeout": st.floats(allow_nan=True) | st.integers(-2, 5) | st.none(),
+        "max_output": st.integers(-2, 1 << 20),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[sandboxer.Sandbox]:
+    with sandboxer.launch(backend="fake") as sandbox:
+        yield sandbox
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arguments=_exec_arguments)
+def test_generated_exec_arguments(arguments: dict[str, Any], fuzzed: sandboxer.Sandbox) -> None:
+    calls = len(FakeBackend.sandboxes[fuzzed.name].calls)
+    try:
+        result = fuzzed.exec(["true"], **arguments)
+    except sandboxer.InvalidSpec as error:
+        event(f"refused: {error.field.partition('[')[0]}")
+        assert error.field.partition("[")[0] in arguments, error
+        assert len(FakeBackend.sandboxes[fuzzed.name].calls) == calls, "reached the engine"
+        return
+    event("accepted")
+    assert result.exit_code == 0
+    for key, value in arguments.get("env", {}).items():
+        assert key and "=" not in key and "\0" not in key + value
+    if "user" in arguments:
+        assert not any(c.isspace() or c == "\0" for c in arguments["user"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=_any_text | _guest_dir)
+def test_generated_file_call_paths(path: str, fuzzed: sandboxer.Sandbox) -> None:
+    calls = len(FakeBackend.sandboxes[fuzzed.name].calls)
+    try:
+        fuzzed.write_file(path, b"x")
+    except sandboxer.InvalidSpec as error:
+        assert error.field == "path"
+        assert len(FakeBackend.sandboxes[fuzzed.name].calls) == calls
+        with pytest.raises(sandboxer.InvalidSpec):
+            fuzzed.read_file(path)
+        return
+    except sandboxer.SandboxError:
+        pass  # a valid path whose directory does not exist in the sandbox
+    assert path.startswith("/") and "\0" not in path
 
 
 # guarded profiles refuse what would hand over the host ----------------------------------

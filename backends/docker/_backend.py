@@ -18,17 +18,19 @@ from sandboxer._backend import (
     LaunchPlan,
     SandboxInfo,
     SandboxState,
+    log_tail,
 )
 from sandboxer._errors import UnsupportedFeature
-from sandboxer._labels import MANAGED
+from sandboxer._labels import LAUNCH, MANAGED
 from sandboxer._log import logger, timed
-from sandboxer._proctree import kill_marked, kill_process_tree, new_exec_marker
+from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
 from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
 
 from . import _doctor
 from ._config import create_arguments
 from ._errors import docker_errors
 from ._exec import stream_exec
+from ._network import Networks
 from ._sdk import docker
 
 _STATES = {
@@ -41,6 +43,7 @@ _STATES = {
     "dead": SandboxState.STOPPED,
 }
 _OURS = f"{MANAGED}=true"
+_LOG_LINES = 10_000
 
 
 def _ours() -> dict[str, str]:
@@ -69,7 +72,8 @@ class DockerBackend(Backend):
         controls={
             "capabilities": "cap_drop/cap_add on the container (bounding and effective sets)",
             "no_new_privileges": "security_opt no-new-privileges",
-            "seccomp": "seccomp filter from the profile's OCI policy",
+            "seccomp": "seccomp allowlist (default deny) from the profile's OCI policy, "
+            "in place of Docker's default",
             "read_only_root": "read-only root file system, tmpfs for the profile's writable paths",
             "non_root_user": "the container's processes run as the profile's uid:gid",
             "pids_limit": "pids cgroup (pids.max)",
@@ -94,6 +98,7 @@ class DockerBackend(Backend):
             self._api.trust_env = False
         # Sandboxes this process created: whether each has a private network to remove.
         self._networks: dict[str, bool] = {}
+        self._engine_networks = Networks(self._client)
         self._ready_images: set[str] = set()
         self._image_lock = threading.Lock()
 
@@ -150,29 +155,25 @@ class DockerBackend(Backend):
         with docker_errors():
             network = None
             if plan.network == "isolated":
-                # A private network per sandbox: internal means no route out of it.
-                network = self._client.networks.create(
-                    plan.name, driver="bridge", internal=True, labels=dict(plan.labels)
-                ).name
+                network = self._engine_networks.create_isolated(plan.name, plan.labels)
             elif plan.network == "bridge":
-                network = "bridge"
+                network = self._engine_networks.bridge()
             self._networks[plan.name] = plan.network == "isolated"
             container = self._client.containers.create(**create_arguments(plan, image, network))
             container.start()
         return Handle(container.id, plan.name, container)
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
-        environment = dict(request.env)
-        marker = None
-        if request.timeout is not None:
-            variable, marker = new_exec_marker()
-            environment[variable] = marker
+        # Every exec is marked, so a kill can tell its processes from another exec's.
+        variable, marker = new_exec_marker()
+        environment = {**request.env, variable: marker}
+        started = ticks_now()
         with docker_errors():
             exec_id = self._api.exec_create(
                 handle.id,
                 list(request.argv),
                 stdin=request.stdin is not None,
-                environment=environment or None,
+                environment=environment,
                 workdir=request.workdir,
                 user=request.user or "",
             )["Id"]
@@ -181,17 +182,15 @@ class DockerBackend(Backend):
             raw,
             request.stdin,
             request.timeout,
-            kill=lambda: self._kill_exec(exec_id, marker),
+            kill=lambda: self._kill_exec(handle, exec_id, marker, started),
             exit_code=lambda: self._exit_code(exec_id),
         )
 
-    def _kill_exec(self, exec_id: str, marker: str | None) -> None:
-        # The marker also finds orphans that left the exec's process tree.
-        if marker is not None and kill_marked(marker):
-            return
+    def _kill_exec(self, handle: Handle, exec_id: str, marker: str, started: int) -> None:
         with docker_errors():
-            pid = self._api.exec_inspect(exec_id).get("Pid") or 0
-        if not pid or not kill_process_tree(pid):
+            init = self._api.inspect_container(handle.id)["State"].get("Pid") or 0
+            root = self._api.exec_inspect(exec_id).get("Pid") or 0
+        if not init or not kill_exec(marker, init, started, root=root):
             logger.warning("cannot kill exec %s from this host (remote engine?)", exec_id[:12])
 
     def _exit_code(self, exec_id: str) -> int:
@@ -208,17 +207,19 @@ class DockerBackend(Backend):
         with docker_errors():
             self._api.stop(handle.id, timeout=max(0, int(timeout)))
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, launch: str) -> None:
+        # By the launch's own label and then by id: a container or network that merely
+        # has the name (someone else's) is never touched.
+        mine = {"label": f"{LAUNCH}={launch}"}
         with docker_errors():
-            with contextlib.suppress(docker.errors.NotFound):
-                self._api.remove_container(name, force=True, v=True)
+            for container in self._api.containers(all=True, filters=dict(mine)):
+                with contextlib.suppress(docker.errors.NotFound):
+                    self._api.remove_container(container["Id"], force=True, v=True)
             if not self._networks.pop(name, True):
                 return  # made here without a private network: nothing more to look for
-            # The sandbox's private network, when it had one; only ours (by label) go.
-            for network in self._api.networks(names=[name], filters=_ours()):
-                if network["Name"] == name:
-                    with contextlib.suppress(docker.errors.NotFound):
-                        self._api.remove_network(network["Id"])
+            for network in self._api.networks(names=[name], filters=dict(mine)):
+                with contextlib.suppress(docker.errors.NotFound):
+                    self._api.remove_network(network["Id"])
 
     def state(self, handle: Handle) -> SandboxState:
         with docker_errors():
@@ -232,8 +233,24 @@ class DockerBackend(Backend):
 
     def logs(self, handle: Handle) -> str:
         with docker_errors():
-            data: bytes = self._api.logs(handle.id, stdout=True, stderr=True)
-        return data.decode("utf-8", "replace")
+            # Streamed, and only the tail kept: the log file itself is capped at create.
+            chunks = self._api.logs(
+                handle.id, stdout=True, stderr=True, stream=True, tail=_LOG_LINES
+            )
+            return log_tail(chunks)
+
+    def leftovers(self) -> list[SandboxInfo]:
+        """Private networks (they carry a launch id) whose container is gone."""
+        with docker_errors():
+            networks = self._api.networks(filters={"label": [_OURS, LAUNCH]})
+            live = {
+                c["Labels"].get(LAUNCH) for c in self._api.containers(all=True, filters=_ours())
+            }
+        return [
+            SandboxInfo(self.name, n["Id"], n["Name"], SandboxState.DESTROYED, n["Labels"])
+            for n in networks
+            if n["Labels"][LAUNCH] not in live
+        ]
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with docker_errors():

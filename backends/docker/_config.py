@@ -11,6 +11,7 @@ from ._sdk import docker
 # PID 1 when the spec gives no command: docker-init (tini) reaps and forwards signals,
 # and a long sleep keeps the container up for exec.
 KEEPALIVE = ("sleep", "2147483647")
+LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 
 
 def security_options(plan: LaunchPlan) -> list[str]:
@@ -19,8 +20,9 @@ def security_options(plan: LaunchPlan) -> list[str]:
     if profile.no_new_privileges:
         options.append("no-new-privileges:true")
     if profile.seccomp is not None:
-        # The API takes the policy itself, not a path (the CLI reads the file for you).
-        options.append("seccomp=" + profile.seccomp.read_text())
+        # The API takes the policy itself (serialized once per policy); Docker evaluates
+        # its includes/excludes against the container's own capabilities.
+        options.append("seccomp=" + profile.seccomp.oci_json())
     return options
 
 
@@ -65,5 +67,7 @@ def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[
         # Same as the memory limit: no swap, so the limit is what the sandbox really gets.
         "memswap_limit": plan.memory,
         "nano_cpus": int(plan.cpus * 1e9) if plan.cpus else None,
+        # A sandbox that prints without end must not fill the host's disk.
+        "log_config": LOG_CONFIG,
     }
     return {key: value for key, value in arguments.items() if value is not None}

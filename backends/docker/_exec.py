@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import select
+import selectors
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sandboxer._backend import ExecGenerator, ExitStatus
@@ -25,6 +25,31 @@ def _feed_stdin(sock: socket.socket, data: bytes) -> None:
         sock.shutdown(socket.SHUT_WR)
 
 
+class _Frames:
+    """Docker's framing (8-byte header, then payload), undone as bytes arrive: a payload
+    is passed on in pieces, never held whole, whatever size its header claims."""
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._stream = "stdout"
+        self._left = 0  # payload bytes of the current frame still to come
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, bytes]]:
+        view = memoryview(data)
+        while view:
+            if self._left:
+                piece, view = view[: self._left], view[self._left :]
+                self._left -= len(piece)
+                yield self._stream, bytes(piece)
+                continue
+            need = _HEADER.size - len(self._header)
+            self._header += bytes(view[:need])
+            view = view[need:]
+            if len(self._header) == _HEADER.size:
+                kind, self._left = _HEADER.unpack(self._header)
+                self._stream, self._header = _STREAMS.get(kind, "stdout"), b""
+
+
 def stream_exec(
     raw: Any,
     stdin: bytes | None,
@@ -32,20 +57,23 @@ def stream_exec(
     kill: Callable[[], None],
     exit_code: Callable[[], int],
 ) -> ExecGenerator:
-    """Demultiplex Docker's framed output until EOF, killing the process at the deadline."""
+    """Demultiplex Docker's framed output until EOF, killing the process at the deadline
+    (or when the caller closes this generator before the end)."""
     sock: socket.socket = raw._sock if hasattr(raw, "_sock") else raw
     writer = None
     if stdin is not None:
         writer = threading.Thread(target=_feed_stdin, args=(sock, stdin), daemon=True)
         writer.start()
     deadline = None if timeout is None else time.monotonic() + timeout
-    timed_out = False
-    buffer = b""
+    timed_out = finished = False
+    frames = _Frames()
+    # selectors, not select(): descriptors above 1024 are fine.
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
     try:
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([sock], [], [], wait)
-            if not readable:
+            if not selector.select(wait):
                 if timed_out:
                     break  # killed, yet the stream did not close: give up on it
                 timed_out = True
@@ -55,16 +83,13 @@ def stream_exec(
             data = sock.recv(65536)
             if not data:
                 break
-            buffer += data
-            while len(buffer) >= _HEADER.size:
-                kind, size = _HEADER.unpack_from(buffer)
-                if len(buffer) < _HEADER.size + size:
-                    break
-                payload = buffer[_HEADER.size : _HEADER.size + size]
-                buffer = buffer[_HEADER.size + size :]
-                if payload:
-                    yield _STREAMS.get(kind, "stdout"), payload
+            yield from frames.feed(data)
+        finished = True
     finally:
+        if not finished:  # the caller stopped reading (or passed a cap): as on a timeout
+            with contextlib.suppress(Exception):
+                kill()
+        selector.close()
         with contextlib.suppress(OSError):
             sock.close()
         with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -24,6 +25,7 @@ from sandboxer._backend import (
     LaunchPlan,
     SandboxInfo,
     SandboxState,
+    log_tail,
 )
 from sandboxer._errors import (
     BackendUnavailable,
@@ -31,9 +33,9 @@ from sandboxer._errors import (
     SandboxNotFound,
     UnsupportedFeature,
 )
-from sandboxer._labels import EXEC_USER, MANAGED
+from sandboxer._labels import EXEC_USER, LAUNCH, MANAGED
 from sandboxer._log import logger, timed
-from sandboxer._proctree import kill_marked, new_exec_marker
+from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
 from sandboxer.images import is_builtin
 
 from . import _diagnose, _exec, _prepare
@@ -90,13 +92,13 @@ class IncusBackend(Backend):
             "capabilities": "raw.lxc lxc.cap.keep/lxc.cap.drop: bounding set of the init "
             "and of every exec (loopback is raised from the host, so none is kept for it)",
             "no_new_privileges": "raw.lxc lxc.no_new_privs for the init and every exec",
-            "seccomp": "security.syscalls.deny: the profile's deny list appended to "
-            "Incus' default policy",
+            "seccomp": "raw.seccomp: the profile's allowlist (default deny) as LXC's own "
+            "policy, in place of Incus' default; loaded on the init and on every exec",
             "read_only_root": "read-only root disk device; the profile's tmpfs mounts "
             "via raw.lxc lxc.mount.entry",
-            "non_root_user": "exec runs as the profile's uid:gid; PID 1 (the init) and "
-            "its services stay the container's root, an unprivileged host uid "
-            "(user namespace, idmap isolated)",
+            "non_root_user": "PID 1 (the built-in init, raw.lxc lxc.init.uid/gid), its "
+            "services (spec.command) and every exec run as the profile's uid:gid, in a "
+            "user namespace with an isolated idmap",
             "pids_limit": "limits.processes (pids cgroup)",
             "memory_limit": "limits.memory (memory cgroup), swap off",
             "cpu_limit": "limits.cpu (CPU count) plus limits.cpu.allowance for fractions",
@@ -261,10 +263,10 @@ class IncusBackend(Backend):
         environment = dict(request.env)
         if identity.home and "HOME" not in environment:
             environment["HOME"] = identity.home
-        marker = None
-        if request.timeout is not None and self._incus.endpoint.is_local:
-            variable, marker = new_exec_marker()
-            environment[variable] = marker
+        # Every exec is marked, so a kill can tell its processes from another exec's.
+        variable, marker = new_exec_marker()
+        environment[variable] = marker
+        started = ticks_now()
         body = {
             "command": list(request.argv),
             "environment": environment,
@@ -277,8 +279,10 @@ class IncusBackend(Backend):
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
 
         def kill(control: WebSocket) -> None:
-            # The whole tree from the host where its pids are visible; else the command.
-            if marker is None or not kill_marked(marker):
+            # The whole tree from the host where its pids are visible; else the command,
+            # through the engine.
+            init = self._init_pid(handle.name) if self._incus.endpoint.is_local else 0
+            if not init or not kill_exec(marker, init, started):
                 _exec.signal_command(control, 9)
 
         def attempt() -> ExecGenerator:
@@ -291,6 +295,12 @@ class IncusBackend(Backend):
         except _exec.NotStarted:
             first = None
         return self._retrying(first, attempt, deadline)
+
+    def _init_pid(self, name: str) -> int:
+        """The host pid of the container's init (0 if it has none)."""
+        with incus_errors():
+            state = self._incus.api.instances[quote(name, safe="")].state.get().json()
+        return max(0, int(state["metadata"].get("pid") or 0))
 
     @staticmethod
     def _retrying(
@@ -336,8 +346,25 @@ class IncusBackend(Backend):
             if self.state(handle) is SandboxState.RUNNING:
                 raise  # not merely "already stopped" by the init in the meantime
 
-    def remove(self, name: str) -> None:
+    def _launched_by(self, quoted: str, launch: str) -> bool:
+        """Whether the instance called `quoted` is there and carries the launch id."""
+        with incus_errors():
+            try:
+                config = self._incus.api.instances[quoted].get().json()["metadata"]["config"]
+            except pylxd.exceptions.NotFound:
+                return False
+        return bool(config.get(LABEL_PREFIX + LAUNCH) == launch)
+
+    def remove(self, name: str, launch: str) -> None:
         quoted = quote(name, safe="")
+        # An instance that merely has the name (someone else's) is not touched.
+        if self._launched_by(quoted, launch):
+            self._delete(quoted, name)
+        known = self._known.pop(name, None)
+        if known is None or known.isolated:
+            self._networks.remove_isolated(name, launch)
+
+    def _delete(self, quoted: str, name: str) -> None:
         deadline = time.monotonic() + _REMOVE_SECONDS
         while True:
             try:
@@ -358,9 +385,6 @@ class IncusBackend(Backend):
                 if "running" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        known = self._known.pop(name, None)
-        if known is None or known.isolated:
-            self._networks.remove_isolated(name)
 
     def state(self, handle: Handle) -> SandboxState:
         with incus_errors():
@@ -373,8 +397,26 @@ class IncusBackend(Backend):
     def logs(self, handle: Handle) -> str:
         """The console: what the init and its services (spec.command among them) printed."""
         with incus_errors():
-            response = self._incus.api.instances[handle.name].console.get(is_api=False)
-        return str(response.content.decode("utf-8", "replace"))
+            console = self._incus.api.instances[handle.name].console
+            response = console.get(is_api=False, stream=True, timeout=30)
+            with contextlib.closing(response):
+                return log_tail(response.iter_content(64 * 1024))
+
+    def leftovers(self) -> list[SandboxInfo]:
+        """Private networks (they carry a launch id) whose instance is gone."""
+        with incus_errors():
+            networks = self._incus.api.networks.get(params={"recursion": 1}).json()["metadata"]
+        live = {info.labels.get(LAUNCH) for info in self.list_sandboxes()}
+        found = []
+        for network in networks:
+            labels = labels_from_config(network.get("config") or {})
+            launch = labels.get(LAUNCH)
+            if labels.get(MANAGED) == "true" and launch and launch not in live:
+                sandbox = labels.get("sandboxer.sandbox", network["name"])
+                found.append(
+                    SandboxInfo(self.name, network["name"], sandbox, SandboxState.DESTROYED, labels)
+                )
+        return found
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with incus_errors():

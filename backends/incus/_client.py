@@ -189,28 +189,39 @@ class SentWait:
         self._connection.close()
 
 
+# Every REST call has a deadline; an operation wait asks the daemon to give up a little
+# before the client would, so a slow operation is reported by Incus, not cut off mid-reply.
+REST_SECONDS = 120.0
+OPERATION_SECONDS = 100.0
+
+
 class Incus:
     """A pylxd client plus operation waiting and websockets, shared by one backend."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.client = endpoint.client()
+        self.client = endpoint.client(timeout=REST_SECONDS)
         self.api = self.client.api
 
-    def wait(self, response: Any, timeout: float | None = None) -> dict[str, Any]:
+    def wait(self, response: Any, timeout: float = OPERATION_SECONDS) -> dict[str, Any]:
         """Wait for the operation a 202 response started; its metadata, or raise its error."""
         body = response.json()
         if body.get("type") != "async":
             return dict(body.get("metadata") or {})
         return self.wait_operation(self.operation_id(body), timeout)
 
-    def wait_operation(self, operation: str, timeout: float | None = None) -> dict[str, Any]:
-        params = {"timeout": int(timeout)} if timeout is not None else {}
-        with incus_errors():
-            result = self.api.operations[operation].wait.get(params=params)
-            metadata: dict[str, Any] = result.json().get("metadata") or {}
-            if metadata.get("status") == "Failure" or metadata.get("err"):
-                raise pylxd.exceptions.LXDAPIException(result)
+    def wait_operation(self, operation: str, timeout: float = OPERATION_SECONDS) -> dict[str, Any]:
+        seconds = int(min(timeout, OPERATION_SECONDS))
+        try:
+            with incus_errors():
+                result = self.api.operations[operation].wait.get(params={"timeout": seconds})
+                metadata: dict[str, Any] = result.json().get("metadata") or {}
+                if metadata.get("status") == "Failure" or metadata.get("err"):
+                    raise pylxd.exceptions.LXDAPIException(result)
+        except EngineError as exc:
+            if "deadline exceeded" not in str(exc):
+                raise
+            raise EngineError(f"Incus operation {operation} ran past {seconds} s") from exc
         return metadata
 
     @staticmethod

@@ -2,14 +2,16 @@
 
 Security controls map to Incus keys where Incus has one and to `raw.lxc` where only
 LXC does: capabilities (lxc.cap.keep/drop), no-new-privileges, the tmpfs mounts a
-read-only root needs, and a start-host hook that raises loopback from the host, so
-the sandbox needs no capability for it.
+read-only root needs, a start-host hook that raises loopback from the host, so
+the sandbox needs no capability for it, mount hooks that make host mounts nosuid,nodev,
+and the uid/gid the built-in init runs as.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,16 +20,24 @@ import attrs
 from sandboxer._backend import ControlStatus, LaunchPlan
 from sandboxer._errors import UnsupportedFeature
 from sandboxer._models import PortMapping
+from sandboxer._seccomp import host_kernel
+from sandboxer.images import GROUP, PASSWD, is_builtin
 
-from ._seccomp import Translation, translate_file
+from ._seccomp import Translation, translate
+from ._users import Identity, resolve
 
 # LXC runs start-host hooks on the host once the container's namespaces exist, before
 # its init: loopback comes up without the sandbox holding CAP_NET_ADMIN.
 LOOPBACK_HOOK = (
     "lxc.hook.start-host = /bin/sh -c 'nsenter --net=/proc/$LXC_PID/ns/net ip link set lo up'"
 )
+# Mount targets a hook line can name without quoting (the line goes through a shell).
+_SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 # Config keys whose values are line lists: profile extras are appended, not replacing ours.
-_APPENDED = ("raw.lxc", "security.syscalls.deny")
+_APPENDED = ("raw.lxc", "raw.seccomp")
+# Keys Incus ignores once raw.seccomp is set.
+_VOIDED = ("security.syscalls.allow", "security.syscalls.deny", "security.syscalls.deny_default",
+           "security.syscalls.deny_compat")
 LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 ENV_PREFIX = "environment."
@@ -80,8 +90,44 @@ def tmpfs_lines(plan: LaunchPlan) -> list[str]:
     return lines
 
 
+def init_identity(plan: LaunchPlan) -> Identity | None:
+    """Who PID 1 runs as: the plan's user, on the built-in images, whose init needs no
+    root (LXC mounts /proc, the profile's tmpfs and loopback come from the host side).
+    Any other image keeps its own init as the container's root."""
+    if plan.user is None or not is_builtin(plan.spec.image):
+        return None
+    return resolve(plan.user, PASSWD, GROUP)
+
+
+def init_lines(plan: LaunchPlan) -> list[str]:
+    identity = init_identity(plan)
+    if identity is None:
+        return []
+    # LXC switches to these ids right before it execs the init: every service it starts
+    # (spec.command among them) inherits them.
+    return [f"lxc.init.uid = {identity.uid}", f"lxc.init.gid = {identity.gid}"]
+
+
+def mount_hook_lines(plan: LaunchPlan) -> list[str]:
+    """nosuid,nodev on the sandbox side of every host mount. Incus' disk device takes no
+    such option for a bind, so a mount hook (run by LXC in the sandbox's mount namespace,
+    after every mount entry, before the init) remounts each one."""
+    lines = []
+    for mount in plan.spec.mounts:
+        if not _SAFE_TARGET.fullmatch(mount.target):
+            raise UnsupportedFeature(
+                f"incus cannot mark the mount at {mount.target!r} nosuid,nodev: its path "
+                "holds characters other than letters, digits and ._/@%+=:,-"
+            )
+        options = "remount,bind,nosuid,nodev" + (",ro" if mount.read_only else "")
+        lines.append(
+            f"lxc.hook.mount = /bin/sh -c 'mount -o {options} \"$LXC_ROOTFS_MOUNT\"{mount.target}'"
+        )
+    return lines
+
+
 def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
-    lines = [LOOPBACK_HOOK]
+    lines = [LOOPBACK_HOOK, *init_lines(plan), *mount_hook_lines(plan)]
     if plan.profile.no_new_privileges:
         lines.append("lxc.no_new_privs = 1")
     if not plan.spec.requirements.nested:
@@ -97,10 +143,18 @@ def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
 
 
 def seccomp(plan: LaunchPlan) -> Translation | None:
-    """The profile's deny list for Incus, or None when no list applies."""
+    """The profile's policy as `raw.seccomp`, or None when no policy applies."""
     if plan.profile.seccomp is None or plan.spec.requirements.nested:
         return None
-    return translate_file(plan.profile.seccomp)
+    voided = [k for k in plan.profile.backend_options.get("incus", {}) if k in _VOIDED]
+    if voided:
+        raise UnsupportedFeature(
+            f"profile option {voided[0]} has no effect beside the profile's seccomp policy "
+            "(Incus then uses raw.seccomp alone): add LXC lines to raw.seccomp instead"
+        )
+    # Containers share the host's kernel: its version decides minKernel rules.
+    target = attrs.evolve(plan.profile.seccomp_target(), kernel=host_kernel())
+    return translate(plan.profile.seccomp.resolve(target))
 
 
 def limits(plan: LaunchPlan) -> dict[str, str]:
@@ -155,6 +209,8 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str,
             found["eth0"]["ipv4.address"] = nic.address.split("/")[0]
             found["eth0"]["security.ipv4_filtering"] = "true"
             found["eth0"]["security.mac_filtering"] = "true"
+            # The shared bridge's ports may reach the host and the way out, not each other.
+            found["eth0"]["security.port_isolation"] = "true"
     return found
 
 
@@ -173,7 +229,7 @@ def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
     }
     rules = seccomp(plan)
     if rules is not None:
-        result["security.syscalls.deny"] = "\n".join(rules.rules)
+        result["raw.seccomp"] = rules.policy
     for key, value in plan.profile.backend_options.get("incus", {}).items():
         value = str(value).lower() if isinstance(value, bool) else str(value)
         if key in _APPENDED and key in result:
@@ -211,13 +267,23 @@ _NETWORKS = {
     "isolated": "per the spec, network 'isolated' (overriding the profile's 'none'): a "
     "private bridge with no host address, no DHCP and no NAT: no route out",
     "bridge": "per the spec, network 'bridge' (overriding the profile's 'none'): the shared "
-    "NAT bridge, needed for what the spec asked (ports or network='bridge')",
+    "NAT bridge, needed for what the spec asked (ports or network='bridge'); its ports are "
+    "isolated, so sandboxes on it cannot reach each other",
 }
+
+
+_OWN_INIT = (
+    "not applied to PID 1: image {!r} boots its own init, which runs as the container's "
+    "root (an unprivileged host uid), and so do the services it starts; only exec runs "
+    "as the profile's uid:gid"
+)
 
 
 def enforcement_overrides(plan: LaunchPlan) -> dict[str, ControlStatus]:
     """Where this plan departs from the backend's static `controls`, and why."""
     overrides: dict[str, ControlStatus] = {}
+    if plan.user is not None and init_identity(plan) is None:
+        overrides["non_root_user"] = ControlStatus(False, _OWN_INIT.format(plan.spec.image))
     if plan.network != "none":
         overrides["network"] = ControlStatus(True, _NETWORKS[plan.network])
     if plan.spec.requirements.nested:

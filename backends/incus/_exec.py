@@ -1,15 +1,15 @@
 """exec through Incus' exec endpoint and its websockets: stdin, separate streams, a deadline.
 
-pylxd's `execute()` polls its streams with sleep(0.1); here one select() loop reads
-stdout and stderr as they arrive, and a thread feeds stdin so a command that writes
-while it reads cannot deadlock against us.
+pylxd's `execute()` polls its streams with sleep(0.1); here one selector loop (any
+descriptor number, unlike select()) reads stdout and stderr as they arrive, and a thread
+feeds stdin so a command that writes while it reads cannot deadlock against us.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import select
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -80,7 +80,8 @@ def stream(
     timeout: float | None,
     kill: Callable[[WebSocket], None],
 ) -> ExecGenerator:
-    """Yield output until both streams end, killing the command at the deadline."""
+    """Yield output until both streams end, killing the command at the deadline (or when
+    the caller closes this generator before the end)."""
     writer = None
     if stdin:
         writer = threading.Thread(target=_feed, args=(sockets[0], stdin), daemon=True)
@@ -89,13 +90,17 @@ def stream(
         _feed(sockets[0], None)  # EOF at once: a command reading stdin sees it empty
     open_streams = {sockets[1]: 1, sockets[2]: 2}
     deadline = None if timeout is None else time.monotonic() + timeout
-    timed_out = False
+    timed_out = finished = False
+    # selectors, not select(): descriptors above 1024 are fine.
+    selector = selectors.DefaultSelector()
+    for websocket in open_streams:
+        selector.register(websocket, selectors.EVENT_READ)
     try:
         while open_streams:
             ready = [ws for ws in open_streams if ws.pending()]
             if not ready:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select(list(open_streams), [], [], wait)
+                ready = [key.fileobj for key, _ in selector.select(wait)]  # type: ignore[misc]
             if not ready:
                 if timed_out:
                     break  # killed, yet the streams did not end: give up on them
@@ -111,16 +116,21 @@ def stream(
                 for opcode, payload in messages:
                     if opcode != BINARY:
                         open_streams.pop(websocket, None)  # barrier or close: stream over
+                        selector.unregister(websocket)
                         break
                     if payload:
                         yield _STREAMS[open_streams[websocket]], payload
+        finished = True
         if timed_out:
             return ExitStatus(exit_code=-1, timed_out=True)
         metadata = _result(waiter.result)
     finally:
+        if not finished:  # the caller stopped reading (or passed a cap): as on a timeout
+            with contextlib.suppress(Exception):
+                kill(sockets[-1])
+        selector.close()
         waiter.close()
-        # Closing the control channel makes Incus kill a command still running
-        # (the caller stopped reading, or the deadline passed).
+        # Closing the control channel also makes Incus kill a command still running.
         for websocket in sockets.values():
             with contextlib.suppress(OSError):
                 websocket.close()

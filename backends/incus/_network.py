@@ -4,7 +4,8 @@ isolated: a private bridge per sandbox with no address on the host side (IPv6 of
 no DHCP and no NAT: the sandbox has an interface but no route to the host, to other
 sandboxes or outside. bridge: one shared NAT bridge; each sandbox gets a static
 address that LXC configures before init (the hardened sandbox has no capability to
-run a DHCP client) and Incus reserves, with IP and MAC filtering against spoofing.
+run a DHCP client) and Incus reserves, with IP and MAC filtering against spoofing, and
+port isolation: sandboxes on it reach the host and the way out, never each other.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import quote
 
-from sandboxer._errors import EngineError
+from sandboxer._errors import EngineError, SandboxExists
+from sandboxer._labels import LAUNCH
 
 from ._client import Incus
-from ._config import Nic, labels_config
+from ._config import LABEL_PREFIX, Nic, labels_config
 from ._errors import incus_errors
 from ._sdk import pylxd
 
@@ -30,6 +32,7 @@ BRIDGE = os.environ.get("SANDBOXER_INCUS_BRIDGE", "sandboxerbr0")
 BRIDGE_SUBNET = os.environ.get("SANDBOXER_INCUS_BRIDGE_SUBNET", "10.213.0.1/16")
 # Never routed: no host address exists on isolated bridges, so any private range does.
 ISOLATED_SUBNET = "10.214.0.1/16"
+_LAUNCH = LABEL_PREFIX + LAUNCH
 _ADDRESS_TRIES = 8
 T = TypeVar("T")
 
@@ -109,6 +112,10 @@ class Networks:
         """A private bridge, and an address on it that is unlikely to equal a peer's: so
         trying to reach another isolated sandbox really goes nowhere."""
         name = isolated_network(sandbox)
+        existing = self._config(name)
+        if existing is not None and existing.get(_LAUNCH) != labels.get(LAUNCH):
+            # Another sandbox's, or not ours at all: sharing it would join the two.
+            raise SandboxExists(f"an Incus network called {name} exists already")
         self._create(
             name,
             {
@@ -120,11 +127,11 @@ class Networks:
         )
         return Nic(name, random_address(ISOLATED_SUBNET, self._rng))
 
-    def remove_isolated(self, sandbox: str) -> None:
-        """Delete the sandbox's private network if it has one (only ours, by label)."""
+    def remove_isolated(self, sandbox: str, launch: str) -> None:
+        """Delete the sandbox's private network if it has one (only this launch's)."""
         name = isolated_network(sandbox)
         config = self._config(name)
-        if config is not None and config.get("user.sandboxer.sandbox") == sandbox:
+        if config is not None and config.get(_LAUNCH) == launch:
             with incus_errors(), contextlib.suppress(pylxd.exceptions.NotFound):
                 self._incus.api.networks[name].delete()
 

@@ -1,4 +1,4 @@
-"""A minimal RFC 6455 client: just what Incus exec streams need, driven by select().
+"""A minimal RFC 6455 client: just what Incus exec streams need, driven by a selector.
 
 Incus sends each chunk of output as a binary message and ends a stream with an empty
 text message (a "barrier"); the same barrier from us closes the command's stdin.
@@ -19,6 +19,8 @@ from sandboxer._errors import EngineError
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _CHUNK = 256 * 1024
+# Incus sends output in small messages; anything far bigger is refused, not buffered.
+MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def _mask(key: bytes, data: bytes) -> bytes:
@@ -91,7 +93,7 @@ class WebSocket:
         return self.sock.fileno()
 
     def pending(self) -> bool:
-        """Messages or TLS bytes already received (select() would not report them)."""
+        """Messages or TLS bytes already received (a selector would not report them)."""
         tls_pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
         return bool(self._ready) or tls_pending
 
@@ -166,6 +168,8 @@ class WebSocket:
             if available < 10:
                 return None
             size, header = struct.unpack_from("!Q", buffer, start + 2)[0], 10
+        if size > MAX_MESSAGE or len(self._message) > MAX_MESSAGE:
+            raise EngineError(f"websocket message over {MAX_MESSAGE} bytes; refusing it")
         key = b""
         if second & 0x80:
             key, header = bytes(buffer[start + header : start + header + 4]), header + 4

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sandboxer._errors import EngineError, SandboxError
@@ -95,14 +95,16 @@ class Agent:
         return True
 
     def read_file(self, path: str) -> bytes:
+        return b"".join(self.read_chunks(path))
+
+    def read_chunks(self, path: str) -> Iterator[bytes]:
+        """A guest file, READ_CHUNK bytes per reply, for a reader that may stop early."""
         handle = self.call("guest-file-open", {"path": path, "mode": "r"})
-        parts = []
         try:
             while True:
                 reply = self.call("guest-file-read", {"handle": handle, "count": READ_CHUNK})
-                parts.append(base64.b64decode(reply.get("buf-b64", "")))
+                yield base64.b64decode(reply.get("buf-b64", ""))
                 if reply.get("eof") or not reply.get("count"):
                     break
         finally:
             self.call("guest-file-close", {"handle": handle})
-        return b"".join(parts)

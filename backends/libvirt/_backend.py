@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import posixpath
 import shutil
+import signal
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import ClassVar
 
+import attrs
+
 from sandboxer._backend import (
+    LOGS_MAX,
+    ArchiveStream,
     Availability,
     Backend,
     Capabilities,
@@ -25,16 +29,18 @@ from sandboxer._backend import (
     LaunchPlan,
     SandboxInfo,
     SandboxState,
-    drain,
-    packing_error,
+    archive_chunks,
+    check_packing,
+    tar_request,
 )
 from sandboxer._errors import (
     EngineError,
     ImageNotFound,
+    OutputTooLarge,
     SandboxExists,
     SandboxNotFound,
 )
-from sandboxer._labels import is_ours
+from sandboxer._labels import LAUNCH, is_ours
 from sandboxer._log import logger, timed
 from sandboxer.images import is_builtin, is_disk_image
 
@@ -45,12 +51,12 @@ from ._cloud_guest import DISK_IMAGE_CONTROLS, FAILED_FILE, READY_FILE, seed_fil
 from ._disk import UserDisk, create_overlay, create_seed, user_disk
 from ._domain import NAMESPACE, Boot, Disk, domain_xml, parse_labels
 from ._errors import libvirt_errors
-from ._exec import environment, exec_command, run_to_end, wrapper_args
-from ._guest_config import config_archive, guest_files, shares
+from ._exec import WRAPPER_ENV, exec_command, run_to_end, wrapper_args
+from ._guest_config import check_mount_targets, config_archive, guest_files, shares
 from ._guest_scripts import EXEC_PATH, STAGING_DIR
 from ._image import ImageStore
 from ._sdk import libvirt
-from ._seccomp import compile_file
+from ._seccomp import guest_program
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_STATE_DIR = "/var/lib/sandboxer/vm"
@@ -102,13 +108,17 @@ class LibvirtBackend(Backend):
             "capability sets of every command (cap_add kept)",
             "no_new_privileges": "guest: no_new_privs on the guest agent (bwrap) and on "
             "every command (setpriv --nnp)",
-            "seccomp": "guest: the profile's policy compiled to BPF (libseccomp) and loaded "
+            "seccomp": "guest: the profile's allowlist (default deny) compiled to BPF "
+            "(libseccomp) and loaded "
             "by bwrap on the guest agent, inherited by every command; host: QEMU runs "
             "under its own seccomp sandbox (-sandbox on)",
             "read_only_root": "guest: root file system remounted read-only after boot, "
             "the profile's tmpfs paths writable",
-            "non_root_user": "guest: commands run as the profile's uid:gid (setpriv); "
-            "host: QEMU runs as the unprivileged user of qemu.conf",
+            "non_root_user": "guest: every command, the spec's command and the file "
+            "calls' tar run as the profile's uid:gid (setpriv; the caller's environment "
+            "applies only after the drop); root runs only sandboxer's own guest init, "
+            "qemu-ga and exec wrapper, with a fixed environment and absolute paths; host: "
+            "QEMU runs as the unprivileged user of qemu.conf",
             "pids_limit": "guest: pids cgroup (pids.max) around every command",
             "memory_limit": "host: the VM's RAM; guest: memory cgroup (memory.max, no "
             "swap) around every command",
@@ -181,6 +191,7 @@ class LibvirtBackend(Backend):
 
     # lifecycle ----------------------------------------------------------------------
     def create(self, plan: LaunchPlan) -> Handle:
+        check_mount_targets(plan)
         disk = self._user_disk(plan.spec.image)
         # The built-in guest also serves the KVM check, whatever this sandbox boots.
         image = self._images.ensure()
@@ -190,8 +201,9 @@ class LibvirtBackend(Backend):
             accel = self._accel.choose(conn, image, loader, self._root / "run")
         run = self._claim(plan)
         try:
-            exposed = _shares.expose(shares(plan), run / "shares")
-            bpf = compile_file(plan.profile.seccomp) if plan.profile.seccomp else b""
+            qemu_gid = _shares.qemu_group(conn, accel.domain_type)
+            exposed = _shares.expose(shares(plan), run / "shares", qemu_gid)
+            bpf = guest_program(plan.profile)
             if disk is None:
                 initrd = run / "initrd.img"
                 _write_initrd(initrd, image.initrd, config_archive(guest_files(plan, bpf)))
@@ -210,7 +222,7 @@ class LibvirtBackend(Backend):
                 domain = conn.createXML(xml, 0)
         except SandboxExists:
             # The name went to a domain that is not ours between the check and now.
-            self._delete_files(plan.name)
+            self._delete_files(plan.name, plan.labels[LAUNCH])
             raise
         handle = Handle(domain.UUIDString(), plan.name, domain)
         with timed("guest agent ready", sandbox=plan.name):
@@ -295,25 +307,29 @@ class LibvirtBackend(Backend):
             plan.spec.command or (), plan.spec.env, plan.spec.workdir, plan.user, None, None
         )
         args = wrapper_args(uuid.uuid4().hex[:12], request, "", "/dev/console", "/dev/console")
-        Agent(handle.native).spawn(EXEC_PATH, args, environment(request.env), capture=False)
+        Agent(handle.native).spawn(EXEC_PATH, args, WRAPPER_ENV, capture=False)
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
         return exec_command(Agent(self._domain(handle)), request)
 
-    def get_archive(self, handle: Handle, path: str) -> bytes:
+    def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
         # The tar goes to a guest file and comes back in chunks: a reply through libvirt
-        # is limited to 4 MiB, so a big tar cannot come back as captured output.
+        # is limited to 4 MiB. `ulimit -f` bounds the staged file (512-byte blocks in
+        # dash, 1024 in bash: at most twice the limit); tar dies of SIGXFSZ past it.
         agent = Agent(self._domain(handle))
         staged = f"{STAGING_DIR}/out-{uuid.uuid4().hex[:12]}"
-        parent, base = posixpath.split(posixpath.normpath(path))
-        request = ExecRequest(
-            ("tar", "-c", "-f", "-", "-C", parent or "/", base), {}, None, None, None, None
-        )
+        tar = tar_request(path, timeout)
+        script = 'ulimit -f "$1" && shift && exec "$@"'
+        blocks = str(-(-limit // 512) + 64)
+        request = attrs.evolve(tar, argv=("/bin/sh", "-c", script, "sh", blocks, *tar.argv))
         try:
-            status, _, err = drain(exec_command(agent, request, stdout_file=staged))
-            if status.exit_code != 0:
-                raise packing_error(path, err.decode("utf-8", "replace"))
-            return agent.read_file(staged)
+            status, err = yield from archive_chunks(
+                exec_command(agent, request, stdout_file=staged)
+            )
+            if status.exit_code == 128 + signal.SIGXFSZ:
+                raise OutputTooLarge(f"the archive of {path}", limit, "pass max_size= a bigger cap")
+            check_packing(path, status, timeout, err)
+            yield from agent.read_chunks(staged)
         finally:
             run_to_end(agent, "/bin/rm", ["-f", staged])
 
@@ -334,13 +350,13 @@ class LibvirtBackend(Backend):
                     break
                 time.sleep(0.1)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, launch: str) -> None:
         domain = self._lookup(name)
         with libvirt_errors():
             labels = None if domain is None else self._labels(domain)
-            if domain is not None and labels is not None:  # None: it ended meanwhile
-                if not is_ours(labels):
-                    raise EngineError(f"domain {name} is not a sandboxer sandbox; leaving it")
+            # None: it ended meanwhile. A domain of another launch (or not ours) that has
+            # the name stays; the domain object is bound to its UUID, not to the name.
+            if domain is not None and labels is not None and labels.get(LAUNCH) == launch:
                 with timed("libvirt destroy", sandbox=name):
                     try:
                         domain.destroy()
@@ -350,11 +366,16 @@ class LibvirtBackend(Backend):
                             libvirt.VIR_ERR_OPERATION_INVALID,
                         ):
                             raise
-        self._delete_files(name)
+        self._delete_files(name, launch)
 
-    def _delete_files(self, name: str) -> None:
+    def _delete_files(self, name: str, launch: str) -> None:
+        """The sandbox's directory, if its labels say this launch made it."""
         run = self._run_dir(name)
-        if not run.exists():
+        try:
+            labels = json.loads((run / "labels.json").read_text())
+        except (OSError, ValueError):
+            labels = None
+        if not isinstance(labels, dict) or labels.get(LAUNCH) != launch:
             return
         _shares.release(run)  # raises rather than let rmtree reach into a user's directory
         shutil.rmtree(run)
@@ -372,7 +393,9 @@ class LibvirtBackend(Backend):
 
     def logs(self, handle: Handle) -> str:
         try:
-            return (self._run_dir(handle.name) / "console.log").read_text(errors="replace")
+            with open(self._run_dir(handle.name) / "console.log", "rb") as console:
+                console.seek(max(0, os.fstat(console.fileno()).st_size - LOGS_MAX))
+                return console.read(LOGS_MAX).decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
 

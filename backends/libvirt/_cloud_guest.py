@@ -24,6 +24,7 @@ from sandboxer._errors import UnsupportedFeature
 from ._guest_config import guest_files, nics, shares
 from ._guest_scripts import (
     AGENT_CHANNEL,
+    CHANNELS,
     EXEC,
     EXEC_PATH,
     GUEST_ADDRESS,
@@ -69,6 +70,7 @@ if [ -s /etc/sandboxer/mounts ]; then
     modprobe -a 9pnet_virtio 9p || fail "the guest kernel has no 9p modules, needed for mounts"
 fi
 @MOUNTS@
+@CHANNELS@
 # qemu-ga again, now under the drop-in: the profile's controls reach every command.
 systemctl daemon-reload && systemctl restart qemu-guest-agent.service \
     || fail "cannot restart qemu-guest-agent.service (is it installed?)"
@@ -137,8 +139,14 @@ while True:
 DISK_IMAGE_CONTROLS: Mapping[str, str] = {
     "no_new_privileges": "guest: NoNewPrivileges= on qemu-guest-agent.service, inherited by "
     "every command (and setpriv --nnp)",
-    "seccomp": "guest: the profile's policy compiled to BPF (libseccomp) and loaded on the "
+    "seccomp": "guest: the profile's allowlist (default deny) compiled to BPF (libseccomp) "
+    "and loaded on the "
     "guest agent, inherited by every command; host: QEMU runs under its own seccomp sandbox",
+    "non_root_user": "guest: every command, the spec's command and the file calls' tar "
+    "run as the profile's uid:gid (setpriv; the caller's environment applies only after "
+    "the drop); root runs the image's own systemd services, cloud-init, qemu-ga and "
+    "sandboxer's exec wrapper, with a fixed environment and absolute paths; host: QEMU "
+    "runs as the unprivileged user of qemu.conf",
     "read_only_root": "guest: ProtectSystem=strict on qemu-guest-agent.service: every "
     "command sees the file system read-only but for the profile's tmpfs paths and "
     "read-write mounts",
@@ -150,6 +158,7 @@ def setup_script() -> str:
         SETUP,
         MOUNTS=MOUNTS.rstrip("\n"),
         LIMITS=LIMITS.rstrip("\n"),
+        CHANNELS=CHANNELS.rstrip("\n"),
         STAGING_DIR=STAGING_DIR,
         AGENT_STATE_DIR=AGENT_STATE_DIR,
         READY_FILE=READY_FILE,

@@ -7,16 +7,19 @@ small ISO 9660 volume labelled "cidata", attached as a second, read-only virtio 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import attrs
 
-from sandboxer._errors import BackendUnavailable, EngineError, ImageNotFound
+from sandboxer._errors import BackendUnavailable, EngineError, ImageNotFound, InvalidSpec
 
 QCOW2_MAGIC = b"QFI\xfb"
 SEED_LABEL = "cidata"
+INFO_SECONDS = 30
+INSTALL = "apt-get install qemu-utils genisoimage"
 
 
 @attrs.frozen
@@ -26,18 +29,48 @@ class UserDisk:
 
 
 def user_disk(image: str) -> UserDisk:
-    """The disk image at `image`, or ImageNotFound saying why it cannot be used."""
+    """The disk image at `image`; ImageNotFound (missing, unreadable) or InvalidSpec (it
+    reaches other host files) says why it cannot be used."""
     path = Path(image)
     try:
-        with open(path, "rb") as disk:
-            head = disk.read(len(QCOW2_MAGIC))
+        with open(path, "rb") as stream:
+            head = stream.read(len(QCOW2_MAGIC))
     except FileNotFoundError:
         raise ImageNotFound(f"no disk image at {image}") from None
     except IsADirectoryError:
         raise ImageNotFound(f"{image} is a directory, not a disk image") from None
     except OSError as exc:
         raise ImageNotFound(f"cannot read the disk image {image}: {exc.strerror}") from exc
-    return UserDisk(path, "qcow2" if head == QCOW2_MAGIC else "raw")
+    disk = UserDisk(path, "qcow2" if head == QCOW2_MAGIC else "raw")
+    if disk.format == "qcow2":
+        _refuse_references(disk)
+    return disk
+
+
+def _refuse_references(disk: UserDisk) -> None:
+    """InvalidSpec unless the qcow2 stands alone: a backing file or an external data file
+    names another host file, which QEMU would open for the guest (say /etc/shadow)."""
+    fix = f"fix: qemu-img convert -O qcow2 {disk.path} STANDALONE.qcow2 and boot that"
+    argv = ["qemu-img", "info", "-f", "qcow2", "--output=json", "--backing-chain"]
+    try:
+        done = subprocess.run(
+            [*argv, str(disk.path)], capture_output=True, text=True, timeout=INFO_SECONDS
+        )
+    except FileNotFoundError as exc:
+        raise BackendUnavailable("libvirt", "reading a qcow2 needs qemu-img", INSTALL) from exc
+    except subprocess.TimeoutExpired:
+        # A backing file that is a FIFO or a hung mount: refused like any other.
+        raise InvalidSpec("image", f"qemu-img info {disk.path} did not finish; {fix}") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip()
+        raise InvalidSpec("image", f"qemu-img cannot read {disk.path} ({reason}); {fix}")
+    top = json.loads(done.stdout)[0]
+    backing = top.get("full-backing-filename") or top.get("backing-filename")
+    data_file = top.get("format-specific", {}).get("data", {}).get("data-file")
+    for what, other in (("a backing file", backing), ("an external data file", data_file)):
+        if other:
+            refused = f"{disk.path} has {what} ({other}): VMs boot self-contained images"
+            raise InvalidSpec("image", f"{refused} only; {fix}")
 
 
 def _run(argv: list[str], what: str) -> None:
@@ -47,7 +80,7 @@ def _run(argv: list[str], what: str) -> None:
         raise BackendUnavailable(
             "libvirt",
             f"{what} needs {argv[0]}, which is missing",
-            "apt-get install qemu-utils genisoimage",
+            INSTALL,
         ) from exc
     except subprocess.CalledProcessError as exc:
         raise EngineError(f"{what} failed: {exc.stderr.strip()}") from exc

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sandboxer._backend import ExecGenerator, ExecRequest, ExitStatus
-from sandboxer._errors import EngineError
+from sandboxer._errors import EngineError, OutputTooLarge
 from sandboxer._log import logger
 
 from ._agent import WRITE_CHUNK, Agent
@@ -26,6 +26,12 @@ INLINE_STDIN_MAX = WRITE_CHUNK
 # Polling backs off from an immediate first look to at most this pause.
 FIRST_PAUSE, MAX_PAUSE = 0.001, 0.02
 KILL_GRACE = 10.0
+# What one guest-exec-status reply can carry (libvirt's 4 MiB message, base64 inside).
+AGENT_OUTPUT_MAX = 3 * 1024 * 1024
+
+
+# The wrapper runs as root: its own environment is this, never the caller's.
+WRAPPER_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)
 
 
 def environment(env: Mapping[str, str]) -> list[str]:
@@ -39,7 +45,11 @@ def wrapper_args(
     stdout_file: str = "",
     stderr_file: str = "",
 ) -> list[str]:
-    """Arguments of the guest's exec wrapper (see `_guest_scripts.EXEC`)."""
+    """Arguments of the guest's exec wrapper (see `_guest_scripts.EXEC`): the caller's
+    environment travels as NAME=VALUE data, applied by `env` after privileges drop."""
+    argv = list(request.argv)
+    if "=" in argv[0]:
+        argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]  # env would read it as a variable
     return [
         exec_id,
         request.workdir or "",
@@ -48,7 +58,8 @@ def wrapper_args(
         stdout_file,
         stderr_file,
         "--",
-        *request.argv,
+        *environment(request.env),
+        *argv,
     ]
 
 
@@ -102,20 +113,23 @@ def exec_command(agent: Agent, request: ExecRequest, stdout_file: str = "") -> E
     pid = agent.spawn(
         EXEC_PATH,
         wrapper_args(exec_id, request, stdin_file, stdout_file),
-        environment(request.env),
+        WRAPPER_ENV,
         stdin,
     )
     try:
         status, timed_out = _wait(agent, pid, exec_id, request.timeout)
     except EngineError as exc:
-        if "encode message" in str(exc):
-            raise EngineError(
-                f"the output of {list(request.argv)!r} is larger than the guest agent can "
-                "return (about 3 MiB); write it to a file and use read_file"
+        if "encode message" in str(exc) or "No complete agent response" in str(exc):
+            # The command ended (or was killed); its output stays with qemu-ga.
+            raise OutputTooLarge(
+                f"the output of {request.argv[0]!r}",
+                AGENT_OUTPUT_MAX,
+                "the guest agent cannot return more; write it to a file in the sandbox "
+                "and use read_file(path, into=...)",
             ) from exc
         raise
     if status.get("out-truncated") or status.get("err-truncated"):
-        logger.warning("qemu-ga truncated the output of %s", request.argv[:3])
+        logger.warning("qemu-ga truncated the output of %s", request.argv[0])
     for stream, key in (("stdout", "out-data"), ("stderr", "err-data")):
         data = base64.b64decode(status.get(key, ""))
         if data:

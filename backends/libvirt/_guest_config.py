@@ -13,7 +13,7 @@ import shlex
 import attrs
 
 from sandboxer._backend import LaunchPlan
-from sandboxer._errors import UnsupportedFeature
+from sandboxer._errors import InvalidSpec, UnsupportedFeature
 
 from ._cpio import CpioWriter
 
@@ -41,6 +41,30 @@ def nics(plan: LaunchPlan) -> tuple[bool, bool]:
     """
     inbound = plan.network == "isolated" or (plan.network == "bridge" and bool(plan.ports))
     return inbound, plan.network == "bridge"
+
+
+# The guest's own system paths: root-run steps (init, agent, exec wrapper, setpriv, their
+# libraries and settings; a disk image's systemd, cron and cloud-init) read or run what is
+# there, so a mount at or above one would hand the sandbox those steps.
+SYSTEM_PATHS = (
+    "/bin", "/boot", "/dev", "/etc", "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var",
+)  # fmt: skip
+
+
+def _is_system_path(target: str) -> bool:
+    top = "/" + target.strip("/").split("/")[0]
+    return top in SYSTEM_PATHS or top.startswith("/lib")
+
+
+def check_mount_targets(plan: LaunchPlan) -> None:
+    """InvalidSpec for a mount over the guest's system paths (before anything is made)."""
+    for mount in plan.spec.mounts:
+        if _is_system_path(mount.target):
+            raise InvalidSpec(
+                "Mount.target",
+                f"{mount.target} is a system path of the VM guest, which root-run steps "
+                f"use ({', '.join(SYSTEM_PATHS)}, /lib*); mount elsewhere, e.g. /data",
+            )
 
 
 def shares(plan: LaunchPlan) -> tuple[Share, ...]:

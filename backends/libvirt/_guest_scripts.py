@@ -46,6 +46,14 @@ fi
 [ -n "$SBX_CPU_MAX" ] && echo "$SBX_CPU_MAX" > /sys/fs/cgroup/sandbox/cpu.max
 """
 
+# Host channels are root's alone: a command that opened one would speak to the host as
+# the agent. devtmpfs and udev make virtio ports 0600 root (also those added later);
+# this holds it for the ports there whatever an image's rules say.
+CHANNELS = r"""for p in /sys/class/virtio-ports/*; do
+    [ -e "$p" ] && chown 0:0 "/dev/${p##*/}" && chmod 600 "/dev/${p##*/}"
+done
+"""
+
 # PID 1. Order matters: every mkdir on / happens before / turns read-only; qemu-ga starts
 # last, once the guest looks exactly as the sandbox should.
 INIT = r"""#!/bin/sh
@@ -128,6 +136,7 @@ mkdir /sys/fs/cgroup/agent
 
 [ "$SBX_ROOT_RO" = 1 ] && mount -o remount,ro /
 
+@CHANNELS@
 port=
 for p in /sys/class/virtio-ports/*; do
     [ "$(cat "$p/name" 2>/dev/null)" = "@AGENT_CHANNEL@" ] && port="/dev/${p##*/}"
@@ -174,12 +183,18 @@ while :; do
 done
 """
 
-# guest-exec runs this as root: sbx-exec ID WORKDIR USER STDIN STDOUT STDERR -- ARGV...
+# guest-exec runs this as root, with the fixed environment `_exec.WRAPPER_ENV`:
+#   sbx-exec ID WORKDIR USER STDIN STDOUT STDERR -- NAME=VALUE... ARGV...
 # (empty = the default; STDIN and the outputs are files opened here, before dropping root;
-# STDIN "-" keeps what qemu-ga feeds in, "" is /dev/null)
-# It joins the limited cgroup, sets up stdio and the working directory, then drops to the
-# user with setpriv (uid/gid, no_new_privs, capability sets) and execs the command.
+# STDIN "-" keeps what qemu-ga feeds in, "" is /dev/null). The caller's environment is
+# data here: nothing the caller passes reaches a process while uid or euid is 0 (no
+# LD_PRELOAD for the dynamically linked setpriv, no PATH for the lookups). The wrapper
+# joins the limited cgroup and sets up stdio; setpriv drops to the user (uid/gid,
+# no_new_privs, capability sets); only then does coreutils' `env -i` enter the working
+# directory, apply the caller's variables and exec the command.
 EXEC = r"""#!/bin/sh
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+unset IFS ENV BASH_ENV CDPATH
 . /etc/sandboxer/sandbox.conf
 id=$1 workdir=$2 user=$3 input=$4 output=$5 errors=$6
 shift 7
@@ -199,27 +214,25 @@ esac
 [ -n "$output" ] && exec > "$output"
 [ -n "$errors" ] && exec 2> "$errors"
 [ -n "$user" ] || user=$SBX_USER
-if [ -n "$workdir" ]; then
-    cd "$workdir" || exit 126
-fi
-command -v "$1" >/dev/null || { echo "sbx-exec: $1: command not found" >&2; exit 127; }
-
-set -- -- "$@"
+home=/
 if [ -n "$user" ]; then
     uid=${user%%:*}
-    case $uid in *[!0-9]*) uid=$(id -u "$uid") || exit 126 ;; esac
+    case $uid in *[!0-9]*) uid=$(id -u -- "$uid") || exit 126 ;; esac
     case $user in
         *:*) gid=${user#*:} ;;
-        *) gid=$(id -g "$uid" 2>/dev/null) || gid=$uid ;;
+        *) gid=$(id -g -- "$uid" 2>/dev/null) || gid=$uid ;;
     esac
-    if [ -z "$HOME" ]; then
-        while IFS=: read -r _ _ entry_uid _ _ entry_home _; do
-            [ "$entry_uid" = "$uid" ] && export HOME="$entry_home" && break
-        done < /etc/passwd
-    fi
-    set -- --reuid="$uid" --regid="$gid" --clear-groups "$@"
+    while IFS=: read -r _ _ entry_uid _ _ entry_home _; do
+        [ "$entry_uid" = "$uid" ] && home=$entry_home && break
+    done < /etc/passwd
 fi
-[ -n "$HOME" ] || export HOME=/
+
+# After setpriv, as the user: env enters the working directory, sets the caller's
+# variables (HOME first, so theirs wins) and looks the command up in the caller's PATH.
+set -- "HOME=$home" "$@"
+[ -n "$workdir" ] && set -- --chdir="$workdir" "$@"
+set -- -- /usr/bin/env -i "$@"
+[ -n "$user" ] && set -- --reuid="$uid" --regid="$gid" --clear-groups "$@"
 [ "$SBX_NNP" = 1 ] && set -- --nnp "$@"
 [ -n "$SBX_BOUNDING" ] && set -- --bounding-set="$SBX_BOUNDING" --inh-caps="$SBX_BOUNDING" "$@"
 [ -n "$SBX_AMBIENT" ] && set -- --ambient-caps="$SBX_AMBIENT" "$@"
@@ -251,6 +264,7 @@ def init_script() -> str:
         INIT,
         MOUNTS=MOUNTS.rstrip("\n"),
         LIMITS=LIMITS.rstrip("\n"),
+        CHANNELS=CHANNELS.rstrip("\n"),
         MODULE_DIR=MODULE_DIR,
         AGENT_CHANNEL=AGENT_CHANNEL,
         PROBE_MARKER=PROBE_MARKER,

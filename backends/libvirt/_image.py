@@ -1,9 +1,10 @@
 """The built-in VM guest: a Debian kernel plus an initramfs, built from packages on first use.
 
 The initramfs is sandboxer's busybox root file system (`build_rootfs_tar`) with the guest
-init and exec wrapper, qemu-ga (agent), setpriv (privilege dropping) and bwrap (seccomp
-loader) copied from the host with the libraries `ldd` lists, and the few kernel modules
-the guest needs (virtio console for the agent, 9p for mounts, virtio_net for networks).
+init and exec wrapper, qemu-ga (agent), setpriv (privilege dropping), bwrap (seccomp
+loader) and env (the caller's environment, after the drop) copied from the host with the
+libraries `ldd` lists, and the few kernel modules the guest needs (virtio console for
+the agent, 9p for mounts, virtio_net for networks).
 Everything lands in one directory per build key, written atomically, readable by QEMU.
 """
 
@@ -48,6 +49,9 @@ GUEST_BINARIES: dict[str, str] = {
     "/usr/sbin/qemu-ga": "qemu-guest-agent",
     "/usr/bin/setpriv": "util-linux",
     "/usr/bin/bwrap": "bubblewrap",
+    # Applies the caller's environment after the drop; busybox's would run its own applet
+    # rather than the command the caller's PATH names.
+    "/usr/bin/env": "coreutils",
 }
 _LDD_PATH = re.compile(r"(/\S+) \(0x[0-9a-f]+\)$")
 _FORMAT = "3"  # bump when the layout built here changes in a way the key cannot see

@@ -1,8 +1,9 @@
 """A profile's OCI/Docker seccomp policy compiled to a BPF program for the guest.
 
 libseccomp (libseccomp2, on every Debian host) does the compiling, through ctypes; the
-guest's bwrap then loads the program with `--seccomp FD`. Only the policy features the
-built-in profiles use are accepted: names, action, errnoRet and argument comparisons.
+guest's bwrap then loads the program with `--seccomp FD`. The policy comes resolved for
+the guest (includes/excludes already decided): default action and errno, per-rule
+action and errno, argument comparisons and architectures.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import json
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from sandboxer._errors import BackendUnavailable, UnsupportedFeature
+from sandboxer._profiles import Profile
+from sandboxer._seccomp import EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule
 
 _FIX = "apt-get install libseccomp2"
-_ERRNO_EPERM = 1
 _ATTR_OPTIMIZE = 8  # SCMP_FLTATR_CTL_OPTIMIZE (libseccomp >= 2.5); older ones ignore it
 _ACTIONS = {
     "SCMP_ACT_KILL": 0x00000000,
@@ -83,56 +83,52 @@ def available() -> bool:
     return True
 
 
-def _action(rule: dict[str, Any], field: str = "action") -> int:
-    name = rule.get(field, "")
-    if name == "SCMP_ACT_ERRNO":
-        return 0x00050000 | (int(rule.get("errnoRet", _ERRNO_EPERM)) & 0xFFFF)
-    if name not in _ACTIONS:
-        raise UnsupportedFeature(f"seccomp action {name!r} is not supported on VMs")
-    return _ACTIONS[name]
+def _action(action: str, errno: int | None) -> int:
+    if action == ERRNO:
+        return 0x00050000 | ((EPERM if errno is None else errno) & 0xFFFF)
+    if action not in _ACTIONS:
+        raise UnsupportedFeature(f"seccomp action {action!r} is not supported on VMs")
+    return _ACTIONS[action]
 
 
-def _arguments(rule: dict[str, Any]) -> Any:
-    args = rule.get("args") or []
+def _arguments(args: tuple[ArgFilter, ...]) -> Any:
     array = (_ArgCmp * max(1, len(args)))()
     for slot, arg in zip(array, args, strict=False):
-        if arg.get("op") not in _COMPARISONS:
-            raise UnsupportedFeature(f"seccomp comparison {arg.get('op')!r} is not supported")
-        slot.arg = int(arg["index"])
-        slot.op = _COMPARISONS[arg["op"]]
-        slot.datum_a = int(arg.get("value", 0))
-        slot.datum_b = int(arg.get("valueTwo", 0))
-    return len(args), array
+        slot.arg = arg.index
+        slot.op = _COMPARISONS[arg.op]
+        slot.datum_a = arg.value
+        slot.datum_b = arg.value_two
+    return array
 
 
-def compile_policy(policy: dict[str, Any]) -> bytes:
-    """The BPF program (raw sock_filter array) for an OCI seccomp policy."""
+def guest_program(profile: Profile) -> bytes:
+    """The profile's policy for the guest's commands, compiled; empty when it has none."""
+    if profile.seccomp is None:
+        return b""
+    # The guest kernel's version is not known here: rules gated on minKernel are left out.
+    return compile_policy(profile.seccomp.resolve(profile.seccomp_target()))
+
+
+# Policies are frozen: a profile's program is compiled once per process.
+@functools.lru_cache(maxsize=16)
+def compile_policy(policy: SeccompPolicy) -> bytes:
+    """The BPF program (raw sock_filter array) for a resolved policy (see `resolve`)."""
     lib = _library()
-    context = lib.seccomp_init(_action(policy, "defaultAction"))
+    context = lib.seccomp_init(_action(policy.default_action, policy.default_errno))
     if not context:
         raise UnsupportedFeature("libseccomp refused the policy's default action")
     try:
         # A binary search over syscall numbers instead of a linear scan: every syscall of
         # every command pays for the filter, and under TCG each BPF instruction is emulated.
         lib.seccomp_attr_set(context, _ATTR_OPTIMIZE, 2)
-        for arch in policy.get("architectures", []):
+        for arch in policy.architectures:
             token = lib.seccomp_arch_resolve_name(arch.removeprefix("SCMP_ARCH_").lower().encode())
             if token:  # adding the native architecture again fails harmlessly
                 lib.seccomp_arch_add(context, token)
-        for rule in policy.get("syscalls", []):
-            if rule.get("includes") or rule.get("excludes"):
-                raise UnsupportedFeature("seccomp rules with includes/excludes are not supported")
-            action = _action(rule)
-            count, array = _arguments(rule)
-            for name in rule.get("names", []):
-                number = lib.seccomp_syscall_resolve_name(name.encode())
-                if number == -1:
-                    continue  # unknown to this libseccomp: nothing to filter (Docker does the same)
-                result = lib.seccomp_rule_add_array(context, action, number, count, array)
-                if result < 0 and result != -17:  # -EEXIST: already covered
-                    raise UnsupportedFeature(
-                        f"libseccomp refused the rule for {name}: {os.strerror(-result)}"
-                    )
+        for rule in policy.rules:
+            if not (rule.includes.empty() and rule.excludes.empty()):
+                raise UnsupportedFeature("the seccomp policy must be resolved before compiling")
+            _add_rule(lib, context, rule)
         with tempfile.TemporaryFile() as output:
             result = lib.seccomp_export_bpf(context, output.fileno())
             if result < 0:
@@ -143,11 +139,15 @@ def compile_policy(policy: dict[str, Any]) -> bytes:
         lib.seccomp_release(context)
 
 
-@functools.lru_cache(maxsize=16)
-def _compile_file(path: Path, mtime_ns: int) -> bytes:
-    return compile_policy(json.loads(path.read_text()))
-
-
-def compile_file(path: Path) -> bytes:
-    """`compile_policy` for a policy file, cached while the file is unchanged."""
-    return _compile_file(path, path.stat().st_mtime_ns)
+def _add_rule(lib: Any, context: int, rule: SeccompRule) -> None:
+    action = _action(rule.action, rule.errno)
+    array = _arguments(rule.args)
+    for name in rule.names:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number == -1:
+            continue  # unknown to this libseccomp: nothing to filter (Docker does the same)
+        result = lib.seccomp_rule_add_array(context, action, number, len(rule.args), array)
+        if result < 0 and result != -17:  # -EEXIST: already covered
+            raise UnsupportedFeature(
+                f"libseccomp refused the rule for {name}: {os.strerror(-result)}"
+            )

@@ -60,6 +60,7 @@ def register(commands: Any) -> None:
         description="Remove our sandboxes whose owner process on this host has exited and, "
         "with --older-than, those older than that. With a session (--session, or "
         "$SANDBOXER_SESSION when set) only that session's sandboxes go, all of them. "
+        "Sandboxes made with `run --keep` stay unless --include-kept. "
         "Nothing without sandboxer's labels is ever touched.",
     )
     sweep.add_argument(
@@ -79,6 +80,9 @@ def register(commands: Any) -> None:
         "--backend", action="append", metavar="B", help="only this engine (repeatable)"
     )
     _label_filter(sweep)
+    sweep.add_argument(
+        "--include-kept", action="store_true", help="also sandboxes made with `run --keep`"
+    )
     sweep.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
     sweep.add_argument("--json", action="store_true", help="print JSON")
     sweep.set_defaults(handler=gc_command)
@@ -139,6 +143,7 @@ def gc_command(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 backends=args.backend,
                 labels=wanted,
+                include_kept=args.include_kept,
             )
         except GcIncomplete as exc:
             removed, failures = exc.removed, exc.failures

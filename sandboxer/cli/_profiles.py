@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from .._profiles import Profile, builtin_profiles, load_profile
+from .._seccomp import SeccompPolicy
 from . import _output
 
 
@@ -29,6 +30,8 @@ def profile_dict(profile: Profile) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, SeccompPolicy):
+            return value.summary()
         if isinstance(value, tuple):
             return [plain(item) for item in value]
         if hasattr(value, "items"):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .._attach import attach, detach
+from .._attach import attach
 from .._errors import InvalidSpec
 from .._launch import launch
 from .._sandbox import ExecStream, Sandbox
@@ -92,9 +92,8 @@ def run_command(args: argparse.Namespace) -> int:
     if not _argv(args.argv) and not args.keep:
         raise InvalidSpec("run", "nothing to run: give a command after -- (or use --keep)")
     with _output.progress(f"launching {spec.image}"):
-        sandbox = launch(spec)
+        sandbox = launch(spec, keep=args.keep)
     if args.keep:
-        detach(sandbox)
         try:
             return stream_command(sandbox, args) if _argv(args.argv) else 0
         finally:

@@ -26,12 +26,13 @@ _STICKY_DIRECTORIES = ("/tmp", "/var/tmp")
 # Every directory the built-in images hold (adapters need not create mount points there).
 ROOTFS_DIRECTORIES = frozenset((*_DIRECTORIES, *_STICKY_DIRECTORIES, "/home/sandbox"))
 
-_PASSWD = (
+# The built-in accounts: adapters resolve a user name against them before the sandbox runs.
+PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
     "sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh\n"
     "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 )
-_GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
 
 # PID 1 of system sandboxes: brings up loopback, starts services, reaps orphans, and
 # shuts down on SIGTERM or SIGPWR (what `incus stop` sends) within a bound.
@@ -112,8 +113,8 @@ def build_rootfs_tar(prefix: str = "", compress: bool = False) -> bytes:
             applet = applet.lstrip("/")
             if applet not in ("bin/busybox", "sbin/init"):
                 add(applet, kind=tarfile.SYMTYPE, link="/bin/busybox")
-        add("etc/passwd", mode=0o644, data=_PASSWD.encode())
-        add("etc/group", mode=0o644, data=_GROUP.encode())
+        add("etc/passwd", mode=0o644, data=PASSWD.encode())
+        add("etc/group", mode=0o644, data=GROUP.encode())
         add("etc/hostname", mode=0o644, data=b"sandbox\n")
         add("etc/hosts", mode=0o644, data=b"127.0.0.1 localhost sandbox\n::1 localhost\n")
         add(

@@ -21,6 +21,7 @@ from typing import ClassVar
 import attrs
 
 from .._backend import (
+    ArchiveStream,
     Availability,
     Backend,
     Capabilities,
@@ -32,7 +33,14 @@ from .._backend import (
     SandboxInfo,
     SandboxState,
 )
-from .._errors import ImageNotFound, SandboxExists, SandboxFileNotFound, SandboxNotFound
+from .._errors import (
+    EngineError,
+    ImageNotFound,
+    SandboxExists,
+    SandboxFileNotFound,
+    SandboxNotFound,
+)
+from .._labels import LAUNCH
 from .._profiles import CONTROLS
 from ..images import is_builtin
 
@@ -93,6 +101,12 @@ class _FakeSandbox:
 def _uid(user: str | None) -> int:
     name = (user or "0").split(":")[0]
     return int(name) if name.isdigit() else _USERS.get(name, 0)
+
+
+def chunked(data: bytes, size: int = 64 * 1024) -> ArchiveStream:
+    """`data` in pieces, as an engine's stream would bring it."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 class FakeBackend(Backend):
@@ -158,18 +172,21 @@ class FakeBackend(Backend):
                 break
         return ExitStatus(code)
 
-    def put_archive(self, handle: Handle, directory: str, data: bytes) -> None:
+    def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
         sandbox = self._get(handle.name)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
                 path = posixpath.normpath(posixpath.join(directory, member.name))
-                if member.isdir():
-                    sandbox.mkdir(path)
-                elif member.isfile():
-                    stream = tar.extractfile(member)
-                    sandbox.write(path, stream.read() if stream else b"")
+                try:
+                    if member.isdir():
+                        sandbox.mkdir(path)
+                    elif member.isfile():
+                        stream = tar.extractfile(member)
+                        sandbox.write(path, stream.read() if stream else b"")
+                except OSError as exc:  # as a real engine's tar -x fails
+                    raise EngineError(f"unpacking into {directory} failed: {exc}") from exc
 
-    def get_archive(self, handle: Handle, path: str) -> bytes:
+    def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
         sandbox = self._get(handle.name)
         buffer = io.BytesIO()
         base = posixpath.basename(path)
@@ -189,14 +206,15 @@ class FakeBackend(Backend):
                 info = tarfile.TarInfo(base + file_path[len(path) :])
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
-        return buffer.getvalue()
+        yield from chunked(buffer.getvalue())
 
     def stop(self, handle: Handle, timeout: float) -> None:
         self._get(handle.name).state = SandboxState.STOPPED
 
-    def remove(self, name: str) -> None:
-        sandbox = self.sandboxes.pop(name, None)
-        if sandbox is not None:
+    def remove(self, name: str, launch: str) -> None:
+        sandbox = self.sandboxes.get(name)
+        if sandbox is not None and sandbox.plan.labels.get(LAUNCH) == launch:
+            del self.sandboxes[name]
             for server in sandbox.servers:
                 server.shutdown()
                 server.server_close()
