@@ -45,7 +45,8 @@ class Cli:
 def cli() -> Iterator[Cli]:
     runner = Cli(uuid.uuid4().hex[:8])
     yield runner
-    runner("gc", "--backend", "docker")  # $SANDBOXER_SESSION: everything this test made
+    # $SANDBOXER_SESSION: everything this test made, kept ones too.
+    runner("gc", "--backend", "docker", "--include-kept")
 
 
 def test_run_passes_the_exit_code_and_streams(cli: Cli) -> None:
@@ -108,6 +109,9 @@ def test_gc_with_sandboxer_session_takes_the_whole_session(cli: Cli) -> None:
     assert result.returncode == 0, result.stderr
     result = cli("gc", "--backend", "docker", "--json")
     assert result.returncode == 0 and "only session cli-test-" in result.stderr
+    assert json.loads(result.stdout)["removed"] == []  # made to be kept
+    result = cli("gc", "--backend", "docker", "--include-kept", "--json")
+    assert result.returncode == 0 and "only session cli-test-" in result.stderr
     assert len(json.loads(result.stdout)["removed"]) == 1
     assert cli.listed() == {}
 
@@ -158,7 +162,7 @@ def test_keep_ls_exec_publish_and_rm(cli: Cli) -> None:
     assert cli("exec", name, "--", "true").returncode == 125
 
 
-def test_gc_reaps_kept_sandboxes_of_exited_runs(cli: Cli) -> None:
+def test_gc_reaps_kept_sandboxes_of_exited_runs_only_when_asked(cli: Cli) -> None:
     for index in range(2):
         result = cli(
             "run",
@@ -175,6 +179,9 @@ def test_gc_reaps_kept_sandboxes_of_exited_runs(cli: Cli) -> None:
         assert result.returncode == 0, result.stderr
     # Every session, but only ours by label: the owner-exited rule decides.
     sweep = ("gc", "--all-sessions", "--backend", "docker", "-l", f"cli-test={cli.tag}")
+    result = cli(*sweep, "--dry-run", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["removed"] == []
+    sweep = (*sweep, "--include-kept")
     result = cli(*sweep, "--dry-run", "--json")
     planned = json.loads(result.stdout)
     assert result.returncode == 0 and planned["dry_run"] is True

@@ -242,6 +242,19 @@ class TestGuestBoundary:
         peek = subprocess.run([*nobody, "cat", str(staging / "sbx0" / "secret")], check=False)
         assert peek.returncode != 0
 
+    def test_the_sandbox_directory_is_closed_to_local_users(self, vm: Sandbox) -> None:
+        """The guest's initrd (its config), and a disk image's overlay and seed, live there."""
+        run = state_dir() / "run" / vm.name
+        info = run.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o710 and info.st_uid == 0, oct(info.st_mode)
+        assert info.st_gid != 0  # QEMU's group
+        initrd = run / "initrd.img"
+        assert not stat.S_IMODE(initrd.stat().st_mode) & 0o137, oct(initrd.stat().st_mode)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for argv in (["ls", str(run)], ["cat", str(initrd)], ["cat", str(run / "console.log")]):
+            peek = subprocess.run([*nobody, *argv], capture_output=True, check=False)
+            assert peek.returncode != 0 and not peek.stdout, argv
+
 
 def test_a_disk_image_with_a_backing_file_or_a_data_file_is_refused(
     conn: libvirt.virConnect, tmp_path: Path

@@ -6,10 +6,13 @@ swapped during a launch still mounts what was checked.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +250,41 @@ def test_gc_collects_what_a_gone_sandbox_left(backend: str) -> None:
     assert launch in {info.labels[LAUNCH] for info in removed}
     left = [i for i in engine.list_sandboxes() + engine.leftovers() if i.labels[LAUNCH] == launch]
     assert left == []
+
+
+def test_a_source_swapped_in_a_loop_never_redirects_a_mount(backend: str, tmp_path: Path) -> None:
+    """Another user swaps the checked directory with a symlink to elsewhere, over and over
+    (renameat2 RENAME_EXCHANGE) while sandboxes launch: each launch mounts what was checked
+    or is refused; none mounts the other directory."""
+    checked, other = tmp_path / "checked", tmp_path / "other"
+    checked.mkdir()
+    other.mkdir()
+    (checked / "which").write_text("checked\n")
+    (other / "which").write_text("other\n")
+    spec = sandboxer.SandboxSpec(backend=backend, mounts=[Mount(str(checked), "/data")])
+    swapped = tmp_path / "swapped"
+    swapped.symlink_to(other)
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            libc.renameat2(-100, bytes(checked), -100, bytes(swapped), 2)  # RENAME_EXCHANGE
+            time.sleep(0.0005)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen = []
+    try:
+        for _ in range(4 if backend == "libvirt" else 10):
+            try:
+                with sandboxer.launch(spec) as sandbox:
+                    seen.append(sandbox.exec(["cat", "/data/which"], timeout=60).stdout)
+            except sandboxer.InvalidSpec as refused:
+                assert "mounts[0].source" in str(refused)
+                seen.append(b"refused")
+    finally:
+        stop.set()
+        swapper.join()
+    assert b"other\n" not in seen, seen
+    assert _leftovers(backend) == set()

@@ -10,6 +10,7 @@ refuse everything that one refuses.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from sandboxer._labels import ownership_labels
 # knows that way (so that libc falls back), e.g. lsm_* under Docker 20.10.
 REFUSED = {"EPERM", "ENOSYS"}
 AT_LEAST = 40
+UPPER_CASES = 6
+MODES = ("moby", "strict", "threads", "syscalls", "upper")
 STRICT_DENIED = (
     "ptrace",
     "process_vm_readv",
@@ -63,6 +66,30 @@ def probe(sandbox: Sandbox, mode: str, user: str | None = "0") -> dict[str, str]
     return dict(line.split("=", 1) for line in result.stdout.decode().split())
 
 
+def assert_refused(results: dict[str, str], backend: str) -> None:
+    let_through = {name: r for name, r in results.items() if r not in REFUSED}
+    assert not let_through, f"{backend} let through: {let_through}"
+
+
+@pytest.fixture(scope="module")
+def probe32_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """helpers/probe32.c: i386 code, without a libc (the host may have no 32-bit one)."""
+    out = tmp_path_factory.mktemp("probe32") / "probe32"
+    flags = ["-m32", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector"]
+    flags += ["-fno-pie", "-no-pie", "-O2", "-Wall", "-Werror"]
+    source = Path(__file__).parent / "helpers" / "probe32.c"
+    subprocess.run(["gcc", *flags, "-o", str(out), str(source)], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def opened_through_the_32_bit_abi(sandbox: Sandbox, probe32: bytes) -> dict[str, str]:
+    """The sockets probe32 opened; a policy without the i386 ABI kills it at its first call."""
+    sandbox.write_file("/probe/probe32", probe32, mode=0o755)
+    result = sandbox.exec(["/probe/probe32"], user="0", timeout=120)
+    results = dict(line.split("=", 1) for line in result.stdout.decode().split())
+    return {name: r for name, r in results.items() if int(r) >= 0}
+
+
 @pytest.fixture(scope="class")
 def hardened(backend: str, probe_binary: bytes) -> Iterator[Sandbox]:
     yield from _launch(backend, "hardened", probe_binary)
@@ -80,8 +107,7 @@ class TestHardened:
 
     def test_calls_moby_denies_are_denied(self, hardened: Sandbox, backend: str) -> None:
         results = probe(hardened, "moby")
-        let_through = {name: r for name, r in results.items() if r not in REFUSED}
-        assert not let_through, f"{backend} let through: {let_through}"
+        assert_refused(results, backend)
         assert len(results) >= AT_LEAST
         print(f"{backend}: {len(results)} calls moby denies, all denied from inside")
 
@@ -91,6 +117,21 @@ class TestHardened:
     ) -> None:
         results = probe(hardened, "threads", user=user)
         assert results == {"clone3": "ENOSYS", "pthread": "OK"}
+
+    def test_arguments_with_upper_bits_set_are_refused(
+        self, hardened: Sandbox, backend: str
+    ) -> None:
+        """AF_VSOCK as 1<<32 | 40 passed a `family > 40` rule, and the kernel opened it."""
+        results = probe(hardened, "upper")
+        assert_refused(results, backend)
+        assert len(results) == UPPER_CASES
+
+    def test_32_bit_socketcall_opens_no_refused_family(
+        self, hardened: Sandbox, probe32_binary: bytes
+    ) -> None:
+        """libseccomp lets i386 socketcall(SYS_SOCKET) through for any family once socket
+        is allowed for some: AF_VSOCK opened. hardened leaves the i386 ABI out."""
+        assert not opened_through_the_32_bit_abi(hardened, probe32_binary)
 
     def test_shell_and_busybox_httpd_run(self, hardened: Sandbox) -> None:
         assert hardened.exec(["sh", "-c", "echo $((6 * 7))"]).stdout == b"42\n"
@@ -146,6 +187,16 @@ class TestStrict:
     def test_threads_still_start(self, strict: Sandbox) -> None:
         assert probe(strict, "threads") == {"clone3": "ENOSYS", "pthread": "OK"}
 
+    def test_arguments_with_upper_bits_set_are_refused(self, strict: Sandbox, backend: str) -> None:
+        results = probe(strict, "upper")
+        assert_refused(results, backend)
+        assert len(results) == UPPER_CASES
+
+    def test_32_bit_socketcall_opens_no_refused_family(
+        self, strict: Sandbox, probe32_binary: bytes
+    ) -> None:
+        assert not opened_through_the_32_bit_abi(strict, probe32_binary)
+
 
 class TestNeverWeakerThanDockersDefault:
     @pytest.fixture(scope="class")
@@ -169,7 +220,7 @@ class TestNeverWeakerThanDockersDefault:
                 probe_path.chmod(0o755)
                 container = client.containers.create(
                     image.id,
-                    ["sh", "-c", "for m in moby strict threads syscalls; do /probe/probe $m; done"],
+                    ["sh", "-c", f"for m in {' '.join(MODES)}; do /probe/probe $m; done"],
                     user="0",
                     cap_drop=["ALL"],
                     security_opt=["no-new-privileges:true"],
@@ -191,7 +242,7 @@ class TestNeverWeakerThanDockersDefault:
         self, hardened: Sandbox, under_docker_default: dict[str, str]
     ) -> None:
         ours = {}
-        for mode in ("moby", "strict", "threads", "syscalls"):
+        for mode in MODES:
             ours.update(probe(hardened, mode))
         assert set(ours) == set(under_docker_default)
         weaker = {

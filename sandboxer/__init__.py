@@ -1,11 +1,13 @@
 """sandboxer: one API to launch isolated sandboxes on Docker, Incus/LXC and libvirt/QEMU."""
 
 from . import aio
+from ._attach import attach, detach
 from ._backend import (
     Availability,
     Backend,
     Capabilities,
     Check,
+    CheckColumn,
     ControlStatus,
     ExecRequest,
     ExitStatus,
@@ -27,8 +29,11 @@ from ._errors import (
     SandboxNotFound,
     UnsupportedFeature,
 )
+from ._gc import GcIncomplete, Inventory, gc, inventory
 from ._launch import launch
 from ._models import (
+    ISOLATION_LEVELS,
+    KINDS,
     ExecResult,
     Mount,
     PortMapping,
@@ -37,20 +42,24 @@ from ._models import (
     SandboxSpec,
 )
 from ._pool import Pool, PoolClosed, PoolTimeout
-from ._profiles import CONTROLS, Profile, builtin_profiles, load_profile
+from ._profiles import CONTROLS, NETWORKS, Profile, builtin_profiles, load_profile
 from ._registry import backend_names, get_backend, register_backend, unregister_backend
 from ._sandbox import ExecStream, Sandbox
-from ._selector import Selection, select
+from ._selector import Selection, probe_all, select
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CONTROLS",
+    "ISOLATION_LEVELS",
+    "KINDS",
+    "NETWORKS",
     "Availability",
     "Backend",
     "BackendUnavailable",
     "Capabilities",
     "Check",
+    "CheckColumn",
     "ControlStatus",
     "EngineError",
     "ExecRequest",
@@ -58,9 +67,11 @@ __all__ = [
     "ExecStream",
     "ExecTimeout",
     "ExitStatus",
+    "GcIncomplete",
     "Handle",
     "ImageNotFound",
     "InvalidSpec",
+    "Inventory",
     "LaunchPlan",
     "Mount",
     "OutputTooLarge",
@@ -82,11 +93,16 @@ __all__ = [
     "Selection",
     "UnsupportedFeature",
     "aio",
+    "attach",
     "backend_names",
     "builtin_profiles",
+    "detach",
+    "gc",
     "get_backend",
+    "inventory",
     "launch",
     "load_profile",
+    "probe_all",
     "register_backend",
     "select",
     "unregister_backend",

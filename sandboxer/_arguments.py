@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import math
 import posixpath
-import re
 from collections.abc import Mapping, Sequence
 
 from ._errors import InvalidSpec
-from ._models import _ENV_KEY, _FORBIDDEN_GUEST_DIRS, _guest_path, _is_under
-
-# 'name', 'uid', 'name:group' or 'uid:gid': no spaces, no control characters, no leading '-'.
-_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+from ._models import _ENV_KEY, _FORBIDDEN_GUEST_DIRS, USER_PATTERN, _guest_path, _is_under
 
 
 def command(value: Sequence[str] | str) -> tuple[str, ...]:
@@ -53,7 +49,7 @@ def workdir(value: object) -> str:
 
 
 def user(value: object) -> str:
-    if not isinstance(value, str) or not _USER.fullmatch(value):
+    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
         raise InvalidSpec("user", f"expected 'name', 'uid' or 'uid:gid', got {value!r}")
     return value
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import io
 import posixpath
 import tarfile
 from collections.abc import Generator, Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import attrs
 
+from ._decide import Capabilities as Capabilities  # adapters import these from here
+from ._decide import ControlStatus as ControlStatus
+from ._decide import Verdict as Verdict
+from ._decide import decide, static_enforcement
 from ._errors import EngineError, ExecTimeout, OutputTooLarge, SandboxFileNotFound
-from ._models import PortMapping, SandboxSpec
 from ._output import DEFAULT_MAX_OUTPUT, Collector
-from ._profiles import Profile
+from ._plan import LaunchPlan as LaunchPlan  # adapters import it from here
+from ._plan import Tmpfs as Tmpfs
 
 
 class SandboxState(enum.Enum):
@@ -29,32 +33,6 @@ class SandboxState(enum.Enum):
     UNKNOWN = "unknown"
 
 
-def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(mapping))
-
-
-@attrs.frozen
-class Capabilities:
-    """What a backend can do, declared as class-level data; the selector reads only this."""
-
-    kind: str  # "app" | "system" | "vm"
-    isolation: str  # "process" | "user" | "kernel"
-    init: bool  # can run a real init as PID 1
-    custom_kernel: bool
-    nested: bool
-    networks: frozenset[str]
-    limits: frozenset[str]  # subset of {"cpus", "memory", "pids"}
-    mounts: bool
-    ports: bool
-    start_seconds: float  # typical launch-to-exec-ready cost, for ranking and max_start_seconds
-    # Profile control -> how this backend enforces it. A control missing here cannot be enforced.
-    controls: Mapping[str, str] = attrs.field(converter=_frozen)
-    # Profile control -> why this backend cannot enforce it.
-    unenforceable: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
-    # Boots a user's own disk image (an absolute path to a .qcow2, .img or .raw file).
-    disk_images: bool = False
-
-
 @attrs.frozen
 class Availability:
     available: bool
@@ -62,44 +40,26 @@ class Availability:
     fix: str | None = None
 
 
+class CheckColumn(enum.StrEnum):
+    """The column of `sandboxer doctor`'s table a check answers."""
+
+    INSTALLED = "installed"
+    REACHABLE = "reachable"
+    PERMISSION = "permission"
+
+
 @attrs.frozen
 class Check:
-    """One line of `sandboxer doctor`: what was checked, whether it passed, how to fix it."""
+    """One line of `sandboxer doctor`: what was checked, whether it passed, how to fix it.
+
+    Every check counts for "can run now"; one with a `column` also decides that column.
+    """
 
     name: str
     ok: bool
     detail: str = ""
     fix: str | None = None
-
-
-@attrs.frozen
-class ControlStatus:
-    """Whether one profile control is enforced on a sandbox, and by what (or why not)."""
-
-    enforced: bool
-    mechanism: str
-
-    def __str__(self) -> str:
-        return ("enforced: " if self.enforced else "NOT enforced: ") + self.mechanism
-
-
-@attrs.frozen
-class LaunchPlan:
-    """A validated spec with every default resolved: what a backend creates, exactly."""
-
-    spec: SandboxSpec
-    name: str
-    labels: Mapping[str, str]
-    network: str
-    ports: tuple[PortMapping, ...]  # host ports all chosen
-    user: str | None
-    cpus: float | None
-    memory: int | None
-    pids: int | None
-
-    @property
-    def profile(self) -> Profile:
-        return self.spec.profile
+    column: CheckColumn | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen
@@ -111,7 +71,7 @@ class Handle:
     native: Any = attrs.field(eq=False, repr=False, default=None)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ExecRequest:
     argv: tuple[str, ...]
     env: Mapping[str, str]
@@ -147,6 +107,8 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # Whether a profile's extras for this engine (`Profile.extras[name]`) apply here.
+    takes_extras: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -157,11 +119,18 @@ class Backend(abc.ABC):
     def diagnose(cls) -> list[Check]:
         """Detailed health checks for `sandboxer doctor`; adapters add their own."""
         state = cls.probe()
-        return [Check("engine reachable", state.available, state.reason, state.fix)]
+        reachable = CheckColumn.REACHABLE
+        return [
+            Check("engine reachable", state.available, state.reason, state.fix, column=reachable)
+        ]
 
     @abc.abstractmethod
     def create(self, plan: LaunchPlan) -> Handle:
-        """Create and start the sandbox; return once it is ready for exec."""
+        """Create and start the sandbox; return once it is ready for exec.
+
+        `plan` is one `check` accepted: translators rely on its refusals (no path a
+        shell line or a guest file could not hold), so only engine state and host facts
+        that changed since can still fail here."""
 
     @abc.abstractmethod
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
@@ -202,22 +171,45 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook; most clients need no closing
         """Release the engine connection."""
 
+    def check(self, plan: LaunchPlan) -> Verdict:
+        """The one decider: whether this backend can run `plan`, and how it enforces each
+        control. `select` and `launch` both ask it; `create` refuses nothing it could
+        have refused here (only engine state and host facts that may change remain)."""
+        caps = self.host_capabilities
+        return decide(plan, caps, self.enforcement(plan), self.refusals(plan))
+
+    @functools.cached_property
+    def host_capabilities(self) -> Capabilities:
+        """What this engine on this host can do: probed once per instance, then cached."""
+        return self.probe_capabilities()
+
+    def probe_capabilities(self) -> Capabilities:
+        """The declared `capabilities`, narrowed by what this engine reports (rootless or
+        not, cgroup version, endpoint); adapters whose engines differ so override it."""
+        return self.capabilities
+
+    @classmethod
+    def refusals(cls, plan: LaunchPlan) -> list[str]:
+        """What in `plan` this adapter cannot honour beyond its `capabilities`; adapters
+        add their own to these. A pure function of the plan: the selector asks it too."""
+        extras = plan.extras.get(cls.name, {})
+        if extras and not cls.takes_extras:
+            return [f"{cls.name} takes no profile extras, got {', '.join(extras)}"]
+        return []
+
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
         """How each control the plan's profile asks for is enforced here."""
-        caps = self.capabilities
-        return {
-            control: ControlStatus(True, caps.controls[control])
-            if control in caps.controls
-            else ControlStatus(False, caps.unenforceable.get(control, "not supported"))
-            for control in plan.profile.controls()
-        }
+        return static_enforcement(plan, self.capabilities)
 
     # Files move as tar streams through exec by default, so they reach tmpfs and mounts
     # exactly as the sandbox sees them. Adapters with a native file API may override.
     def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
         """Unpack `data` into `directory`; ExecTimeout once `timeout` passes."""
         argv = ("tar", "-x", "-f", "-", "-C", directory)
-        status, _, err = drain(self.exec(handle, ExecRequest(argv, {}, None, None, data, timeout)))
+        request = ExecRequest(
+            argv=argv, env={}, workdir=None, user=None, stdin=data, timeout=timeout
+        )
+        status, _, err = drain(self.exec(handle, request))
         if status.timed_out:
             raise ExecTimeout(argv, timeout, b"", err)
         if status.exit_code != 0:
@@ -243,9 +235,8 @@ _STDERR_KEPT = 64 * 1024
 def tar_request(path: str, timeout: float | None) -> ExecRequest:
     """`tar -c` of one sandbox path to stdout; `--` so a name starting with '-' is a name."""
     parent, base = posixpath.split(posixpath.normpath(path))
-    return ExecRequest(
-        ("tar", "-c", "-f", "-", "-C", parent or "/", "--", base), {}, None, None, None, timeout
-    )
+    argv = ("tar", "-c", "-f", "-", "-C", parent or "/", "--", base)
+    return ExecRequest(argv=argv, env={}, workdir=None, user=None, stdin=None, timeout=timeout)
 
 
 def archive_chunks(generator: ExecGenerator) -> Generator[bytes, None, tuple[ExitStatus, bytes]]:

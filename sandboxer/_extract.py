@@ -7,26 +7,28 @@ this process writes to, which is then renamed to the destination.
 
 What an archive may hold: directories, regular files, hard links to regular files
 extracted earlier from the same archive, and relative symlinks that stay inside the
-tree ('..' only as leading components, never above the top entry). Anything else
-(absolute names, '..', devices, fifos, links that leave the tree, names with NUL) is
-refused, and nothing of it reaches the destination. Set-id bits are dropped.
+tree ('..' only as leading components, never above the top entry), at most MAX_DEPTH
+components deep and MAX_PATH bytes long. Anything else (absolute names, '..', devices,
+fifos, sparse files, links that leave the tree, names with NUL) is refused, and nothing
+of it reaches the destination. Modes keep no set-id, sticky, group- or world-write bits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import stat
+import secrets
 import tarfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import EngineError, InvalidSpec
-from ._output import TarStream, too_large
+from ._output import TarStream, members, too_large
 
+MAX_DEPTH = 256
+MAX_PATH = 4096
 _CHUNK = 1024 * 1024
+_KEPT_MODE = 0o755  # what a sandbox's modes may say; the owner always keeps rwx on dirs
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -54,16 +56,25 @@ def destination(host_path: str | os.PathLike[str], field: str) -> tuple[Path, st
 
 def _parts(name: str) -> list[str]:
     """The components of a member name; UnsafeArchive if it could leave the tree."""
+    _check_length(name)
     if "\0" in name or name.startswith("/"):
         raise UnsafeArchive(f"archive entry {name!r} is absolute or holds a NUL byte")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if not parts or ".." in parts:
         raise UnsafeArchive(f"archive entry {name!r} leaves the tree")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeArchive(f"archive entry {name[:100]!r}... is over {MAX_DEPTH} levels deep")
     return parts
+
+
+def _check_length(path: str) -> None:
+    if len(os.fsencode(path)) > MAX_PATH:
+        raise UnsafeArchive(f"archive entry {path[:100]!r}... is over {MAX_PATH} bytes long")
 
 
 def _check_symlink(parts: list[str], target: str) -> None:
     """A link must resolve inside the tree by its own words: leading '..' only."""
+    _check_length(target)
     words = [word for word in target.split("/") if word not in ("", ".")]
     ups = 0
     while ups < len(words) and words[ups] == "..":
@@ -100,7 +111,7 @@ class _Tree:
         finally:
             os.close(fd)
 
-    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo, stream: TarStream) -> int:
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> int:
         """Make one entry; the number of data bytes written."""
         parts = _parts(member.name)
         if parts[0] != self.top:
@@ -110,9 +121,8 @@ class _Tree:
             if member.isdir():
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o700, dir_fd=fd)
-                self.dirs.append((tuple(parts), member.mode & 0o777))
+                self.dirs.append((tuple(parts), member.mode & _KEPT_MODE))
             elif member.isreg():
-                stream.allow(member.size)
                 self._write(tar, member, fd, name)
                 self.files.add(tuple(parts))
                 return member.size
@@ -132,7 +142,7 @@ class _Tree:
         try:
             while chunk := source.read(_CHUNK):
                 _write_all(out, chunk)
-            os.fchmod(out, member.mode & 0o777)
+            os.fchmod(out, member.mode & _KEPT_MODE)
             os.utime(out, (member.mtime, member.mtime))
         finally:
             os.close(out)
@@ -148,7 +158,7 @@ class _Tree:
         """Directory modes last (a read-only directory must be filled first), deepest first."""
         for parts, mode in sorted(self.dirs, key=lambda item: -len(item[0])):
             with self.parent([*parts, ""]) as fd:
-                os.fchmod(fd, mode | stat.S_IRWXU)
+                os.fchmod(fd, mode | 0o700)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -169,37 +179,102 @@ def extract(
 ) -> None:
     """Unpack the tree `top` from `stream` to parent/name, replacing it only if `overwrite`."""
     parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    scratch = f".sandboxer-{uuid.uuid4().hex[:12]}"
     try:
-        os.mkdir(scratch, 0o700, dir_fd=parent_fd)
-        scratch_fd = os.open(scratch, _DIR_FLAGS, dir_fd=parent_fd)
+        scratch = _fresh_dir(parent_fd, ".sandboxer-")
         try:
-            _unpack(stream, _Tree(scratch_fd, top), max_size, max_members)
-            _place(parent_fd, scratch_fd, top, name, overwrite)
-        finally:
-            os.close(scratch_fd)
+            scratch_fd = os.open(scratch, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                _unpack(stream, _Tree(scratch_fd, top), max_size, max_members)
+                _place(parent_fd, scratch_fd, top, name, overwrite)
+            finally:
+                os.close(scratch_fd)
+        except BaseException as exc:
+            _discard(parent_fd, scratch, exc)
+            raise
+        _discard(parent_fd, scratch, None)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(scratch, dir_fd=parent_fd)
         os.close(parent_fd)
+
+
+def _fresh_dir(dir_fd: int, prefix: str) -> str:
+    """A new directory in dir_fd under an unguessable name; mkdir fails rather than reuse one."""
+    name = prefix + secrets.token_hex(8)
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    return name
+
+
+def _discard(parent_fd: int, scratch: str, error: BaseException | None) -> None:
+    """Remove the scratch directory; a failure is noted on `error`, never raised over it."""
+    try:
+        remove_tree(parent_fd, scratch)
+    except OSError as exc:
+        problem = f"the scratch directory {scratch!r} could not be removed: {exc}"
+        if error is None:
+            raise EngineError(f"the copy landed, but {problem}") from exc
+        error.add_note(problem)
+
+
+def remove_tree(dir_fd: int, name: str) -> None:
+    """Delete the directory dir_fd/name and all it holds without following a link.
+
+    No recursion, and two descriptors at most however deep the tree goes (the entry moved
+    aside for overwrite=True is the caller's, of any depth): it climbs back through '..',
+    checking each time that it reached the directory it came down from.
+    """
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    # Each directory entered: its name, its identity, the subdirectories it still holds.
+    trail = [(name, _identity(fd), _empty_all_but_dirs(fd))]
+    try:
+        while trail:
+            child_dirs = trail[-1][2]
+            if child_dirs:
+                child = child_dirs.pop()
+                fd = _step(fd, os.open(child, _DIR_FLAGS, dir_fd=fd))
+                trail.append((child, _identity(fd), _empty_all_but_dirs(fd)))
+                continue
+            done = trail.pop()[0]
+            fd = _step(fd, os.open("..", _DIR_FLAGS, dir_fd=fd) if trail else os.dup(dir_fd))
+            if trail and _identity(fd) != trail[-1][1]:
+                raise OSError(f"{done!r} was moved while it was being removed")
+            os.rmdir(done, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _step(old: int, new: int) -> int:
+    """Move from the descriptor `old` to `new`, keeping one open."""
+    os.close(old)
+    return new
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _empty_all_but_dirs(fd: int) -> list[str]:
+    """Unlink every entry of the directory `fd` but its subdirectories, which it returns."""
+    with os.scandir(fd) as entries:
+        listing = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for entry, is_dir in listing:
+        if not is_dir:
+            os.unlink(entry, dir_fd=fd)
+    return [entry for entry, is_dir in listing if is_dir]
 
 
 def _unpack(stream: TarStream, tree: _Tree, max_size: int, max_members: int) -> None:
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:  # plain tar: no decompression
-            members, size = 0, 0
-            while (member := tar.next()) is not None:
-                members += 1
-                if members > max_members:
+            size = 0
+            for count, member in enumerate(members(tar, stream), 1):
+                if count > max_members:
                     raise too_large("the archive's member count", max_members, "max_members")
                 if member.isreg() and size + member.size > max_size:
                     raise too_large("the archive's size", max_size, "max_size")
                 try:
-                    size += tree.add(tar, member, stream)
+                    size += tree.add(tar, member)
                 except OSError as exc:  # a duplicate name, or the host's disk
                     raise EngineError(f"unpacking {member.name!r} failed: {exc}") from exc
-                # Stream mode keeps every header otherwise (typeshed does not list it).
-                tar.members.clear()  # type: ignore[attr-defined]
         stream.drain()
     except tarfile.TarError as exc:
         stream.drain()  # a failed packing explains a broken stream better
@@ -221,7 +296,12 @@ def _place(parent_fd: int, scratch_fd: int, top: str, name: str, overwrite: bool
         if not overwrite:
             raise InvalidSpec("host_path", f"{name!r} exists; pass overwrite=True to replace it")
         # Renaming moves the entry itself (a link stays a link); it then goes with scratch.
-        os.rename(name, ".replaced", src_dir_fd=parent_fd, dst_dir_fd=scratch_fd)
+        # A fresh directory holds it: no name the archive chose can be in the way.
+        aside = os.open(_fresh_dir(scratch_fd, "replaced-"), _DIR_FLAGS, dir_fd=scratch_fd)
+        try:
+            os.rename(name, name, src_dir_fd=parent_fd, dst_dir_fd=aside)
+        finally:
+            os.close(aside)
     os.rename(top, name, src_dir_fd=scratch_fd, dst_dir_fd=parent_fd)
 
 

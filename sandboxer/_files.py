@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Iterator
 
 from ._errors import EngineError, InvalidSpec
-from ._output import BinaryWriter, TarStream, Writer, too_large
+from ._output import BinaryWriter, TarStream, Writer, members, too_large
 
 _CHUNK = 1024 * 1024
 _OPEN_TARGET = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -50,13 +50,12 @@ def read_member(stream: TarStream, path: str, write: Writer, max_size: int) -> N
     """Copy the one regular file `stream` holds to `write`, refusing it past `max_size`."""
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:  # plain tar: no decompression
-            member = tar.next()
+            member = next(members(tar, stream), None)
             if member is not None:
                 if not member.isreg():
                     raise EngineError(f"not a regular file in the sandbox: {path}")
                 if member.size > max_size:
                     raise too_large(f"the file {path}", max_size, "max_size")
-                stream.allow(member.size)
                 source = tar.extractfile(member)
                 assert source is not None  # a regular member always has content
                 while chunk := source.read(_CHUNK):

@@ -7,7 +7,6 @@ belongs to a session being cleaned up.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 
 from ._backend import SandboxInfo
-from ._errors import EngineError, InvalidSpec, SandboxError
-from ._labels import CREATED_AT, KEEP, LAUNCH, OWNER, OWNER_PID, SESSION, is_ours, owner_identity
+from ._errors import EngineError, InvalidSpec, SandboxError, SandboxNotFound
+from ._labels import KEEP, LAUNCH, SESSION, is_ours
 from ._log import logger, timed
 from ._registry import backend_names, get_backend
 from ._selector import probe_all
+from .ownership import created_at, has_labels, owner_alive, owner_pid
+
+# Ids are hex digests: a shorter prefix would match by accident too easily.
+_MIN_ID_PREFIX = 4
 
 
 @attrs.frozen
@@ -29,6 +32,29 @@ class Inventory:
     sandboxes: tuple[SandboxInfo, ...]
     # Backend -> why listing it failed (an engine that should have answered).
     errors: Mapping[str, str]
+
+    def find(self, name_or_id: str) -> SandboxInfo:
+        """The sandbox here called `name_or_id`, or whose id is or starts with it."""
+        by_name = [info for info in self.sandboxes if info.name == name_or_id]
+        if len(by_name) == 1:
+            return by_name[0]
+        matches = by_name or [
+            info
+            for info in self.sandboxes
+            if info.id == name_or_id
+            or (len(name_or_id) >= _MIN_ID_PREFIX and info.id.startswith(name_or_id))
+        ]
+        if len(matches) > 1:
+            listed = ", ".join(f"{info.backend}/{info.name}" for info in matches)
+            raise InvalidSpec("sandbox", f"{name_or_id!r} is ambiguous: it matches {listed}")
+        if not matches:
+            unlisted = "".join(
+                f"; {name} could not be listed: {why}" for name, why in self.errors.items()
+            )
+            raise SandboxNotFound(
+                f"no sandbox of ours is called or has the id {name_or_id!r}{unlisted}"
+            )
+        return matches[0]
 
 
 def _list(name: str, leftovers: bool) -> list[SandboxInfo]:
@@ -66,44 +92,6 @@ def inventory(backends: Sequence[str] | None = None, *, leftovers: bool = False)
                 errors[name] = str(exc)
     found.sort(key=lambda info: (info.backend, created_at(info) or 0.0, info.name))
     return Inventory(tuple(found), errors)
-
-
-def created_at(info: SandboxInfo) -> float | None:
-    """When the sandbox was created (seconds since the epoch), from its label."""
-    try:
-        return float(info.labels[CREATED_AT])
-    except (KeyError, ValueError):
-        return None
-
-
-def owner_pid(info: SandboxInfo) -> int | None:
-    try:
-        return int(info.labels[OWNER_PID])
-    except (KeyError, ValueError):
-        return None
-
-
-def owner_alive(info: SandboxInfo) -> bool | None:
-    """Whether the process that made the sandbox still runs; None when this process cannot
-    tell (another host or boot, another PID namespace, or no owner label).
-
-    The owner is its (boot id, PID-namespace inode, pid, start time): hostname and pid
-    alone are shared by the containers of a CI fleet, and a pid may have been reused.
-    """
-    owner = info.labels.get(OWNER, "")
-    boot, _, rest = owner.partition(":")
-    namespace, _, process = rest.partition(":")
-    pid, _, _ = process.partition(":")
-    here = owner_identity(os.getpid())
-    if not owner or here is None or not pid.isdigit():
-        return None
-    if here.split(":")[:2] != [boot, namespace]:
-        return None
-    return owner_identity(int(pid)) == owner
-
-
-def has_labels(info: SandboxInfo, wanted: Mapping[str, str]) -> bool:
-    return all(info.labels.get(key) == value for key, value in wanted.items())
 
 
 def is_garbage(

@@ -18,13 +18,14 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidSpec
-from ._profiles import CONTROLS, NETWORKS, Profile, load_profile
+from ._profiles import CONTROLS, Profile, load_profile
 from ._units import parse_size
+from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol, member, optional_member
 from .images.disk import DISK_IMAGE_SUFFIXES, is_disk_image, looks_like_disk_image
 
-KINDS = ("app", "system", "vm")
+KINDS = tuple(Kind)
 # Ordered weakest to strongest: shared kernel, shared kernel with a user namespace, own kernel.
-ISOLATION_LEVELS = ("process", "user", "kernel")
+ISOLATION_LEVELS = tuple(Isolation)
 RESERVED_LABEL_PREFIX = "sandboxer."
 # Sockets that hand whoever reaches them control of an engine (and so of the host).
 ENGINE_SOCKETS = (
@@ -39,8 +40,10 @@ ENGINE_SOCKETS = (
     "/run/podman/podman.sock",
 )
 _FORBIDDEN_GUEST_DIRS = ("/proc", "/sys")
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# 'name', 'uid', 'name:group' or 'uid:gid': no spaces, no control characters, no leading '-'.
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
 
 def _fail(field: str, message: str) -> InvalidSpec:
@@ -65,6 +68,22 @@ def _guest_path(field: str, value: object) -> str:
 def _file_identity(path: str) -> tuple[int, int]:
     status = os.stat(path)
     return status.st_dev, status.st_ino
+
+
+def _protocol(value: str) -> Protocol:
+    return member(Protocol, "PortMapping.protocol", value)
+
+
+def _kind(value: str | None) -> Kind | None:
+    return optional_member(Kind, "Requirements.kind", value)
+
+
+def _isolation(value: str | None) -> Isolation | None:
+    return optional_member(Isolation, "Requirements.isolation", value)
+
+
+def _network(value: str | None) -> NetworkMode | None:
+    return optional_member(NetworkMode, "network", value)
 
 
 @attrs.frozen
@@ -115,7 +134,7 @@ class PortMapping:
     guest_port: int
     host_port: int | None = None
     host_ip: str = "127.0.0.1"
-    protocol: str = "tcp"
+    protocol: Protocol = attrs.field(default=Protocol.TCP, converter=_protocol)
 
     def __attrs_post_init__(self) -> None:
         for field in ("guest_port", "host_port"):
@@ -128,8 +147,6 @@ class PortMapping:
             ipaddress.ip_address(self.host_ip)
         except ValueError:
             raise _fail("PortMapping.host_ip", f"not an IP address: {self.host_ip!r}") from None
-        if self.protocol not in ("tcp", "udp"):
-            raise _fail("PortMapping.protocol", f"must be 'tcp' or 'udp', got {self.protocol!r}")
 
     @classmethod
     def parse(cls, text: str) -> PortMapping:
@@ -183,21 +200,17 @@ class Resources:
 class Requirements:
     """What the task needs; the selector picks an engine from it."""
 
-    kind: str | None = None
-    isolation: str | None = None
+    kind: Kind | None = attrs.field(default=None, converter=_kind)
+    isolation: Isolation | None = attrs.field(
+        default=None,
+        converter=_isolation,
+    )
     init: bool = False
     custom_kernel: bool = False
     nested: bool = False
     max_start_seconds: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.kind is not None and self.kind not in KINDS:
-            raise _fail("Requirements.kind", f"must be one of {KINDS}, got {self.kind!r}")
-        if self.isolation is not None and self.isolation not in ISOLATION_LEVELS:
-            raise _fail(
-                "Requirements.isolation",
-                f"must be one of {ISOLATION_LEVELS}, got {self.isolation!r}",
-            )
         if self.max_start_seconds is not None and not self.max_start_seconds > 0:
             raise _fail(
                 "Requirements.max_start_seconds",
@@ -278,12 +291,12 @@ def _profile(value: str | Path | Profile) -> Profile:
     return load_profile(value)
 
 
-def _allow_unenforced(value: Sequence[str] | None) -> frozenset[str]:
+def _allow_unenforced(value: Sequence[str] | None) -> frozenset[Control]:
     controls = frozenset(value or ())
     unknown = sorted(controls - set(CONTROLS))
     if unknown:
         raise _fail("allow_unenforced", f"unknown controls {unknown}; known: {list(CONTROLS)}")
-    return controls
+    return frozenset(Control(c) for c in controls)
 
 
 @attrs.frozen
@@ -301,11 +314,13 @@ class SandboxSpec:
     ports: tuple[PortMapping, ...] = attrs.field(factory=tuple, converter=_ports)
     resources: Resources = attrs.field(factory=Resources, converter=_resources)
     profile: Profile = attrs.field(factory=lambda: load_profile("hardened"), converter=_profile)
-    network: str | None = None
+    network: NetworkMode | None = attrs.field(default=None, converter=_network)
     requirements: Requirements = attrs.field(factory=Requirements, converter=_requirements)
     backend: str | None = None
     # Profile controls the caller accepts to go unenforced on the chosen backend.
-    allow_unenforced: frozenset[str] = attrs.field(factory=frozenset, converter=_allow_unenforced)
+    allow_unenforced: frozenset[Control] = attrs.field(
+        factory=frozenset, converter=_allow_unenforced
+    )
     # Outlives its owner: not destroyed at the launching process's exit, and kept by gc
     # unless asked (`run --keep`); destroy() still removes it.
     keep: bool = False
@@ -333,12 +348,14 @@ class SandboxSpec:
             workdir = _guest_path("workdir", self.workdir)
             if any(_is_under(workdir, d) for d in _FORBIDDEN_GUEST_DIRS):
                 raise _fail("workdir", f"cannot be under /proc or /sys: {workdir}")
-        if self.user is not None and (not isinstance(self.user, str) or not self.user.strip()):
+        if self.user is not None and (
+            not isinstance(self.user, str) or not USER_PATTERN.fullmatch(self.user)
+        ):
             raise _fail("user", f"expected 'name', 'uid' or 'uid:gid', got {self.user!r}")
-        if self.name is not None and (not isinstance(self.name, str) or not _NAME.match(self.name)):
+        if self.name is not None and (
+            not isinstance(self.name, str) or not _NAME.fullmatch(self.name)
+        ):
             raise _fail("name", "letters, digits and '-', at most 63, not starting with '-'")
-        if self.network is not None and self.network not in NETWORKS:
-            raise _fail("network", f"must be one of {NETWORKS}, got {self.network!r}")
         if self.backend is not None and not isinstance(self.backend, str):
             raise _fail("backend", f"expected a backend name, got {self.backend!r}")
         if not isinstance(self.keep, bool):
@@ -377,17 +394,25 @@ class SandboxSpec:
             seen_host.add(host_key)
 
     @property
-    def effective_network(self) -> str:
+    def effective_network(self) -> NetworkMode:
         """The network asked for, else bridge when ports are published, else the profile's."""
         if self.network is not None:
             return self.network
-        return "bridge" if self.ports else self.profile.network
+        return NetworkMode.BRIDGE if self.ports else self.profile.network
 
 
-def check_mount_sources(spec: SandboxSpec) -> None:
+def source_changed(index: int, mount: Mount) -> InvalidSpec:
+    return _fail(
+        f"mounts[{index}].source",
+        f"{mount.source} changed after the spec was built (replaced or redirected): "
+        "build the spec again",
+    )
+
+
+def check_mount_sources(mounts: Sequence[Mount]) -> None:
     """Refuse a mount whose source path changed since the spec checked it: a component
     swapped for a symlink, or another file put in its place."""
-    for index, mount in enumerate(spec.mounts):
+    for index, mount in enumerate(mounts):
         try:
             same = os.path.realpath(mount.source) == mount.source and (
                 _file_identity(mount.source) == mount.identity
@@ -395,11 +420,7 @@ def check_mount_sources(spec: SandboxSpec) -> None:
         except OSError:
             same = False
         if not same:
-            raise _fail(
-                f"mounts[{index}].source",
-                f"{mount.source} changed after the spec was built (replaced or redirected): "
-                "build the spec again",
-            )
+            raise source_changed(index, mount)
 
 
 def mount_refusal(profile: Profile, source: str) -> str | None:

@@ -1,13 +1,14 @@
 """Bounded intake of what a sandbox sends: exec output and tar streams.
 
 Nothing here holds more than a stated number of bytes: in-memory output stops at its
-cap, and a tar stream is read as a file whose length is bounded by what its members
-declare plus a fixed allowance for headers.
+cap, and a tar stream is read as a file whose length is bounded by its members' data
+plus a fixed allowance for headers that no member's declared size can add to.
 """
 
 from __future__ import annotations
 
 import io
+import tarfile
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -81,8 +82,11 @@ class Collector:
 class TarStream(io.RawIOBase):
     """A tar stream read from chunks, as a file for tarfile's stream mode ("r|").
 
-    It reads at most TAR_OVERHEAD (plus a little per member) beyond the member data the
-    reader has `allow`ed, so a hostile header (a 2 GB pax record) cannot fill memory.
+    Data and headers are bounded apart. A member's data may take exactly the size it
+    declares (tarfile reads that much before the next header, and sparse members, whose
+    declared size is not what they carry, are refused). Headers are what is left: at most
+    TAR_OVERHEAD for one member's headers, since tarfile reads a pax or long-name header
+    whole into memory, and TAR_OVERHEAD plus TAR_OVERHEAD_PER_MEMBER per member in all.
     """
 
     def __init__(self, chunks: Iterator[bytes], what: str) -> None:
@@ -90,12 +94,21 @@ class TarStream(io.RawIOBase):
         self._chunks = chunks
         self._what = what
         self._pending = memoryview(b"")
-        self._read = 0
-        self._allowed = TAR_OVERHEAD
+        self._given = 0  # bytes handed to the reader
+        self._allowed = TAR_OVERHEAD  # the whole stream's bound so far
+        self._window = TAR_OVERHEAD  # where this member's data and the next headers end
 
-    def allow(self, size: int) -> None:
-        """Accept `size` more bytes: a member's data, checked against the caller's caps."""
-        self._allowed += size + TAR_OVERHEAD_PER_MEMBER
+    def admit(self, member: tarfile.TarInfo) -> None:
+        """Account for a member tarfile just read: its data, then the next member's headers."""
+        if member.issparse() or any(key.startswith("GNU.sparse.") for key in member.pax_headers):
+            raise EngineError(
+                f"{self._what}: the archive from the sandbox holds a sparse member "
+                f"({member.name!r}); refusing it"
+            )
+        data = member.size if member.isreg() else 0
+        self._allowed += data + TAR_OVERHEAD_PER_MEMBER
+        # Bytes tarfile buffered ahead count here too: a little slack, never a header's worth.
+        self._window = self._given + data + TAR_OVERHEAD
 
     def readable(self) -> bool:
         return True
@@ -106,15 +119,17 @@ class TarStream(io.RawIOBase):
                 self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
-            self._read += len(self._pending)
-            if self._read > self._allowed:
-                raise EngineError(
-                    f"{self._what}: the archive from the sandbox holds more than its members "
-                    f"declare (over {self._allowed} bytes read); refusing it"
-                )
-        size = min(len(buffer), len(self._pending))
+        room = min(self._allowed, self._window) - self._given
+        if room <= 0:
+            raise EngineError(
+                f"{self._what}: the archive from the sandbox holds more than its members "
+                f"declare (a header over {TAR_OVERHEAD} bytes, or over {self._allowed} bytes "
+                "in all); refusing it"
+            )
+        size = min(len(buffer), len(self._pending), room)
         buffer[:size] = self._pending[:size]
         self._pending = self._pending[size:]
+        self._given += size
         return size
 
     def drain(self) -> None:
@@ -122,6 +137,15 @@ class TarStream(io.RawIOBase):
         scratch = bytearray(64 * 1024)
         while self.readinto(memoryview(scratch)):
             pass
+
+
+def members(tar: tarfile.TarFile, stream: TarStream) -> Iterator[tarfile.TarInfo]:
+    """The members of `tar`, read from `stream`, each admitted to it before it is seen."""
+    while (member := tar.next()) is not None:
+        stream.admit(member)
+        # Stream mode keeps every header otherwise (typeshed does not list it).
+        tar.members.clear()  # type: ignore[attr-defined]
+        yield member
 
 
 def too_large(what: str, limit: int, argument: str) -> OutputTooLarge:

@@ -67,15 +67,19 @@ def _signal(pidfd: int, signum: int) -> None:
         signal.pidfd_send_signal(pidfd, signum)
 
 
-def _stop_tree(pid: int, namespace: int, parent: int | None, held: list[int]) -> None:
-    pidfd = _hold(pid, namespace, parent)
-    if pidfd is None:
-        return
-    held.append(pidfd)
-    # Stopped first, so nothing forks new children while the tree is being walked.
-    _signal(pidfd, signal.SIGSTOP)
-    for child in _children(pid):
-        _stop_tree(child, namespace, pid, held)
+def _stop_tree(root: int, namespace: int, held: list[int]) -> None:
+    """Hold and SIGSTOP `root` and its descendants, breadth first: a sandbox may nest
+    processes as deep as its pids limit allows, so no recursion."""
+    pending: list[tuple[int, int | None]] = [(root, None)]
+    while pending:
+        pid, parent = pending.pop()
+        pidfd = _hold(pid, namespace, parent)
+        if pidfd is None:
+            continue
+        held.append(pidfd)
+        # Stopped first, so nothing forks new children while the tree is being walked.
+        _signal(pidfd, signal.SIGSTOP)
+        pending += [(child, pid) for child in _children(pid)]
 
 
 def kill_process_tree(pid: int, namespace: int) -> bool:
@@ -83,11 +87,11 @@ def kill_process_tree(pid: int, namespace: int) -> bool:
     `namespace` (the sandbox's); False if it is not, or not visible from here."""
     held: list[int] = []
     try:
-        _stop_tree(pid, namespace, None, held)
+        _stop_tree(pid, namespace, held)
+    finally:
+        # Whatever stopped the walk, nothing held is left stopped: all of it dies.
         for pidfd in held:
             _signal(pidfd, signal.SIGKILL)
-    finally:
-        for pidfd in held:
             os.close(pidfd)
     return bool(held)
 
@@ -141,7 +145,9 @@ def kill_exec(marker: str, init: int, started: int, *, root: int = 0) -> bool:
     the sandbox's PID namespace are touched. False if nothing was killed.
     """
     namespace = pid_namespace(init)
-    if namespace is None:
+    # The engine's init pid, if reused by a host process since the engine reported it,
+    # must not make the host's own namespace pass for the sandbox's.
+    if namespace is None or namespace == pid_namespace(os.getpid()):
         return False
     killed = bool(root) and kill_process_tree(root, namespace)
     ours = f"{EXEC_MARKER}={marker}".encode()

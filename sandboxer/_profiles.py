@@ -15,21 +15,11 @@ import attrs
 from ._errors import InvalidSpec
 from ._seccomp import SeccompPolicy, Target, load_policy
 from ._units import parse_size
+from ._vocabulary import Control, NetworkMode, member
 
-NETWORKS = ("none", "isolated", "bridge")
-
+NETWORKS = tuple(NetworkMode)
 # Every control a profile can ask for, in the order reports show them.
-CONTROLS = (
-    "capabilities",
-    "no_new_privileges",
-    "seccomp",
-    "read_only_root",
-    "non_root_user",
-    "pids_limit",
-    "memory_limit",
-    "cpu_limit",
-    "network",
-)
+CONTROLS = tuple(Control)
 
 
 # Linux capability names (capabilities(7)), without the CAP_ prefix.
@@ -93,6 +83,24 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
 
+def _extras(value: Mapping[str, Mapping[str, Any]] | None) -> Mapping[str, Mapping[str, str]]:
+    """Values as the engines take them: text, with booleans spelt true/false."""
+    return MappingProxyType(
+        {
+            engine: MappingProxyType({key: _extra_text(v) for key, v in keys.items()})
+            for engine, keys in (value or {}).items()
+        }
+    )
+
+
+def _extra_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _network(value: str) -> NetworkMode:
+    return member(NetworkMode, "profile.network", value)
+
+
 def _optional_size(value: int | str | None) -> int | None:
     return None if value is None else parse_size(value)
 
@@ -125,19 +133,18 @@ class Profile:
     pids: int | None = None
     memory: int | None = attrs.field(default=None, converter=_optional_size)
     cpus: float | None = None
-    network: str = "bridge"
+    network: NetworkMode = attrs.field(default=NetworkMode.BRIDGE, converter=_network)
     deny_mount_exact: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     deny_mount_under: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     deny_engine_sockets: bool = False
-    # Per-backend extras, e.g. {"incus": {"security.idmap.isolated": "true"}}.
-    backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(
-        factory=dict, converter=_frozen_mapping
-    )
+    # Each sandbox its own host id range, where the engine maps ids per sandbox (Incus).
+    isolated_ids: bool = False
+    # Named per-engine extras, e.g. {"incus": {"boot.autostart": "false"}}: engine keys no
+    # control sets. The engine refuses one that would override a key of its own.
+    extras: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, converter=_extras)
 
     def __attrs_post_init__(self) -> None:
         self._check_capabilities()
-        if self.network not in NETWORKS:
-            raise InvalidSpec("profile.network", f"must be one of {NETWORKS}, got {self.network!r}")
         if self.pids is not None and self.pids < 1:
             raise InvalidSpec("profile.limits.pids", f"must be at least 1, got {self.pids}")
         if self.cpus is not None and self.cpus <= 0:
@@ -163,7 +170,7 @@ class Profile:
                 f"(allowed: {', '.join(self.cap_add_allowed) or 'none'})",
             )
 
-    def controls(self) -> tuple[str, ...]:
+    def controls(self) -> tuple[Control, ...]:
         """The controls this profile asks a backend to enforce."""
         wanted = {
             "capabilities": bool(self.cap_drop),
@@ -201,6 +208,7 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "seccomp": "seccomp",
         "read_only_root": "read_only_root",
         "user": "user",
+        "isolated_ids": "isolated_ids",
     },
     "filesystem": {
         "tmpfs": "tmpfs",
@@ -225,7 +233,7 @@ def builtin_profiles() -> list[str]:
 def _profile_fields(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     fields: dict[str, Any] = {"description": data.pop("description", "")}
     fields["name"] = data.pop("name")
-    fields["backend_options"] = data.pop("backend", {})
+    fields["extras"] = data.pop("extras", {})
     for section, keys in _LAYOUT.items():
         values = data.pop(section, {})
         for key, value in values.items():

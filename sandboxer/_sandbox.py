@@ -31,6 +31,7 @@ from ._errors import ExecTimeout, InvalidSpec, OutputTooLarge, SandboxNotFound
 from ._extract import destination, extract
 from ._files import host_target, read_member, read_to_memory
 from ._labels import LAUNCH
+from ._live import LiveSandboxes
 from ._log import logger, timed
 from ._models import ExecResult, SandboxSpec
 from ._output import (
@@ -46,6 +47,7 @@ from ._output import (
     as_writer,
     limit_argument,
 )
+from ._vocabulary import Protocol, member
 
 # A timed-out command is reported as killed by SIGKILL, whatever the engine says.
 TIMEOUT_EXIT_CODE = -signal.SIGKILL
@@ -78,17 +80,19 @@ class Sandbox:
         self,
         backend: Backend,
         handle: Handle,
+        spec: SandboxSpec,
         plan: LaunchPlan,
         enforcement: Mapping[str, ControlStatus],
-        on_destroy: list[object],
+        live: LiveSandboxes | None,
     ) -> None:
         self._backend = backend
         self._handle = handle
+        self._spec = spec
         self._plan = plan
         self._enforcement = MappingProxyType(dict(enforcement))
         self._destroyed = False
         self._lock = threading.Lock()
-        self._registry = on_destroy
+        self._live = live  # where this process keeps it until it is destroyed
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name} on {self.backend} ({self.id[:12]})>"
@@ -107,7 +111,7 @@ class Sandbox:
 
     @property
     def spec(self) -> SandboxSpec:
-        return self._plan.spec
+        return self._spec
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -115,8 +119,25 @@ class Sandbox:
 
     @property
     def ports(self) -> dict[int, tuple[str, int]]:
-        """guest port -> (host ip, host port) where it is reachable from the host."""
-        return {p.guest_port: (p.host_ip, p.host_port or 0) for p in self._plan.ports}
+        """tcp guest port -> (host ip, host port) where it is reachable from the host;
+        `port()` reaches udp mappings too."""
+        return {
+            p.guest_port: (p.host_ip, p.host_port or 0)
+            for p in self._plan.ports
+            if p.protocol == Protocol.TCP
+        }
+
+    def port(self, guest_port: int, protocol: str = "tcp") -> tuple[str, int]:
+        """(host ip, host port) where `guest_port` over `protocol` is reachable from the host."""
+        wanted = member(Protocol, "protocol", protocol)
+        for p in self._plan.ports:
+            if p.guest_port == guest_port and p.protocol == wanted:
+                return p.host_ip, p.host_port or 0
+        mapped = ", ".join(f"{p.guest_port}/{p.protocol}" for p in self._plan.ports)
+        raise InvalidSpec(
+            "guest_port",
+            f"no {wanted} mapping of guest port {guest_port!r}; mapped: {mapped or 'none'}",
+        )
 
     @property
     def enforcement(self) -> Mapping[str, ControlStatus]:
@@ -355,8 +376,8 @@ class Sandbox:
             with timed("remove", sandbox=self.name, backend=self.backend):
                 self._backend.remove(self._handle.name, self._plan.labels.get(LAUNCH, ""))
             self._destroyed = True
-        if self in self._registry:
-            self._registry.remove(self)
+        if self._live is not None:
+            self._live.discard(self)
 
     def __enter__(self) -> Sandbox:
         return self

@@ -48,10 +48,11 @@ OPERATORS = frozenset(
 EPERM = 1
 # The architecture names `includes`/`excludes` use (Go's GOARCH spelling, as Docker's).
 NATIVE_ARCH = "amd64"
-_NAME = re.compile(r"^[a-z0-9_]+$")
-_ARCH = re.compile(r"^SCMP_ARCH_[A-Z0-9_]+$")
+# Validated with fullmatch: `$` would also match before a trailing newline.
+SYSCALL_NAME = re.compile(r"[a-z0-9_]+")
+_ARCH = re.compile(r"SCMP_ARCH_[A-Z0-9_]+")
 _U64 = 2**64
-_KERNEL = re.compile(r"^(\d+)\.(\d+)$")
+_KERNEL = re.compile(r"(\d+)\.(\d+)")
 
 
 def host_kernel() -> tuple[int, int] | None:
@@ -251,7 +252,7 @@ def _arg(data: Any, field: str) -> ArgFilter:
 def _condition(data: Any, field: str) -> Condition:
     data = _check_keys(data if data is not None else {}, field, ("arches", "caps", "minKernel"))
     kernel = data.get("minKernel")
-    parsed = _KERNEL.match(kernel) if isinstance(kernel, str) else None
+    parsed = _KERNEL.fullmatch(kernel) if isinstance(kernel, str) else None
     if kernel is not None and parsed is None:
         raise InvalidSpec(f"{field}.minKernel", f"expected 'MAJOR.MINOR', got {kernel!r}")
     caps = _strings(data.get("caps", []), f"{field}.caps")
@@ -274,7 +275,7 @@ def _rule(data: Any, field: str) -> SeccompRule:
         names = _strings([data["name"]], f"{field}.name")
     if not names:
         raise InvalidSpec(f"{field}.names", "names no syscall")
-    bad = [name for name in names if not _NAME.match(name)]
+    bad = [name for name in names if not SYSCALL_NAME.fullmatch(name)]
     if bad:
         raise InvalidSpec(f"{field}.names", f"not syscall names: {bad}")
     action = _action(data.get("action"), f"{field}.action")
@@ -316,7 +317,7 @@ def _architectures(data: Mapping[str, Any], field: str) -> tuple[str, ...]:
         arches = found
     else:
         arches = _strings(data.get("architectures", []), f"{field}.architectures")
-    bad = [arch for arch in arches if not _ARCH.match(arch)]
+    bad = [arch for arch in arches if not _ARCH.fullmatch(arch)]
     if bad:
         raise InvalidSpec(f"{field}.architectures", f"not SCMP_ARCH_ names: {bad}")
     return arches

@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._backend import Availability, Backend, Capabilities
+from ._backend import Availability, Backend, Capabilities, LaunchPlan
+from ._decide import decide, static_enforcement
 from ._errors import BackendUnavailable, UnsupportedFeature
 from ._log import logger
-from ._models import ISOLATION_LEVELS, KINDS, Requirements, SandboxSpec
+from ._models import KINDS, Requirements, SandboxSpec
+from ._plan import make_plan
 from ._registry import backend_class, backend_names
-from .images.disk import is_disk_image
 
 # Last tie-break; names not listed rank after these, alphabetically.
 DEFAULT_PREFERENCE = ("docker", "incus", "libvirt")
@@ -90,50 +91,12 @@ def natural_kind(req: Requirements) -> tuple[str, str]:
     return "app", "a single process fits an app container, the fastest to start"
 
 
-def _mismatches(spec: SandboxSpec, caps: Capabilities) -> list[str]:
-    """Why a backend with `caps` cannot run `spec` (empty when it can)."""
-    req = spec.requirements
-    problems = []
-    if req.kind is not None and caps.kind != req.kind:
-        problems.append(f"runs {caps.kind} sandboxes, {req.kind} asked for")
-    if req.isolation is not None and _level(caps.isolation) < _level(req.isolation):
-        problems.append(f"isolation {caps.isolation} is weaker than {req.isolation}")
-    if req.custom_kernel and not caps.custom_kernel:
-        problems.append("shares the host kernel; a custom kernel was asked for")
-    if req.init and not caps.init:
-        problems.append("cannot run an init system as PID 1")
-    if req.nested and not caps.nested:
-        problems.append("cannot run nested containers")
-    if req.max_start_seconds is not None and caps.start_seconds > req.max_start_seconds:
-        problems.append(
-            f"starts in about {caps.start_seconds:g}s, more than max_start_seconds="
-            f"{req.max_start_seconds:g}"
-        )
-    if is_disk_image(spec.image) and not caps.disk_images:
-        problems.append(f"cannot boot a disk image ({spec.image})")
-    if spec.mounts and not caps.mounts:
-        problems.append("cannot share host directories")
-    if spec.ports and not caps.ports:
-        problems.append("cannot publish ports")
-    if spec.effective_network not in caps.networks:
-        problems.append(f"has no {spec.effective_network!r} network")
-    res = spec.resources
-    asked = {"cpus": res.cpus, "memory": res.memory, "pids": res.pids}
-    unlimited = [n for n, v in asked.items() if v is not None and n not in caps.limits]
-    if unlimited:
-        problems.append("cannot limit " + ", ".join(unlimited))
-    # The same verdict launch's enforcement check reaches, so select() never picks a backend
-    # that launch would then refuse.
-    accepted = set(caps.controls) | spec.allow_unenforced
-    unenforced = [c for c in spec.profile.controls() if c not in accepted]
-    if unenforced:
-        whys = ", ".join(f"{c} ({caps.unenforceable.get(c, 'not supported')})" for c in unenforced)
-        problems.append(f"cannot enforce profile {spec.profile.name!r} controls: {whys}")
-    return problems
-
-
-def _level(level: str) -> int:
-    return ISOLATION_LEVELS.index(level) if level in ISOLATION_LEVELS else -1
+def _mismatches(plan: LaunchPlan, caps: Capabilities, cls: type[Backend] | None) -> list[str]:
+    """Why a backend with `caps` (of class `cls`, when loaded) cannot run `plan`: the
+    verdict `Backend.check` reaches, with the declared enforcement, so select() never
+    picks a backend that launch would then refuse."""
+    refusals = cls.refusals(plan) if cls is not None else []
+    return list(decide(plan, caps, static_enforcement(plan, caps), refusals).refusals)
 
 
 def _kind_distance(kind: str, natural: str) -> int:
@@ -154,9 +117,11 @@ def rank(
     capabilities: Mapping[str, Capabilities],
     availability: Mapping[str, Availability],
     preference: Sequence[str] = DEFAULT_PREFERENCE,
+    classes: Mapping[str, type[Backend]] | None = None,
 ) -> Selection:
     """Choose among `capabilities` for `spec`; a backend in `availability` without
-    capabilities (it could not be loaded) is rejected with its reason.
+    capabilities (it could not be loaded) is rejected with its reason. `classes` adds
+    each adapter's own refusals of the plan.
 
     Raises UnsupportedFeature when no backend (or the one asked for) can meet the spec,
     BackendUnavailable when those that can are not available.
@@ -175,10 +140,11 @@ def rank(
     def state(name: str) -> Availability:
         return availability.get(name, Availability(False, "not probed"))
 
+    plan = make_plan(spec, choose_ports=False)
     rejected: dict[str, str] = {}
     capable: list[str] = []  # meet the spec, whether available or not
     for name, caps in capabilities.items():
-        problems = _mismatches(spec, caps)
+        problems = _mismatches(plan, caps, (classes or {}).get(name))
         if explicit is not None and name != explicit:
             rejected[name] = f"backend={explicit!r} was asked for"
         elif problems:
@@ -365,11 +331,12 @@ def select(
     names = backend_names()
     if spec.backend is not None and spec.backend not in names:
         raise BackendUnavailable(spec.backend, f"no such backend; known: {', '.join(names)}")
-    capabilities: dict[str, Capabilities] = {}
+    classes: dict[str, type[Backend]] = {}
     for name in names:
         with contextlib.suppress(BackendUnavailable):  # probe_all reports why
-            capabilities[name] = backend_class(name).capabilities
+            classes[name] = backend_class(name)
+    capabilities = {name: cls.capabilities for name, cls in classes.items()}
     # With backend= only that one is probed: the others are rejected whatever their state.
     unloadable = [name for name in names if name not in capabilities]
     availability = probe_all([spec.backend, *unloadable] if spec.backend else names)
-    return rank(spec, capabilities, availability, resolve_preference(preference))
+    return rank(spec, capabilities, availability, resolve_preference(preference), classes)

@@ -166,6 +166,9 @@ class AsyncSandbox:
     def ports(self) -> dict[int, tuple[str, int]]:
         return self.sync.ports
 
+    def port(self, guest_port: int, protocol: str = "tcp") -> tuple[str, int]:
+        return self.sync.port(guest_port, protocol)
+
     @property
     def enforcement(self) -> Mapping[str, ControlStatus]:
         return self.sync.enforcement

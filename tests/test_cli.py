@@ -16,8 +16,7 @@ import attrs
 import pytest
 
 import sandboxer
-from sandboxer import _gc, _registry, _selector
-from sandboxer._attach import attach, detach, find
+from sandboxer import _registry, _selector
 from sandboxer._labels import (
     CREATED_AT,
     LAUNCH,
@@ -264,11 +263,11 @@ def test_ambiguous_prefix_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
 def test_attach_gives_a_working_sandbox_that_this_process_does_not_own() -> None:
     info = planted(name="attached")
-    sandbox = attach("attached")
+    sandbox = sandboxer.attach("attached")
     assert (sandbox.name, sandbox.id, sandbox.backend) == ("attached", info.id, "fake")
     assert sandbox.exec(["echo", "x"]).stdout == b"x\n"
     assert sandbox not in _live
-    assert find(info.id).name == "attached"
+    assert sandboxer.inventory().find(info.id).name == "attached"
     sandbox.destroy()
     assert "attached" not in FakeBackend.sandboxes
 
@@ -276,7 +275,7 @@ def test_attach_gives_a_working_sandbox_that_this_process_does_not_own() -> None
 def test_detach_forgets_a_launched_sandbox() -> None:
     sandbox = sandboxer.launch(backend="fake")
     assert sandbox in _live
-    detach(sandbox)
+    sandboxer.detach(sandbox)
     assert sandbox not in _live
     sandbox.destroy()
 
@@ -354,7 +353,7 @@ def test_gc_treats_a_reused_owner_pid_as_dead() -> None:
     assert here is not None
     boot, namespace, pid, _ = here.split(":")
     planted({OWNER: f"{boot}:{namespace}:{pid}:1"}, name="ancient")
-    assert [info.name for info in _gc.gc()] == ["ancient"]
+    assert [info.name for info in sandboxer.gc()] == ["ancient"]
 
 
 def test_gc_older_than_and_sessions(
@@ -364,12 +363,13 @@ def test_gc_older_than_and_sessions(
     planted({CREATED_AT: hour_ago, SESSION: "old-run"}, name="old")
     planted({SESSION: "old-run"}, name="fresh-same-session")
     planted(name="fresh")
-    assert [i.name for i in _gc.gc(older_than=1800, dry_run=True)] == ["old"]
-    assert {i.name for i in _gc.gc(session="old-run", dry_run=True)} == {
+    assert [i.name for i in sandboxer.gc(older_than=1800, dry_run=True)] == ["old"]
+    assert {i.name for i in sandboxer.gc(session="old-run", dry_run=True)} == {
         "old",
         "fresh-same-session",
     }
-    assert [i.name for i in _gc.gc(older_than=1800, session="old-run", dry_run=True)] == ["old"]
+    old = sandboxer.gc(older_than=1800, session="old-run", dry_run=True)
+    assert [i.name for i in old] == ["old"]
     monkeypatch.setenv("SANDBOXER_SESSION", "old-run")
     code, out, err = run_cli(capsys, "gc", "--dry-run")
     assert code == 0 and "only session old-run" in err and out.count("would remove") == 2
@@ -391,8 +391,8 @@ def test_gc_goes_on_past_failures_and_exits_125(
         real_remove(self, name, launch)
 
     monkeypatch.setattr(FakeBackend, "remove", remove)
-    with pytest.raises(_gc.GcIncomplete) as failure:
-        _gc.gc(dry_run=False)
+    with pytest.raises(sandboxer.GcIncomplete) as failure:
+        sandboxer.gc(dry_run=False)
     assert [i.name for i in failure.value.removed] == ["loose"]
     assert failure.value.failures == {"fake/stuck": "engine said no"}
     code, _, err = run_cli(capsys, "gc")
@@ -401,7 +401,7 @@ def test_gc_goes_on_past_failures_and_exits_125(
 
 def test_gc_rejects_a_negative_bound() -> None:
     with pytest.raises(sandboxer.InvalidSpec, match="older_than"):
-        _gc.gc(older_than=-1)
+        sandboxer.gc(older_than=-1)
 
 
 # select, doctor, profiles, images ----------------------------------------------------
@@ -434,7 +434,7 @@ def test_doctor_exit_code_follows_the_report(
 ) -> None:
     asked: list[Any] = []
     module = types.SimpleNamespace(diagnose=lambda names: asked.append(names) or FakeReport(ok))
-    monkeypatch.setitem(sys.modules, "sandboxer._doctor", module)
+    monkeypatch.setitem(sys.modules, "sandboxer.doctor", module)
     assert run_cli(capsys, "doctor") == (code, FakeReport(ok).render() + "\n", "")
     assert json.loads(run_cli(capsys, "doctor", "--json", "fake")[1]) == {"ok": ok}
     assert asked == [None, ["fake"]]

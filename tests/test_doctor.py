@@ -12,9 +12,17 @@ import attrs
 import pytest
 
 import sandboxer
-from sandboxer import Availability, Backend, Capabilities, Check, ImageNotFound, _doctor
-from sandboxer._doctor import diagnose
+from sandboxer import (
+    Availability,
+    Backend,
+    Capabilities,
+    Check,
+    CheckColumn,
+    ImageNotFound,
+    doctor,
+)
 from sandboxer._registry import INSTALL_HINTS
+from sandboxer.doctor import diagnose
 
 APP = Capabilities(
     kind="app",
@@ -23,7 +31,7 @@ APP = Capabilities(
     custom_kernel=False,
     nested=False,
     networks=frozenset({"none", "isolated", "bridge"}),
-    limits=frozenset({"cpus", "memory", "pids"}),
+    limits=frozenset({"cpu_limit", "memory_limit", "pids_limit"}),
     mounts=True,
     ports=True,
     start_seconds=0.3,
@@ -33,14 +41,19 @@ SYSTEM = attrs.evolve(
     APP, kind="system", isolation="user", init=True, nested=True, start_seconds=0.5
 )
 
+REACHABLE, PERMISSION = CheckColumn.REACHABLE, CheckColumn.PERMISSION
 HEALTHY = (
-    Check("reachable: socket", True, "/run/fake.sock"),
-    Check("permission: socket", True, "uid 0"),
+    Check("reachable: socket", True, "/run/fake.sock", column=REACHABLE),
+    Check("permission: socket", True, "uid 0", column=PERMISSION),
 )
 NO_PERMISSION = (
-    Check("reachable: socket", True, "/run/fake.sock"),
+    Check("reachable: socket", True, "/run/fake.sock", column=REACHABLE),
     Check(
-        "permission: socket", False, "not writable by uid 1000", "sudo usermod -aG fake $(id -un)"
+        "permission: socket",
+        False,
+        "not writable by uid 1000",
+        "sudo usermod -aG fake $(id -un)",
+        column=PERMISSION,
     ),
 )
 
@@ -100,7 +113,7 @@ def test_all_healthy(register: Callable[..., None]) -> None:
     assert report.ok
     assert report.default == "docker"
     docker = next(e for e in report.engines if e.name == "docker")
-    assert [docker.column(w) for w in ("installed", "reachable", "permission")] == [True] * 3
+    assert [docker.column(column) for column in CheckColumn] == [True] * 3
     text = report.render()
     assert "OK: the default backend docker can run a sandbox now" in text
     assert "docker *" in text and "problems:" not in text
@@ -129,7 +142,7 @@ def test_default_engine_failing_a_check_is_not_ok(register: Callable[..., None])
     assert "docker: permission: socket: not writable by uid 1000" in text
     assert "fix: sudo usermod -aG fake $(id -un)" in text
     docker = report.engines[0]
-    assert docker.column("permission") is False and docker.column("reachable") is True
+    assert docker.column(PERMISSION) is False and docker.column(REACHABLE) is True
 
 
 def test_missing_sdk_shows_the_install_hint(register: Callable[..., None]) -> None:
@@ -138,7 +151,7 @@ def test_missing_sdk_shows_the_install_hint(register: Callable[..., None]) -> No
     report = diagnose()
     assert report.ok  # the default path does not need libvirt
     libvirt = next(e for e in report.engines if e.name == "libvirt")
-    assert libvirt.column("installed") is False and not libvirt.ready
+    assert libvirt.column(CheckColumn.INSTALLED) is False and not libvirt.ready
     assert libvirt.problems[0].fix == INSTALL_HINTS["libvirt"]
     assert f"fix: {INSTALL_HINTS['libvirt']}" in report.render()
 
@@ -165,7 +178,7 @@ def test_unknown_engine(register: Callable[..., None]) -> None:
     register("docker", engine("docker"))
     report = diagnose(["nope"])
     nope = report.engines[0]
-    assert nope.name == "nope" and nope.column("installed") is False
+    assert nope.name == "nope" and nope.column(CheckColumn.INSTALLED) is False
     assert not report.ok
 
 
@@ -179,7 +192,7 @@ def test_a_diagnose_that_raises_or_hangs_is_reported(
         time.sleep(5)
         return []
 
-    monkeypatch.setattr(_doctor, "DIAGNOSE_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(doctor, "DIAGNOSE_TIMEOUT_SECONDS", 0.3)
     register("docker", engine("docker", run=boom))
     register("incus", engine("incus", SYSTEM, run=hang))
     start = time.monotonic()
@@ -196,8 +209,22 @@ def test_columns_without_checks(register: Callable[..., None]) -> None:
     report = diagnose()
     docker = report.engines[0]
     # No permission check: unknown. No reachability check: the probe answers for it.
-    assert docker.column("permission") is None and docker.column("reachable") is True
+    assert docker.column(PERMISSION) is None and docker.column(REACHABLE) is True
     assert "-" in report.render().splitlines()[3].split()
+
+
+def test_a_check_lands_in_the_column_it_names_not_the_one_its_name_says(
+    register: Callable[..., None],
+) -> None:
+    checks = (
+        Check("reachable: wording only", False, "no column given"),
+        Check("socket mode", False, "too open", column=PERMISSION),
+    )
+    register("docker", engine("docker", checks=checks))
+    docker = diagnose().engines[0]
+    assert docker.column(REACHABLE) is True  # the probe's answer: no check names the column
+    assert docker.column(PERMISSION) is False
+    assert not docker.ready  # every check counts for "can run now"
 
 
 def test_host_without_busybox(
@@ -206,7 +233,7 @@ def test_host_without_busybox(
     def no_busybox() -> Any:
         raise ImageNotFound("the built-in images need a static busybox")
 
-    monkeypatch.setattr(_doctor, "_busybox", no_busybox)
+    monkeypatch.setattr(doctor, "_busybox", no_busybox)
     register("docker", engine("docker"))
     report = diagnose()
     assert not report.ok
@@ -228,6 +255,7 @@ def test_docker_checks_stop_at_a_missing_socket(
         f"nohup dockerd -H unix://{socket} >/var/log/dockerd.log 2>&1 &"
     )
     assert "reachable: dockerd answers" not in checks  # nothing to ask without a socket
+    assert checks["reachable: docker socket"].column is CheckColumn.REACHABLE
 
 
 def test_docker_checks_for_a_remote_daemon(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ import os
 import posixpath
 import resource
 import socket
+import stat
 import struct
 import tarfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import sandboxer
-from sandboxer import Handle
+from sandboxer import Handle, _extract
 from sandboxer._backend import Backend, ExecGenerator, ExecRequest, ExitStatus
 from sandboxer._output import TAR_OVERHEAD
 from sandboxer.backends.docker._exec import stream_exec
@@ -88,10 +89,10 @@ def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
 
 
 def _member(
-    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = ""
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "", mode: int = 0o755
 ) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, link, 0o755
+    info.type, info.linkname, info.mode = kind, link, mode
     return info, data
 
 
@@ -220,7 +221,55 @@ def test_a_path_starting_with_a_dash_is_a_path(firehose: type[Firehose]) -> None
         assert sb.read_file("/tmp/-rf") == b"ok"  # Firehose checks the `--`
 
 
-# copy_out: destinations ----------------------------------------------------------------
+def _gnu_sparse(name: str, real_size: int) -> bytes:
+    """An old-GNU sparse member (tarfile writes none): one byte after a `real_size` hole."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, 1
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[386:410] = b"%011o\0%011o\0" % (real_size - 1, 1)  # the one stored run
+    header[483:495] = b"%011o\0" % real_size
+    header[148:156] = b" " * 8
+    header[148:155] = b"%06o\0" % tarfile.calc_chksums(bytes(header))[0]
+    return bytes(header) + b"x".ljust(512, b"\0")
+
+
+def _pax_sparse(name: str, real_size: int) -> bytes:
+    """A PAX 1.0 sparse member, as GNU tar --sparse --posix or bsdtar write them."""
+    info, _ = _member(f"{posixpath.dirname(name)}/GNUSparseFile.0/{posixpath.basename(name)}")
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(real_size),
+    }
+    return _blocks(info, (b"1\n%d\n1\n" % (real_size - 1)).ljust(512, b"\0") + b"x")
+
+
+def _blocks(info: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    """One member's headers and data, to put together with others by hand."""
+    info.size = len(data)
+    return info.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+def _raw(*members: bytes) -> bytes:
+    return b"".join(members) + b"\0" * 1024  # the end-of-archive blocks
+
+
+SPARSE = {"gnu": _gnu_sparse, "pax": _pax_sparse}
+
+
+@pytest.mark.parametrize("kind", SPARSE)
+def test_read_file_refuses_a_sparse_member(kind: str, firehose: type[Firehose]) -> None:
+    # Its declared size is not what it sends: it would earn allowance for bytes never read.
+    firehose.archive = _raw(SPARSE[kind]("f", 30 * MiB))
+    with (
+        sandboxer.launch(backend="firehose") as sb,
+        pytest.raises(sandboxer.EngineError, match="sparse"),
+    ):
+        sb.read_file("/tmp/f")
+
+
+# copy_out: destinations ---------------------------------------------------------------
 @pytest.fixture
 def box() -> Iterator[sandboxer.Sandbox]:
     with sandboxer.launch(backend="fake") as sb:
@@ -313,8 +362,14 @@ def test_copy_out_keeps_links_inside_the_tree(firehose: type[Firehose], tmp_path
         [_member("out/dev", tarfile.BLKTYPE)],
         [_member("elsewhere/f", data=b"x")],
         [_member("out/f"), _member("out/f")],  # a second copy must not replace the first
+        [_member("out/" + "d/" * _extract.MAX_DEPTH + "f")],
+        [_member("out/" + "/".join(["n" * 200] * 21))],  # 4225 bytes, 22 deep
+        [_member("out/" + "a/" * 3000 + "f", data=b"x"), _member("/etc/evil")],
     ],
-    ids=["link up", "link through dot-dot", "fifo", "block device", "other top", "duplicate"],
+    ids=[
+        *("link up", "link through dot-dot", "fifo", "block device", "other top", "duplicate"),
+        *("too deep", "too long", "too deep to clean up, then bad"),
+    ],
 )
 def test_copy_out_refuses_what_could_leave_the_tree(
     members: list[tuple[tarfile.TarInfo, bytes]], firehose: type[Firehose], tmp_path: Path
@@ -323,6 +378,134 @@ def test_copy_out_refuses_what_could_leave_the_tree(
     with pytest.raises(sandboxer.SandboxError):
         _copy_out_of(firehose, archive, tmp_path / "dest")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", SPARSE)
+def test_copy_out_refuses_a_sparse_member(
+    kind: str, firehose: type[Firehose], tmp_path: Path
+) -> None:
+    # It earned 30 MiB of allowance for one byte sent, which the next pax header then spent.
+    huge, _ = _member("out/g")
+    huge.pax_headers = {"comment": "x" * (20 * MiB)}
+    archive = _raw(
+        _blocks(_member("out", tarfile.DIRTYPE)[0]),
+        SPARSE[kind]("out/f", 30 * MiB),
+        _blocks(huge, b"g"),
+    )
+    with pytest.raises(sandboxer.EngineError, match="sparse"):
+        _copy_out_of(firehose, archive, tmp_path / "dest")
+    assert os.listdir(tmp_path) == []
+
+
+def test_one_members_headers_stay_under_the_fixed_overhead(
+    firehose: type[Firehose], tmp_path: Path
+) -> None:
+    # What small members leave of their allowance must not add up to one header bigger
+    # than TAR_OVERHEAD: tarfile reads a pax header whole into memory.
+    small = [_member(f"out/{i}", data=b"x") for i in range(1000)]
+    huge = _member("out/last")
+    huge[0].pax_headers = {"comment": "x" * (TAR_OVERHEAD + MiB // 4)}
+    archive = _tar(_member("out", tarfile.DIRTYPE), *small, huge)
+    with pytest.raises(sandboxer.EngineError, match="more than its members declare"):
+        _copy_out_of(firehose, archive, tmp_path / "dest")
+    assert os.listdir(tmp_path) == []
+
+
+def test_copy_out_keeps_no_write_bits_for_others_and_no_special_bits(
+    firehose: type[Firehose], tmp_path: Path
+) -> None:
+    archive = _tar(
+        _member("out", tarfile.DIRTYPE, mode=0o777),
+        _member("out/run", mode=0o777),
+        _member("out/suid", mode=0o6777),
+        _member("out/private", mode=0o640),
+        _member("out/tmp", tarfile.DIRTYPE, mode=0o1777),
+        _member("out/ro", tarfile.DIRTYPE, mode=0o500),
+    )
+    _copy_out_of(firehose, archive, tmp_path / "dest")
+    dest = tmp_path / "dest"
+    modes = {path.name: stat.S_IMODE(path.lstat().st_mode) for path in (dest, *dest.iterdir())}
+    assert modes == {
+        **{"dest": 0o755, "run": 0o755, "suid": 0o755, "private": 0o640},
+        **{"tmp": 0o755, "ro": 0o700},  # the owner keeps rwx on directories
+    }
+
+
+def test_overwrite_replaces_whatever_the_new_entry_is_called(
+    firehose: type[Firehose], tmp_path: Path
+) -> None:
+    # The old entry is moved aside inside the scratch directory, next to the new one.
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"old")
+    firehose.archive = _tar(_member(".replaced", data=b"new"))
+    with sandboxer.launch(backend="firehose") as sb:
+        sb.copy_out("/x/.replaced", dest, overwrite=True)
+    assert dest.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["dest"]
+
+
+def _deep_dirs(root: Path, depth: int) -> None:
+    """root/d/d/... `depth` levels down, past what a path (or shutil.rmtree) can reach."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_overwrite_removes_an_old_tree_of_any_depth(box: sandboxer.Sandbox, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    _deep_dirs(dest, 3000)
+    box.copy_out("/tmp/tree", dest, overwrite=True)
+    assert os.listdir(dest) == ["a"]
+    assert os.listdir(tmp_path) == ["dest"]
+
+
+def test_a_failing_clean_up_never_hides_what_went_wrong(
+    firehose: type[Firehose], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(dir_fd: int, name: str) -> None:
+        raise PermissionError("no")
+
+    monkeypatch.setattr(_extract, "remove_tree", fail)
+    bad = _tar(_member("out", tarfile.DIRTYPE), _member("out/fifo", tarfile.FIFOTYPE))
+    with pytest.raises(_extract.UnsafeArchive) as error:
+        _copy_out_of(firehose, bad, tmp_path / "a")
+    assert any("could not be removed" in note for note in error.value.__notes__)
+    good = _tar(_member("out", tarfile.DIRTYPE))
+    with pytest.raises(sandboxer.EngineError, match="landed, but the scratch directory"):
+        _copy_out_of(firehose, good, tmp_path / "b")
+    assert (tmp_path / "b").is_dir()
+
+
+def test_removal_stops_if_a_directory_is_moved_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Climbing back through '..' from a moved directory would land elsewhere.
+    for path in ("scratch/a/b", "scratch/a/c", "elsewhere/c"):
+        (tmp_path / path).mkdir(parents=True)
+    (tmp_path / "elsewhere" / "c" / "victim").write_bytes(b"keep")
+    empty = _extract._empty_all_but_dirs
+
+    def move_b_away(fd: int) -> list[str]:
+        if os.path.samestat(os.fstat(fd), (tmp_path / "scratch" / "a" / "b").stat()):
+            os.rename(tmp_path / "scratch" / "a" / "b", tmp_path / "elsewhere" / "b")
+        return sorted(empty(fd), reverse=True)  # popped from the end: b is entered first
+
+    monkeypatch.setattr(_extract, "_empty_all_but_dirs", move_b_away)
+    parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError, match="moved"):
+            _extract.remove_tree(parent, "scratch")
+    finally:
+        os.close(parent)
+    assert (tmp_path / "elsewhere" / "c" / "victim").read_bytes() == b"keep"
 
 
 # bad input on every entry point ---------------------------------------------------------

@@ -19,7 +19,15 @@ import sandboxer
 from sandboxer import Mount, PortMapping, SandboxSpec
 from sandboxer._backend import LaunchPlan
 from sandboxer._launch import make_plan
-from sandboxer.backends.incus import _config, _errors, _images, _network, _prepare, _users
+from sandboxer.backends.incus import (
+    _config,
+    _errors,
+    _images,
+    _network,
+    _prepare,
+    _refusals,
+    _users,
+)
 from sandboxer.backends.incus._client import DEFAULT_SOCKET, Endpoint
 from sandboxer.backends.incus._config import Nic
 from sandboxer.backends.incus._sdk import pylxd
@@ -133,10 +141,9 @@ def test_cap_add_is_kept_and_a_partial_drop_list_is_dropped() -> None:
     assert "lxc.cap.drop = net_raw sys_admin" in raw_lines(request(plan(profile=partial)))
 
 
-def test_profile_backend_options_append_to_line_lists_and_override_the_rest() -> None:
+def test_profile_extras_append_to_line_lists_and_set_keys_no_control_sets() -> None:
     hardened = sandboxer.load_profile("hardened")
-    extra = hardened.derive("extra", backend_options={"incus": {
-        **hardened.backend_options["incus"],
+    extra = hardened.derive("extra", extras={"incus": {
         "raw.lxc": "lxc.apparmor.profile = unconfined",
         "raw.seccomp": "acct errno 1",
         "boot.autostart": False,
@@ -146,19 +153,29 @@ def test_profile_backend_options_append_to_line_lists_and_override_the_rest() ->
     assert "lxc.cap.keep = none" in config["raw.lxc"]
     assert config["raw.seccomp"].endswith("\nacct errno 1")
     assert config["boot.autostart"] == "false"
+    assert config["security.idmap.isolated"] == "true"  # the profile's isolated_ids
+
+
+@pytest.mark.parametrize(
+    "key", ["security.privileged", "security.nesting", "security.guestapi", "limits.memory"]
+)
+def test_profile_extras_that_would_override_a_control_are_refused_by_check(key: str) -> None:
+    extra = sandboxer.load_profile("hardened").derive("extra", extras={"incus": {key: "true"}})
+    refusals = _refusals.refusals(plan(profile=extra))
+    assert any(key in refusal for refusal in refusals), refusals
 
 
 def test_profile_syscall_keys_that_raw_seccomp_would_void_are_refused() -> None:
     hardened = sandboxer.load_profile("hardened")
-    extra = hardened.derive("extra", backend_options={"incus": {"security.syscalls.deny": "x"}})
-    with pytest.raises(sandboxer.UnsupportedFeature, match=r"security\.syscalls\.deny"):
-        request(plan(profile=extra))
+    extra = hardened.derive("extra", extras={"incus": {"security.syscalls.deny": "x"}})
+    (refusal,) = _refusals.refusals(plan(profile=extra))
+    assert "security.syscalls.deny" in refusal
 
 
 def test_tmpfs_path_with_spaces_is_refused() -> None:
     odd = sandboxer.load_profile("default").derive("odd", tmpfs={"/my tmp": 1024})
-    with pytest.raises(sandboxer.UnsupportedFeature):
-        request(plan(profile=odd))
+    (refusal,) = _refusals.refusals(plan(profile=odd))
+    assert "/my tmp" in refusal
 
 
 # spec fields -------------------------------------------------------------------------
@@ -292,8 +309,8 @@ def test_every_host_mount_is_remounted_nosuid_nodev(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("target", ["/my data", "/x'y", "/a\nlxc.hook.pre-start = x", "/$(id)"])
 def test_mount_targets_a_hook_cannot_name_safely_are_refused(tmp_path: Path, target: str) -> None:
-    with pytest.raises(sandboxer.UnsupportedFeature):
-        request(plan(mounts=[Mount(str(tmp_path), target)]))
+    (refusal,) = _refusals.refusals(plan(mounts=[Mount(str(tmp_path), target)]))
+    assert "nosuid,nodev" in refusal
 
 
 # seccomp translation (the translator itself: tests/test_seccomp.py) --------------------

@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 import sandboxer
-from sandboxer import _gc
+from sandboxer import ownership
 from sandboxer._labels import KEEP, LAUNCH, OWNER, owner_identity
 from sandboxer._launch import _live, make_plan
 from sandboxer.testing import FakeBackend
@@ -61,22 +61,22 @@ def test_every_launch_has_its_own_id() -> None:
 def test_an_owner_in_another_pid_namespace_is_not_judged() -> None:
     _made_elsewhere("theirs", **{OWNER: _owner_elsewhere("4026531999")})
     (info,) = [i for i in FakeBackend().list_sandboxes() if i.name == "theirs"]
-    assert _gc.owner_alive(info) is None
-    assert _gc.gc() == []
+    assert ownership.owner_alive(info) is None
+    assert sandboxer.gc() == []
 
 
 def test_the_owner_is_this_process_by_identity() -> None:
     with sandboxer.launch(backend="fake") as sandbox:
         assert sandbox.labels[OWNER] == owner_identity(os.getpid())
         (info,) = [i for i in FakeBackend().list_sandboxes() if i.name == sandbox.name]
-        assert _gc.owner_alive(info) is True
+        assert ownership.owner_alive(info) is True
 
 
 def test_kept_sandboxes_outlive_their_owner_until_asked() -> None:
     sandbox = sandboxer.launch(backend="fake", keep=True)
     assert sandbox not in _live and sandbox.labels[KEEP] == "true"
-    assert _gc.gc(session=sandbox.labels["sandboxer.session"]) == []
-    removed = _gc.gc(session=sandbox.labels["sandboxer.session"], include_kept=True)
+    assert sandboxer.gc(session=sandbox.labels["sandboxer.session"]) == []
+    removed = sandboxer.gc(session=sandbox.labels["sandboxer.session"], include_kept=True)
     assert [info.name for info in removed] == [sandbox.name]
 
 

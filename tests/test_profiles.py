@@ -80,3 +80,14 @@ def test_a_network_the_spec_asks_for_is_reported_relaxed_not_refused() -> None:
         status = sb.enforcement["network"]
         assert status.enforced is False and "relaxed by the spec" in status.mechanism
         assert sb.enforcement["seccomp"].enforced is True
+
+
+def test_engine_extras_are_named_and_security_keys_are_controls(tmp_path: Path) -> None:
+    path = tmp_path / "extra.toml"
+    path.write_text('[security]\nisolated_ids = true\n[extras.incus]\n"boot.autostart" = false\n')
+    profile = load_profile(path)
+    assert profile.isolated_ids and load_profile("hardened").isolated_ids
+    assert profile.extras == {"incus": {"boot.autostart": "false"}}
+    path.write_text('[backend.incus]\n"security.privileged" = "true"\n')
+    with pytest.raises(sandboxer.InvalidSpec, match="backend"):
+        load_profile(path)

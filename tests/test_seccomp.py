@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +173,20 @@ def test_an_errno_rule_without_errnoret_means_eperm() -> None:
             "seccomp.syscalls[0].excludes.os",
         ),
         ({"architectures": ["x86_64"]}, "seccomp.architectures"),
+        # `^...$` with match() let these through: `$` matches before a trailing newline.
+        (
+            {"syscalls": [{"names": ["ptrace\n"], "action": "SCMP_ACT_ALLOW"}]},
+            "seccomp.syscalls[0].names",
+        ),
+        ({"architectures": ["SCMP_ARCH_X86_64\n"]}, "seccomp.architectures"),
+        (
+            {
+                "syscalls": [
+                    {"names": ["x"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "4.8\n"}}
+                ]
+            },
+            "seccomp.syscalls[0].includes.minKernel",
+        ),
         (
             {"syscalls": [{"name": "x", "names": ["y"], "action": "SCMP_ACT_ALLOW"}]},
             "seccomp.syscalls[0].name",
@@ -269,6 +287,31 @@ def test_builtin_policies_are_allow_lists_leaving_out_what_moby_denies(name: str
     assert clone.args == (ArgFilter(0, "SCMP_CMP_MASKED_EQ", CLONE_NAMESPACES, 0),)
 
 
+@pytest.mark.parametrize("name", ["hardened", "strict"])
+def test_builtin_argument_filters_hold_against_upper_bits(name: str) -> None:
+    """The kernel reads these arguments as 32 bits or fewer and drops the rest, while the
+    filter sees 64: a range (family > 40) passes 1<<32 | AF_VSOCK. Only EQ, which fails
+    when the upper bits are set, or a mask within the low word keeps its meaning."""
+    seccomp = sandboxer.load_profile(name).seccomp
+    assert seccomp is not None
+    for rule in seccomp.rules:
+        for arg in rule.args:
+            assert arg.op == "SCMP_CMP_EQ" or (
+                arg.op == "SCMP_CMP_MASKED_EQ" and arg.value < 2**32
+            ), (rule.names, arg)
+
+
+def test_hardened_lists_socket_families_and_leaves_out_the_i386_abi() -> None:
+    hardened = sandboxer.load_profile("hardened").seccomp
+    assert hardened is not None
+    sockets = [r.args for r in hardened.rules if r.names == ("socket",)]
+    # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK: never AF_ALG, AF_VSOCK or the rarer families.
+    assert {args[0].value for args in sockets} == {1, 2, 10, 16}
+    # i386 socketcall takes the family in memory: libseccomp then allows socketcall
+    # (SYS_SOCKET) for any family, so the i386 ABI stays out (x32 calls socket directly).
+    assert hardened.architectures == ("SCMP_ARCH_X86_64", "SCMP_ARCH_X32")
+
+
 def test_strict_denies_more() -> None:
     strict = sandboxer.load_profile("strict")
     assert strict.seccomp is not None
@@ -354,6 +397,16 @@ def test_incus_translation_of_a_deny_list_and_of_what_lxc_lacks() -> None:
     assert len(result.problems) == 1 and "SCMP_ACT_LOG" in result.problems[0]
 
 
+@pytest.mark.parametrize("name", ["ptrace\n", "ptrace\nread", "read allow"])
+def test_incus_refuses_a_name_that_would_write_a_line_of_its_own(name: str) -> None:
+    """Past parsing (a policy built in code): under an allowlist, `ptrace\n` would give
+    LXC a bare `ptrace` line."""
+    bad = SeccompPolicy("SCMP_ACT_ERRNO", rules=(SeccompRule((name,), "SCMP_ACT_ERRNO"),))
+    with pytest.raises(sandboxer.InvalidSpec, match="not syscall names") as raised:
+        translate(bad)
+    assert raised.value.field == "seccomp"
+
+
 def test_incus_gets_the_rules_for_its_arch_and_the_granted_caps() -> None:
     resolved = CONDITIONAL.resolve(Target(kernel=(6, 1)))
     lines = translate(resolved).policy.splitlines()
@@ -402,10 +455,45 @@ def test_libvirt_refuses_an_unresolved_policy_and_compiles_the_resolved_one() ->
 
 @needs_libseccomp
 def test_libvirt_guest_program_for_each_builtin_profile() -> None:
-    assert libvirt_seccomp.guest_program(sandboxer.load_profile("default")) == b""
+    assert libvirt_seccomp.guest_program(None, Target()) == b""
     for name in ("hardened", "strict"):
-        program = libvirt_seccomp.guest_program(sandboxer.load_profile(name))
+        profile = sandboxer.load_profile(name)
+        program = libvirt_seccomp.guest_program(profile.seccomp, profile.seccomp_target())
         assert program and len(program) % 8 == 0
+
+
+# What the filter answers, installed in a child process (no privilege needed with
+# no_new_privs): syscall(SYS_socket, family, SOCK_STREAM, 0) per family on argv.
+_TRY_SOCKETS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+program = open(sys.argv[1], "rb").read()
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(program) // 8, program)), 0, 0) == 0
+for family in sys.argv[2:]:
+    fd = libc.syscall(ctypes.c_long(41), ctypes.c_long(int(family, 0)), 1, 0)
+    print("OK" if fd >= 0 else os.strerror(ctypes.get_errno()))
+"""
+
+
+@needs_libseccomp
+def test_libvirt_program_refuses_a_family_with_upper_bits_set(tmp_path: Path) -> None:
+    """The reviewer's attack: 1<<32 | AF_VSOCK passed `family > 40`, the kernel saw 40."""
+    program = tmp_path / "hardened.bpf"
+    hardened = sandboxer.load_profile("hardened")
+    program.write_bytes(libvirt_seccomp.guest_program(hardened.seccomp, hardened.seccomp_target()))
+    families = ["0x100000028", "0x100000026", "0x100000002", "40", "2"]
+    done = subprocess.run(
+        [sys.executable, "-c", _TRY_SOCKETS, str(program), *families],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    eperm = os.strerror(errno.EPERM)
+    assert done.stdout.split("\n")[:-1] == [eperm, eperm, eperm, eperm, "OK"]
 
 
 def test_rules_are_plain_values() -> None:

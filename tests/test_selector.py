@@ -28,7 +28,7 @@ from sandboxer.testing import FakeBackend
 
 ALL_CONTROLS = {control: "fake mechanism" for control in sandboxer.CONTROLS}
 NETWORKS = frozenset({"none", "isolated", "bridge"})
-LIMITS = frozenset({"cpus", "memory", "pids"})
+LIMITS = frozenset({"cpu_limit", "memory_limit", "pids_limit"})
 
 
 def caps(kind: str, isolation: str, start: float, **changes: Any) -> Capabilities:
@@ -233,7 +233,7 @@ CASES = [
             )
         },
         expect=UnsupportedFeature,
-        reasons=("cannot enforce profile 'hardened' controls: seccomp (no host filter)",),
+        reasons=("cannot enforce profile 'hardened' controls (seccomp: no host filter)",),
     ),
     Case(
         "an unenforceable control the caller accepts",
@@ -244,7 +244,10 @@ CASES = [
     Case(
         "an explicit limit the backend cannot apply",
         {"resources": sandboxer.Resources(memory="64MiB")},
-        capabilities={"docker": attrs.evolve(DOCKER, limits=frozenset({"pids"})), "incus": INCUS},
+        capabilities={
+            "docker": attrs.evolve(DOCKER, limits=frozenset({"pids_limit"})),
+            "incus": INCUS,
+        },
         expect="incus",
         rejected={"docker": "cannot limit memory"},
     ),

@@ -271,7 +271,11 @@ def test_generated_specs(data: st.DataObject, host: dict[str, str]) -> None:
             assert create.call_count == 1
             assert sandbox.name in FakeBackend.sandboxes
             assert dict(sandbox.spec.env) == fields["env"]
-            assert len(sandbox.ports) == len(fields["ports"])
+            for port in fields["ports"]:
+                host_ip, host_port = sandbox.port(port["guest_port"], port["protocol"])
+                assert host_port > 0
+                if port["protocol"] == "tcp":
+                    assert sandbox.ports[port["guest_port"]] == (host_ip, host_port)
     assert FakeBackend.sandboxes == before
 
 

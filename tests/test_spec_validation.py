@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import sandboxer
-from sandboxer import Mount, PortMapping, SandboxSpec, load_profile
+from sandboxer import InvalidSpec, Mount, PortMapping, SandboxSpec, load_profile
 from sandboxer._models import ENGINE_SOCKETS, mount_refusal
 from sandboxer.testing import FakeBackend
 
@@ -121,3 +121,20 @@ def test_sizes() -> None:
     assert sandboxer.Resources(memory="256m").memory == 256 * 1024**2
     assert sandboxer.Resources(memory="1GB").memory == 10**9
     assert sandboxer.Resources(memory=4096).memory == 4096
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "web\n"),
+        ("user", "x; $(id)"),
+        ("user", "1000\n"),
+        ("user", "-1000"),
+        ("env", {"A\n": "1"}),
+    ],
+)
+def test_values_with_control_characters_or_shell_syntax_are_refused(
+    field: str, value: object
+) -> None:
+    with pytest.raises(InvalidSpec, match=field):
+        SandboxSpec(**{field: value})

@@ -20,7 +20,6 @@ from sandboxer._backend import (
     SandboxState,
     log_tail,
 )
-from sandboxer._errors import UnsupportedFeature
 from sandboxer._labels import LAUNCH, MANAGED
 from sandboxer._log import logger, timed
 from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
@@ -28,6 +27,7 @@ from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
 
 from . import _doctor
 from ._config import create_arguments
+from ._endpoint import socket_path
 from ._errors import docker_errors
 from ._exec import stream_exec
 from ._network import Networks
@@ -51,11 +51,6 @@ def _ours() -> dict[str, str]:
     return {"label": _OURS}
 
 
-def _socket_path() -> str | None:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return host.removeprefix("unix://") if host.startswith("unix://") else None
-
-
 class DockerBackend(Backend):
     name: ClassVar[str] = "docker"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -65,7 +60,7 @@ class DockerBackend(Backend):
         custom_kernel=False,
         nested=False,
         networks=frozenset({"none", "isolated", "bridge"}),
-        limits=frozenset({"cpus", "memory", "pids"}),
+        limits=frozenset({"cpu_limit", "memory_limit", "pids_limit"}),
         mounts=True,
         ports=True,
         start_seconds=0.3,
@@ -92,7 +87,7 @@ class DockerBackend(Backend):
             # One client per process: every call reuses its connection pool.
             self._client = docker.from_env(max_pool_size=64, timeout=120)
         self._api = self._client.api
-        if _socket_path() is not None:
+        if socket_path() is not None:
             # No proxy, netrc or CA bundle applies to a unix socket; requests would still
             # scan the environment for them on every call.
             self._api.trust_env = False
@@ -105,7 +100,7 @@ class DockerBackend(Backend):
     @classmethod
     def probe(cls) -> Availability:
         fix = "scripts/setup-engines.sh docker (installs docker.io and starts dockerd)"
-        path = _socket_path()
+        path = socket_path()
         if path is not None and not os.path.exists(path):
             return Availability(False, f"no Docker socket at {path}", fix)
         try:
@@ -144,14 +139,19 @@ class DockerBackend(Backend):
             self._ready_images.add(reference)
         return reference
 
-    def create(self, plan: LaunchPlan) -> Handle:
+    @classmethod
+    def refusals(cls, plan: LaunchPlan) -> list[str]:
+        found = super().refusals(plan)
         if plan.network == "isolated" and plan.ports:
             # Docker publishes no ports from internal networks; refuse rather than drop them.
-            raise UnsupportedFeature(
+            found.append(
                 "docker: ports cannot be published from an 'isolated' (internal) network; "
                 "use network='bridge'"
             )
-        image = self._image(plan.spec.image)
+        return found
+
+    def create(self, plan: LaunchPlan) -> Handle:
+        image = self._image(plan.image)
         with docker_errors():
             network = None
             if plan.network == "isolated":

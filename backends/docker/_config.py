@@ -15,47 +15,43 @@ LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m",
 
 
 def security_options(plan: LaunchPlan) -> list[str]:
-    profile = plan.profile
     options = []
-    if profile.no_new_privileges:
+    if plan.no_new_privileges:
         options.append("no-new-privileges:true")
-    if profile.seccomp is not None:
+    if plan.seccomp is not None:
         # The API takes the policy itself (serialized once per policy); Docker evaluates
         # its includes/excludes against the container's own capabilities.
-        options.append("seccomp=" + profile.seccomp.oci_json())
+        options.append("seccomp=" + plan.seccomp.oci_json())
     return options
 
 
 def tmpfs_mounts(plan: LaunchPlan) -> dict[str, str]:
-    return {
-        path: f"rw,nosuid,nodev,size={size},mode=1777" for path, size in plan.profile.tmpfs.items()
-    }
+    return {tmpfs.path: tmpfs.options for tmpfs in plan.tmpfs}
 
 
 def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[str, Any]:
     """Keyword arguments for `DockerClient.containers.create` that honour every plan field."""
-    spec, profile = plan.spec, plan.profile
     arguments: dict[str, Any] = {
         "image": image,
-        "command": list(spec.command or KEEPALIVE),
+        "command": list(plan.command or KEEPALIVE),
         "name": plan.name,
         "hostname": plan.name,
         "labels": dict(plan.labels),
-        "environment": dict(spec.env),
-        "working_dir": spec.workdir,
+        "environment": dict(plan.env),
+        "working_dir": plan.workdir,
         "user": plan.user or "",
         "init": True,
         "detach": True,
-        "cap_drop": list(profile.cap_drop) or None,
-        "cap_add": list(profile.cap_add) or None,
+        "cap_drop": list(plan.cap_drop) or None,
+        "cap_add": list(plan.cap_add) or None,
         "security_opt": security_options(plan) or None,
-        "read_only": profile.read_only_root,
+        "read_only": plan.read_only_root,
         "tmpfs": tmpfs_mounts(plan) or None,
         # Mount objects, not `volumes`: a bind source gone missing fails the launch instead
         # of being silently created on the host as an empty root-owned directory.
         "mounts": [
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
-            for m in spec.mounts
+            for m in plan.mounts
         ]
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}

@@ -1,8 +1,8 @@
 """Docker's checks for `sandboxer doctor`: engine installed, socket reachable and
 permitted, daemon answering, and the kernel features the hardened profile relies on.
 
-Each failing check carries the command that fixes it. Check names start with the doctor
-column they belong to (installed / reachable / permission / ready).
+Each failing check carries the command that fixes it, and the doctor column it answers
+(installed / reachable / permission); "ready:" checks count only for "can run now".
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 import shutil
 from typing import Any
 
-from sandboxer._backend import Backend, Check
+from sandboxer._backend import Backend, Check, CheckColumn
 
+from ._endpoint import socket_path
 from ._sdk import docker
 
 _INSTALL = "apt-get install -y docker.io"
@@ -36,10 +37,22 @@ def _socket_checks(path: str) -> list[Check]:
     dockerd = shutil.which("dockerd")
     if not os.path.exists(path):
         return [
-            Check("installed: dockerd", bool(dockerd), dockerd or "dockerd not found", _INSTALL),
-            Check("reachable: docker socket", False, f"no socket at {path}", _start_command(path)),
+            Check(
+                "installed: dockerd",
+                bool(dockerd),
+                dockerd or "dockerd not found",
+                _INSTALL,
+                column=CheckColumn.INSTALLED,
+            ),
+            Check(
+                "reachable: docker socket",
+                False,
+                f"no socket at {path}",
+                _start_command(path),
+                column=CheckColumn.REACHABLE,
+            ),
         ]
-    checks = [Check("reachable: docker socket", True, path)]
+    checks = [Check("reachable: docker socket", True, path, column=CheckColumn.REACHABLE)]
     if not os.access(path, os.R_OK | os.W_OK):
         group = grp.getgrgid(os.stat(path).st_gid).gr_name
         checks.append(
@@ -48,10 +61,14 @@ def _socket_checks(path: str) -> list[Check]:
                 False,
                 f"{path} is not writable by uid {os.getuid()} (group {group})",
                 f"sudo usermod -aG {group} $(id -un) && newgrp {group}",
+                column=CheckColumn.PERMISSION,
             )
         )
     else:
-        checks.append(Check("permission: docker socket", True, f"uid {os.getuid()} may use it"))
+        permitted = f"uid {os.getuid()} may use it"
+        checks.append(
+            Check("permission: docker socket", True, permitted, column=CheckColumn.PERMISSION)
+        )
     return checks
 
 
@@ -65,7 +82,10 @@ def _daemon_checks(path: str | None) -> list[Check]:
         finally:
             client.close()
     except Exception as exc:
-        return [Check("reachable: dockerd answers", False, str(exc), _start_command(path))]
+        fix = _start_command(path)
+        return [
+            Check("reachable: dockerd answers", False, str(exc), fix, column=CheckColumn.REACHABLE)
+        ]
     seccomp = any("seccomp" in option for option in info.get("SecurityOptions") or [])
     limits = [key for key in ("MemoryLimit", "PidsLimit") if not info.get(key)]
     return [
@@ -73,6 +93,7 @@ def _daemon_checks(path: str | None) -> list[Check]:
             "reachable: dockerd answers",
             True,
             f"Docker {version.get('Version')}, API {version.get('ApiVersion')}",
+            column=CheckColumn.REACHABLE,
         ),
         Check(
             "ready: seccomp",
@@ -94,9 +115,7 @@ def _daemon_checks(path: str | None) -> list[Check]:
 
 def diagnose(cls: type[Backend]) -> list[Check]:
     """DockerBackend.diagnose: every check, stopping where the next would only repeat it."""
-    from ._backend import _socket_path  # here, not at the top: _backend imports this module
-
-    path = _socket_path()
+    path = socket_path()
     checks = [] if path is None else _socket_checks(path)  # remote DOCKER_HOST: daemon only
     if all(check.ok for check in checks):
         checks += _daemon_checks(path)

@@ -30,13 +30,12 @@ from sandboxer._backend import (
 from sandboxer._errors import (
     BackendUnavailable,
     EngineError,
+    OutputTooLarge,
     SandboxNotFound,
-    UnsupportedFeature,
 )
 from sandboxer._labels import EXEC_USER, LAUNCH, MANAGED
 from sandboxer._log import logger, timed
 from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
-from sandboxer.images import is_builtin
 
 from . import _diagnose, _exec, _prepare
 from ._client import Endpoint, Incus
@@ -48,8 +47,9 @@ from ._config import (
     labels_from_config,
 )
 from ._errors import incus_errors
-from ._images import SYSTEM_IMAGE, Images
+from ._images import Images, image_name
 from ._network import Networks, retry_address_conflicts
+from ._refusals import refusals
 from ._sdk import pylxd
 from ._users import Identity, is_numeric, resolve
 from ._websocket import WebSocket
@@ -62,6 +62,8 @@ _STATES = {
     "starting": SandboxState.CREATED,
 }
 _REMOVE_SECONDS = 30.0
+# /etc/passwd and /etc/group, read to map a user name: real ones are a few KiB.
+_ACCOUNTS_MAX = 1024 * 1024
 _RETRY_SECONDS = 0.25
 
 
@@ -77,6 +79,7 @@ class _Known:
 
 class IncusBackend(Backend):
     name: ClassVar[str] = "incus"
+    takes_extras: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         kind="system",
         isolation="user",
@@ -84,7 +87,7 @@ class IncusBackend(Backend):
         custom_kernel=False,
         nested=True,
         networks=frozenset({"none", "isolated", "bridge"}),
-        limits=frozenset({"cpus", "memory", "pids"}),
+        limits=frozenset({"cpu_limit", "memory_limit", "pids_limit"}),
         mounts=True,
         ports=True,
         start_seconds=0.3,  # measured: launch of a hardened busybox sandbox, median ~0.3 s
@@ -125,6 +128,10 @@ class IncusBackend(Backend):
     def close(self) -> None:
         self._incus.close()
 
+    @classmethod
+    def refusals(cls, plan: LaunchPlan) -> list[str]:
+        return super().refusals(plan) + refusals(plan)
+
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
         statuses = super().enforcement(plan)
         statuses.update(
@@ -147,18 +154,6 @@ class IncusBackend(Backend):
                 )
             return self._pool
 
-    def _image(self, plan: LaunchPlan) -> str:
-        """The image name to create from (built-in images are imported on first use)."""
-        image, requirements = plan.spec.image, plan.spec.requirements
-        if image == "sandboxer/minimal" and (requirements.init or requirements.kind == "system"):
-            image = SYSTEM_IMAGE
-        if plan.spec.command and not is_builtin(image):
-            raise UnsupportedFeature(
-                "incus runs spec.command as a service of the built-in images' init; "
-                f"{image!r} has its own init: exec the command instead"
-            )
-        return image
-
     def _nic(self, plan: LaunchPlan) -> Callable[[], Nic | None]:
         if plan.network == "isolated":
             nic = self._networks.create_isolated(plan.name, plan.labels)
@@ -168,7 +163,7 @@ class IncusBackend(Backend):
         return lambda: None
 
     def create(self, plan: LaunchPlan) -> Handle:
-        image = self._image(plan)
+        image = image_name(plan)
         pool = self._root_pool()
         nic = self._nic(plan)
         start = not _prepare.needed(plan)
@@ -245,14 +240,24 @@ class IncusBackend(Backend):
         known.workdirs.add(path)
 
     def _read(self, name: str, path: str) -> str:
+        """A small text file of the sandbox's (its accounts): streamed, and refused past
+        _ACCOUNTS_MAX, since the sandbox writes what it holds."""
         with incus_errors():
             try:
                 response = self._incus.api.instances[name].files.get(
-                    params={"path": path}, is_api=False
+                    params={"path": path}, is_api=False, stream=True
                 )
             except pylxd.exceptions.NotFound:
                 return ""
-        return str(response.content.decode("utf-8", "replace"))
+            with contextlib.closing(response):
+                data = response.raw.read(_ACCOUNTS_MAX + 1, decode_content=False)
+        if len(data) > _ACCOUNTS_MAX:
+            raise OutputTooLarge(
+                f"{path} in sandbox {name}",
+                _ACCOUNTS_MAX,
+                "run commands as a numeric uid:gid instead of a user name",
+            )
+        return str(data.decode("utf-8", "replace"))
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
         # None: the sandbox's own user, as Docker's exec defaults to the container's.

@@ -9,18 +9,17 @@ and the uid/gid the built-in init runs as.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from sandboxer._backend import ControlStatus, LaunchPlan
-from sandboxer._errors import UnsupportedFeature
 from sandboxer._models import PortMapping
-from sandboxer._seccomp import host_kernel
+from sandboxer._seccomp import SeccompPolicy, Target, host_kernel
 from sandboxer.images import GROUP, PASSWD, is_builtin
 
 from ._seccomp import Translation, translate
@@ -31,13 +30,8 @@ from ._users import Identity, resolve
 LOOPBACK_HOOK = (
     "lxc.hook.start-host = /bin/sh -c 'nsenter --net=/proc/$LXC_PID/ns/net ip link set lo up'"
 )
-# Mount targets a hook line can name without quoting (the line goes through a shell).
-_SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 # Config keys whose values are line lists: profile extras are appended, not replacing ours.
-_APPENDED = ("raw.lxc", "raw.seccomp")
-# Keys Incus ignores once raw.seccomp is set.
-_VOIDED = ("security.syscalls.allow", "security.syscalls.deny", "security.syscalls.deny_default",
-           "security.syscalls.deny_compat")
+APPENDED = ("raw.lxc", "raw.seccomp")
 LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 ENV_PREFIX = "environment."
@@ -66,9 +60,8 @@ def _capability(name: str) -> str:
 
 
 def capability_lines(plan: LaunchPlan) -> list[str]:
-    profile = plan.profile
-    drop = {_capability(c) for c in profile.cap_drop}
-    add = {_capability(c) for c in profile.cap_add}
+    drop = {_capability(c) for c in plan.cap_drop}
+    add = {_capability(c) for c in plan.cap_add}
     if "all" in drop:
         # keep = none drops every capability, including ones newer than this code.
         return ["lxc.cap.keep = " + (" ".join(sorted(add)) or "none")]
@@ -78,23 +71,17 @@ def capability_lines(plan: LaunchPlan) -> list[str]:
 
 
 def tmpfs_lines(plan: LaunchPlan) -> list[str]:
-    lines = []
-    for path, size in plan.profile.tmpfs.items():
-        target = path.strip("/")
-        if not target or any(c.isspace() for c in target):
-            raise UnsupportedFeature(f"incus cannot mount a tmpfs at {path!r}")
-        lines.append(
-            f"lxc.mount.entry = tmpfs {target} tmpfs "
-            f"rw,nosuid,nodev,size={size},mode=1777,create=dir 0 0"
-        )
-    return lines
+    return [
+        f"lxc.mount.entry = tmpfs {tmpfs.path.strip('/')} tmpfs {tmpfs.options},create=dir 0 0"
+        for tmpfs in plan.tmpfs
+    ]
 
 
 def init_identity(plan: LaunchPlan) -> Identity | None:
     """Who PID 1 runs as: the plan's user, on the built-in images, whose init needs no
     root (LXC mounts /proc, the profile's tmpfs and loopback come from the host side).
     Any other image keeps its own init as the container's root."""
-    if plan.user is None or not is_builtin(plan.spec.image):
+    if plan.user is None or not is_builtin(plan.image):
         return None
     return resolve(plan.user, PASSWD, GROUP)
 
@@ -113,12 +100,7 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
     such option for a bind, so a mount hook (run by LXC in the sandbox's mount namespace,
     after every mount entry, before the init) remounts each one."""
     lines = []
-    for mount in plan.spec.mounts:
-        if not _SAFE_TARGET.fullmatch(mount.target):
-            raise UnsupportedFeature(
-                f"incus cannot mark the mount at {mount.target!r} nosuid,nodev: its path "
-                "holds characters other than letters, digits and ._/@%+=:,-"
-            )
+    for mount in plan.mounts:
         options = "remount,bind,nosuid,nodev" + (",ro" if mount.read_only else "")
         lines.append(
             f"lxc.hook.mount = /bin/sh -c 'mount -o {options} \"$LXC_ROOTFS_MOUNT\"{mount.target}'"
@@ -128,9 +110,9 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
 
 def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
     lines = [LOOPBACK_HOOK, *init_lines(plan), *mount_hook_lines(plan)]
-    if plan.profile.no_new_privileges:
+    if plan.no_new_privileges:
         lines.append("lxc.no_new_privs = 1")
-    if not plan.spec.requirements.nested:
+    if not plan.requirements.nested:
         lines += capability_lines(plan)
     lines += tmpfs_lines(plan)
     if nic is not None:
@@ -144,17 +126,16 @@ def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
 
 def seccomp(plan: LaunchPlan) -> Translation | None:
     """The profile's policy as `raw.seccomp`, or None when no policy applies."""
-    if plan.profile.seccomp is None or plan.spec.requirements.nested:
+    if plan.seccomp is None or plan.requirements.nested:
         return None
-    voided = [k for k in plan.profile.backend_options.get("incus", {}) if k in _VOIDED]
-    if voided:
-        raise UnsupportedFeature(
-            f"profile option {voided[0]} has no effect beside the profile's seccomp policy "
-            "(Incus then uses raw.seccomp alone): add LXC lines to raw.seccomp instead"
-        )
     # Containers share the host's kernel: its version decides minKernel rules.
-    target = attrs.evolve(plan.profile.seccomp_target(), kernel=host_kernel())
-    return translate(plan.profile.seccomp.resolve(target))
+    return _translation(plan.seccomp, attrs.evolve(plan.seccomp_target, kernel=host_kernel()))
+
+
+@functools.lru_cache(maxsize=16)
+def _translation(policy: SeccompPolicy, target: Target) -> Translation:
+    """Once per policy and target: both the enforcement report and the request need it."""
+    return translate(policy.resolve(target))
 
 
 def limits(plan: LaunchPlan) -> dict[str, str]:
@@ -184,10 +165,10 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str,
             "type": "disk",
             "path": "/",
             "pool": pool,
-            "readonly": "true" if plan.profile.read_only_root else "false",
+            "readonly": "true" if plan.read_only_root else "false",
         }
     }
-    for index, mount in enumerate(plan.spec.mounts):
+    for index, mount in enumerate(plan.mounts):
         found[f"mount{index}"] = {
             "type": "disk",
             "source": mount.source,
@@ -214,11 +195,11 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str,
     return found
 
 
-def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
-    spec = plan.spec
+def own_config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
+    """The keys the profile's controls and the spec set: no extra may override one."""
     result = {
         **labels_config(plan.labels),
-        **{ENV_PREFIX + key: value for key, value in spec.env.items()},
+        **{ENV_PREFIX + key: value for key, value in plan.env.items()},
         **limits(plan),
         # The built-in images' /etc/hosts template maps the sandbox's name to this.
         ADDRESS_KEY: nic.address.split("/")[0] if nic else "127.0.1.1",
@@ -226,20 +207,21 @@ def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
         # No /dev/incus: the guest API socket is a way to talk to the engine.
         "security.guestapi": "false",
         "raw.lxc": raw_lxc(plan, nic),
+        "security.nesting": "true" if plan.requirements.nested else "false",
     }
+    if plan.isolated_ids:
+        result["security.idmap.isolated"] = "true"
+    return result
+
+
+def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
+    result = own_config(plan, nic)
     rules = seccomp(plan)
     if rules is not None:
         result["raw.seccomp"] = rules.policy
-    for key, value in plan.profile.backend_options.get("incus", {}).items():
-        value = str(value).lower() if isinstance(value, bool) else str(value)
-        if key in _APPENDED and key in result:
-            result[key] += "\n" + value
-        else:
-            result[key] = value
-    # Nesting is a requirement of the task: it wins over a profile's default.
-    result["security.nesting"] = (
-        "true" if spec.requirements.nested else result.get("security.nesting", "false")
-    )
+    # `refusals` has refused every extra that would override one of these keys.
+    for key, value in plan.extras.get("incus", {}).items():
+        result[key] = result[key] + "\n" + value if key in APPENDED and key in result else value
     return result
 
 
@@ -283,10 +265,10 @@ def enforcement_overrides(plan: LaunchPlan) -> dict[str, ControlStatus]:
     """Where this plan departs from the backend's static `controls`, and why."""
     overrides: dict[str, ControlStatus] = {}
     if plan.user is not None and init_identity(plan) is None:
-        overrides["non_root_user"] = ControlStatus(False, _OWN_INIT.format(plan.spec.image))
+        overrides["non_root_user"] = ControlStatus(False, _OWN_INIT.format(plan.image))
     if plan.network != "none":
         overrides["network"] = ControlStatus(True, _NETWORKS[plan.network])
-    if plan.spec.requirements.nested:
+    if plan.requirements.nested:
         for control in ("capabilities", "seccomp"):
             overrides[control] = ControlStatus(False, _NESTING.format(_TAKEN[control]))
         return overrides

@@ -6,7 +6,7 @@ import os
 import shutil
 from typing import Any
 
-from sandboxer._backend import Availability, Check
+from sandboxer._backend import Availability, Check, CheckColumn
 from sandboxer._errors import SandboxError
 from sandboxer.images import BUILTIN_IMAGES
 from sandboxer.images.rootfs import BUSYBOX_FIX
@@ -143,6 +143,7 @@ def diagnose() -> list[Check]:
             availability.available,
             availability.reason or (endpoint.address if endpoint else ""),
             availability.fix,
+            column=CheckColumn.REACHABLE,
         )
     ]
     if endpoint is not None and endpoint.is_local:
@@ -153,6 +154,7 @@ def diagnose() -> list[Check]:
                 allowed,
                 endpoint.address,
                 None if allowed else "run as root, or usermod -aG incus-admin $USER",
+                column=CheckColumn.PERMISSION,
             )
         )
     if availability.available and endpoint is not None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from sandboxer._backend import LaunchPlan
 from sandboxer._errors import ImageNotFound
 from sandboxer._log import logger, timed
 from sandboxer.images import BUILTIN_IMAGES, IMAGE_VERSION, build_rootfs_tar, is_builtin
@@ -150,3 +151,11 @@ class Images:
                         image.delete(wait=True)
                         return theirs
         return fingerprint
+
+
+def image_name(plan: LaunchPlan) -> str:
+    """The image to create from: a system image where an init was asked for."""
+    requirements = plan.requirements
+    if plan.image == "sandboxer/minimal" and (requirements.init or requirements.kind == "system"):
+        return SYSTEM_IMAGE
+    return plan.image

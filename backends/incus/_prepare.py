@@ -23,12 +23,12 @@ COMMAND_SERVICE = "/etc/sandboxer/services/50-command"
 
 def mount_points(plan: LaunchPlan) -> list[tuple[str, bool]]:
     """(path, is a file) for everything mounted over a read-only root; else nothing."""
-    if not plan.profile.read_only_root:
+    if not plan.read_only_root:
         return []
     # The built-in images already have these directories: nothing to make for them.
-    present = ROOTFS_DIRECTORIES if is_builtin(plan.spec.image) else frozenset()
-    points = [(path, False) for path in plan.profile.tmpfs if path.rstrip("/") not in present]
-    points += [(m.target, not os.path.isdir(m.source)) for m in plan.spec.mounts]
+    present = ROOTFS_DIRECTORIES if is_builtin(plan.image) else frozenset()
+    points = [(t.path, False) for t in plan.tmpfs if t.path.rstrip("/") not in present]
+    points += [(m.target, not os.path.isdir(m.source)) for m in plan.mounts]
     return points
 
 
@@ -40,7 +40,7 @@ def command_script(argv: tuple[str, ...], workdir: str | None) -> bytes:
 
 
 def needed(plan: LaunchPlan) -> bool:
-    return bool(plan.spec.command or mount_points(plan))
+    return bool(plan.command or mount_points(plan))
 
 
 class Preparer:
@@ -77,7 +77,5 @@ class Preparer:
         with incus_errors():
             for path, is_file in mount_points(plan):
                 self.make_path(path, is_file)
-            if plan.spec.command:
-                self._put(
-                    COMMAND_SERVICE, "file", command_script(plan.spec.command, plan.spec.workdir)
-                )
+            if plan.command:
+                self._put(COMMAND_SERVICE, "file", command_script(plan.command, plan.workdir))

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import attrs
 
-from sandboxer._seccomp import ALLOW, EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule
+from sandboxer._errors import InvalidSpec
+from sandboxer._seccomp import (
+    ALLOW,
+    EPERM,
+    ERRNO,
+    SYSCALL_NAME,
+    ArgFilter,
+    SeccompPolicy,
+    SeccompRule,
+)
 
 _ACTIONS = {
     ALLOW: "allow",
@@ -59,6 +68,10 @@ def translate(policy: SeccompPolicy) -> Translation:
     style = "denylist" if policy.default_action == ALLOW else "allowlist"
     lines = ["2", f"{style} {default}", "[all]"]
     for rule in policy.rules:
+        bad = [name for name in rule.names if not SYSCALL_NAME.fullmatch(name)]
+        if bad:
+            # The last guard: a newline or space in a name would write a rule line of its own.
+            raise InvalidSpec("seccomp", f"not syscall names: {bad}")
         try:
             lines += _lines(rule)
         except ValueError as exc:

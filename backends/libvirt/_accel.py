@@ -23,7 +23,6 @@ import attrs
 from sandboxer._backend import LaunchPlan
 from sandboxer._labels import ownership_labels
 from sandboxer._log import logger, timed
-from sandboxer._models import SandboxSpec
 
 from ._domain import Boot, domain_xml
 from ._guest_scripts import PROBE_ARGUMENT, PROBE_MARKER
@@ -123,15 +122,7 @@ def probe_kvm(
     console = run_dir / f"{name}.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = LaunchPlan(
-        spec=SandboxSpec(profile="default"),
-        name=name,
-        labels=ownership_labels(),
-        network="none",
-        ports=(),
-        user=None,
-        cpus=None,
-        memory=None,
-        pids=None,
+        name=name, labels=ownership_labels(), image="sandboxer/minimal", network="none"
     )
     boot = Boot(str(image.kernel), str(image.initrd), loader, (PROBE_ARGUMENT,))
     xml = domain_xml(plan, accel=KVM, console_log=str(console), boot=boot)

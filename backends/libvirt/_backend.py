@@ -55,6 +55,7 @@ from ._exec import WRAPPER_ENV, exec_command, run_to_end, wrapper_args
 from ._guest_config import check_mount_targets, config_archive, guest_files, shares
 from ._guest_scripts import EXEC_PATH, STAGING_DIR
 from ._image import ImageStore
+from ._refusals import refusals
 from ._sdk import libvirt
 from ._seccomp import guest_program
 
@@ -64,6 +65,7 @@ QBOOT = "/usr/share/qemu/qboot.rom"
 READY_SECONDS = 180.0  # a TCG guest on a busy host can take a while; KVM needs ~1 s
 # A user's image boots systemd and cloud-init (Python): about a minute under TCG.
 DISK_READY_SECONDS = 600.0
+FAILED_CAP = 64 * 1024  # of the guest's set-up failure reason
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: SandboxState.UNKNOWN,
@@ -98,7 +100,7 @@ class LibvirtBackend(Backend):
         custom_kernel=True,
         nested=False,
         networks=frozenset({"none", "isolated", "bridge"}),
-        limits=frozenset({"cpus", "memory", "pids"}),
+        limits=frozenset({"cpu_limit", "memory_limit", "pids_limit"}),
         mounts=True,
         ports=True,
         disk_images=True,
@@ -176,11 +178,10 @@ class LibvirtBackend(Backend):
     def _run_dir(self, name: str) -> Path:
         return self._root / "run" / name
 
-    @staticmethod
-    def _user_disk(image: str) -> UserDisk | None:
+    def _user_disk(self, image: str) -> UserDisk | None:
         """The user's disk image `image` names; None for a built-in image."""
         if is_disk_image(image):
-            return user_disk(image)
+            return user_disk(image, _shares.qemu_users(self._connection()))
         if not is_builtin(image):
             raise ImageNotFound(
                 f"no VM image {image!r}: VMs run the built-in images (sandboxer/minimal, "
@@ -190,26 +191,31 @@ class LibvirtBackend(Backend):
         return None
 
     # lifecycle ----------------------------------------------------------------------
+    @classmethod
+    def refusals(cls, plan: LaunchPlan) -> list[str]:
+        return super().refusals(plan) + refusals(plan)
+
     def create(self, plan: LaunchPlan) -> Handle:
         check_mount_targets(plan)
-        disk = self._user_disk(plan.spec.image)
+        disk = self._user_disk(plan.image)
         # The built-in guest also serves the KVM check, whatever this sandbox boots.
         image = self._images.ensure()
         loader = QBOOT if os.path.exists(QBOOT) else None
         conn = self._connection()
         with self._accel_lock:
             accel = self._accel.choose(conn, image, loader, self._root / "run")
-        run = self._claim(plan)
+        qemu_gid = _shares.qemu_group(conn, accel.domain_type)
+        run = self._claim(plan, qemu_gid)
         try:
-            qemu_gid = _shares.qemu_group(conn, accel.domain_type)
             exposed = _shares.expose(shares(plan), run / "shares", qemu_gid)
-            bpf = guest_program(plan.profile)
+            bpf = guest_program(plan.seccomp, plan.seccomp_target)
             if disk is None:
                 initrd = run / "initrd.img"
-                _write_initrd(initrd, image.initrd, config_archive(guest_files(plan, bpf)))
+                config = config_archive(guest_files(plan, bpf))
+                _write_initrd(initrd, image.initrd, config, qemu_gid)
                 boot, disks = Boot(str(image.kernel), str(initrd), loader), []
             else:
-                boot, disks = None, _prepare_disks(plan, disk, run, bpf)
+                boot, disks = None, _prepare_disks(plan, disk, run, bpf, qemu_gid)
             xml = domain_xml(
                 plan,
                 accel=accel.domain_type,
@@ -227,13 +233,13 @@ class LibvirtBackend(Backend):
         handle = Handle(domain.UUIDString(), plan.name, domain)
         with timed("guest agent ready", sandbox=plan.name):
             self._wait_ready(handle, run, set_up=disk is not None)
-        if plan.spec.command:
+        if plan.command:
             self._start_main(handle, plan)
         return handle
 
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
         statuses = super().enforcement(plan)
-        if is_disk_image(plan.spec.image):
+        if is_disk_image(plan.image):
             for control, status in statuses.items():
                 if status.enforced and control in DISK_IMAGE_CONTROLS:
                     statuses[control] = ControlStatus(True, DISK_IMAGE_CONTROLS[control])
@@ -248,16 +254,18 @@ class LibvirtBackend(Backend):
                     raise
         return None
 
-    def _claim(self, plan: LaunchPlan) -> Path:
-        """The sandbox's own directory, created exclusively, with its labels in it."""
+    def _claim(self, plan: LaunchPlan, qemu_gid: int | None) -> Path:
+        """The sandbox's own directory, created exclusively, with its labels in it; only
+        QEMU's group (`qemu_gid`) may pass through: the guest's disk and config are there."""
         if self._lookup(plan.name) is not None:
             raise SandboxExists(f"a libvirt domain called {plan.name} exists already")
         run = self._run_dir(plan.name)
         run.parent.mkdir(parents=True, exist_ok=True)
         try:
-            run.mkdir(mode=0o755)
+            run.mkdir(mode=0o700)
         except FileExistsError:
             raise SandboxExists(f"sandbox {plan.name} exists already (remove it first)") from None
+        _shares.close_to_others(run, qemu_gid, 0o710)
         (run / "labels.json").write_text(json.dumps(dict(plan.labels)) + "\n")
         return run
 
@@ -286,7 +294,7 @@ class LibvirtBackend(Backend):
         if agent.exists(READY_FILE):
             return True
         if agent.exists(FAILED_FILE):
-            reason = agent.read_file(FAILED_FILE).decode(errors="replace").strip()
+            reason = _read_head(agent, FAILED_FILE, FAILED_CAP).decode(errors="replace").strip()
             raise EngineError(
                 f"sandboxer's set-up in the guest failed: {reason}\n{_tail(run / 'console.log')}"
             )
@@ -304,7 +312,12 @@ class LibvirtBackend(Backend):
     def _start_main(self, handle: Handle, plan: LaunchPlan) -> None:
         """The spec's command, detached, its output on the console (see logs())."""
         request = ExecRequest(
-            plan.spec.command or (), plan.spec.env, plan.spec.workdir, plan.user, None, None
+            argv=plan.command or (),
+            env=plan.env,
+            workdir=plan.workdir,
+            user=plan.user,
+            stdin=None,
+            timeout=None,
         )
         args = wrapper_args(uuid.uuid4().hex[:12], request, "", "/dev/console", "/dev/console")
         Agent(handle.native).spawn(EXEC_PATH, args, WRAPPER_ENV, capture=False)
@@ -441,21 +454,35 @@ class LibvirtBackend(Backend):
         return list(found.values())
 
 
-def _write_initrd(path: Path, base: Path, config: bytes) -> None:
+def _write_initrd(path: Path, base: Path, config: bytes, qemu_gid: int | None) -> None:
     """The shared initramfs followed by this sandbox's config archive."""
     with open(base, "rb") as source, open(path, "wb") as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
         target.write(b"\0" * (-target.tell() % 4))  # the kernel skips zero padding
         target.write(config)
-    path.chmod(0o644)
+    _shares.close_to_others(path, qemu_gid, 0o640)
 
 
-def _prepare_disks(plan: LaunchPlan, disk: UserDisk, run: Path, bpf: bytes) -> list[Disk]:
+def _prepare_disks(
+    plan: LaunchPlan, disk: UserDisk, run: Path, bpf: bytes, qemu_gid: int | None
+) -> list[Disk]:
     """The overlay on the user's image, then the cloud-init seed, in the sandbox's directory."""
     overlay, seed = run / "overlay.qcow2", run / "seed.iso"
     create_overlay(disk, overlay)
     create_seed(seed_files(plan, bpf), seed)
+    for path in (overlay, seed):
+        _shares.close_to_others(path, qemu_gid, 0o640)
     return [Disk(str(overlay)), Disk(str(seed), format="raw", read_only=True)]
+
+
+def _read_head(agent: Agent, path: str, cap: int) -> bytes:
+    """At most `cap` bytes of a guest file: the guest may have made it endless (/dev/zero)."""
+    head = b""
+    for chunk in agent.read_chunks(path):
+        head += chunk
+        if len(head) >= cap:
+            break  # the dropped generator closes the guest file
+    return head[:cap]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -19,7 +19,6 @@ import json
 from collections.abc import Mapping
 
 from sandboxer._backend import LaunchPlan
-from sandboxer._errors import UnsupportedFeature
 
 from ._guest_config import guest_files, nics, shares
 from ._guest_scripts import (
@@ -168,19 +167,17 @@ def setup_script() -> str:
     )
 
 
-def _unit_path(field: str, path: str) -> str:
-    """`path` quoted for a systemd unit file ('%' starts a specifier there)."""
-    if '"' in path:
-        raise UnsupportedFeature(f"{field} cannot hold a double quote on VM disk images: {path!r}")
+def _unit_path(path: str) -> str:
+    """`path` quoted for a systemd unit file ('%' starts a specifier there); `refusals`
+    refused paths with a double quote."""
     return '"' + path.replace("%", "%%") + '"'
 
 
 def agent_drop_in(plan: LaunchPlan) -> str:
     """The qemu-guest-agent.service drop-in that puts the agent under the profile."""
-    profile = plan.profile
     agent = f"/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/{AGENT_CHANNEL}"
     init = f"/usr/bin/python3 {AGENT_INIT_PATH}"
-    if profile.seccomp is not None:
+    if plan.seccomp is not None:
         init += " --seccomp /etc/sandboxer/seccomp.bpf"
     # Commands see their own processes only, as in the built-in guest.
     command = f"/usr/bin/unshare --pid --fork --mount-proc {init} -- {agent} -t {AGENT_STATE_DIR}"
@@ -188,13 +185,13 @@ def agent_drop_in(plan: LaunchPlan) -> str:
     # the agent asks for the three the commands' cgroup needs.
     accounting = ["CPUAccounting=yes", "MemoryAccounting=yes", "TasksAccounting=yes"]
     lines = ["[Service]", "ExecStart=", f"ExecStart={command}", *accounting]
-    if profile.no_new_privileges or profile.seccomp is not None:
+    if plan.no_new_privileges or plan.seccomp is not None:
         lines.append("NoNewPrivileges=yes")
-    if profile.read_only_root:
-        writable = [STAGING_DIR, AGENT_STATE_DIR, *profile.tmpfs]
+    if plan.read_only_root:
+        writable = [STAGING_DIR, AGENT_STATE_DIR, *(tmpfs.path for tmpfs in plan.tmpfs)]
         writable += [share.target for share in shares(plan) if not share.read_only]
         lines.append("ProtectSystem=strict")
-        lines += [f"ReadWritePaths={_unit_path('Mount.target', path)}" for path in writable]
+        lines += [f"ReadWritePaths={_unit_path(path)}" for path in writable]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sandboxer._backend import Availability, Check
+from sandboxer._backend import Availability, Check, CheckColumn
 
 from ._accel import TCG, AcceleratorChooser, kvm_offered
 from ._errors import FIX
@@ -20,9 +20,6 @@ from ._sdk import libvirt
 from ._seccomp import available as seccomp_available
 
 PROBE_SECONDS = 0.8
-# Names carry the `sandboxer doctor` column they belong to.
-_KVM_CHECK = "permission: /dev/kvm"
-_IMAGE_CHECK = "installed: VM guest image"
 _KVM_FIX = (
     "for KVM speed, run on a host whose CPU (or hypervisor, for nested guests) gives KVM "
     "VT-x/AMD-V; the check runs again after a reboot, or now with "
@@ -80,15 +77,22 @@ def probe(uri: str) -> Availability:
     return Availability(True)
 
 
+def _kvm_device_check(ok: bool, detail: str, fix: str | None = None) -> Check:
+    return Check("permission: /dev/kvm", ok, detail, fix, column=CheckColumn.PERMISSION)
+
+
+def _guest_image_check(ok: bool, detail: str, fix: str | None = None) -> Check:
+    return Check("installed: VM guest image", ok, detail, fix, column=CheckColumn.INSTALLED)
+
+
 def _kvm_device() -> Check:
     if not os.path.exists("/dev/kvm"):
-        return Check(_KVM_CHECK, True, "absent: guests run under TCG (slower, still isolated)")
+        return _kvm_device_check(True, "absent: guests run under TCG (slower, still isolated)")
     info = os.stat("/dev/kvm")
     group = grp.getgrgid(info.st_gid).gr_name
     open_to_group = bool(info.st_mode & stat.S_IRGRP and info.st_mode & stat.S_IWGRP)
     ok = group == "kvm" and open_to_group
-    return Check(
-        _KVM_CHECK,
+    return _kvm_device_check(
         ok,
         f"mode {stat.filemode(info.st_mode)}, group {group}"
         + ("" if ok else ": libvirt re-probes QEMU (~40 s) before every domain start"),
@@ -99,13 +103,12 @@ def _kvm_device() -> Check:
 def _image_check(root: Path) -> Check:
     image = ImageStore(root).current()
     if image is not None:
-        return Check(_IMAGE_CHECK, True, f"built ({build_key()}, kernel {image.release})")
+        return _guest_image_check(True, f"built ({build_key()}, kernel {image.release})")
     missing = [path for path in GUEST_BINARIES if not os.access(path, os.X_OK)]
     tools = [tool for tool in ("apt-get", "apt-cache", "dpkg-deb", "ldd") if not shutil.which(tool)]
     if missing or tools:
         packages = " ".join(GUEST_BINARIES[path] for path in missing)
-        return Check(
-            _IMAGE_CHECK,
+        return _guest_image_check(
             False,
             f"not built and cannot be: missing {', '.join(missing + tools)}",
             f"apt-get install {packages}".strip(),
@@ -113,8 +116,8 @@ def _image_check(root: Path) -> Check:
     try:
         package = kernel_package()
     except Exception as exc:
-        return Check(_IMAGE_CHECK, False, f"not built; no kernel package: {exc}", "apt-get update")
-    return Check(_IMAGE_CHECK, True, f"not built yet; first launch builds it from {package}")
+        return _guest_image_check(False, f"not built; no kernel package: {exc}", "apt-get update")
+    return _guest_image_check(True, f"not built yet; first launch builds it from {package}")
 
 
 def _state_dir_check(root: Path) -> Check:
@@ -125,6 +128,7 @@ def _state_dir_check(root: Path) -> Check:
         writable,
         f"{root}" + ("" if writable else f": {existing} not writable"),
         None if writable else "run as root, or set SANDBOXER_VM_DIR to a directory QEMU can read",
+        column=CheckColumn.PERMISSION,
     )
 
 
@@ -149,7 +153,13 @@ def _accelerator_check(uri: str, root: Path) -> Check:
 def diagnose(uri: str, root: Path) -> list[Check]:
     reachable = probe(uri)
     checks = [
-        Check(f"reachable: libvirtd ({uri})", reachable.available, reachable.reason, reachable.fix)
+        Check(
+            f"reachable: libvirtd ({uri})",
+            reachable.available,
+            reachable.reason,
+            reachable.fix,
+            column=CheckColumn.REACHABLE,
+        )
     ]
     checks.append(_kvm_device())
     if reachable.available:
@@ -162,6 +172,7 @@ def diagnose(uri: str, root: Path) -> list[Check]:
             seccomp_available(),
             "compiles the profile's seccomp policy for the guest",
             None if seccomp_available() else "apt-get install libseccomp2",
+            column=CheckColumn.INSTALLED,
         )
     )
     return checks

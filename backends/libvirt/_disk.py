@@ -8,6 +8,8 @@ small ISO 9660 volume labelled "cidata", attached as a second, read-only virtio 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,10 +30,13 @@ class UserDisk:
     format: str  # "qcow2" | "raw"
 
 
-def user_disk(image: str) -> UserDisk:
+def user_disk(image: str, qemu_users: frozenset[int] = frozenset()) -> UserDisk:
     """The disk image at `image`; ImageNotFound (missing, unreadable) or InvalidSpec (it
-    reaches other host files) says why it cannot be used."""
-    path = Path(image)
+    reaches other host files, or others could swap it) says why it cannot be used. The
+    image may belong to `qemu_users`: libvirt gives a boot's backing image to QEMU's user
+    and never gives it back."""
+    # Resolved once: the checks and the overlay's backing reference name the same file.
+    path = Path(os.path.realpath(image))
     try:
         with open(path, "rb") as stream:
             head = stream.read(len(QCOW2_MAGIC))
@@ -41,10 +46,31 @@ def user_disk(image: str) -> UserDisk:
         raise ImageNotFound(f"{image} is a directory, not a disk image") from None
     except OSError as exc:
         raise ImageNotFound(f"cannot read the disk image {image}: {exc.strerror}") from exc
+    _refuse_writable_by_others(path, qemu_users)
     disk = UserDisk(path, "qcow2" if head == QCOW2_MAGIC else "raw")
     if disk.format == "qcow2":
         _refuse_references(disk)
     return disk
+
+
+def _refuse_writable_by_others(path: Path, qemu_users: frozenset[int]) -> None:
+    """InvalidSpec unless only root and the caller (and, for the image itself, QEMU's
+    user) can change `path` and the directories above it: anyone else could swap the
+    image between our checks and QEMU opening it. A sticky directory (/tmp) is fine."""
+    trusted = {0, os.geteuid()}
+    for part in (path, *path.parents):
+        info = part.stat()
+        mode = info.st_mode
+        owners = trusted | qemu_users if part == path else trusted
+        shared = bool(mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != 0))
+        # Sticky: others cannot replace what lies below, whose owner passed already.
+        sticky_directory = part != path and bool(mode & stat.S_ISVTX)
+        if info.st_uid not in owners or (shared and not sticky_directory):
+            raise InvalidSpec(
+                "image",
+                f"{part} can be changed by users other than root and you, who could swap "
+                f"the disk image after its check; keep {path} where only you can write",
+            )
 
 
 def _refuse_references(disk: UserDisk) -> None:
@@ -109,4 +135,3 @@ def create_seed(files: dict[str, bytes], seed: Path) -> None:
             ],
             "writing the cloud-init seed",
         )  # fmt: skip
-    seed.chmod(0o644)

@@ -9,7 +9,6 @@ unrestricted network for outbound traffic (see `_guest_config.nics` for why two)
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,6 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from sandboxer._backend import LaunchPlan
-from sandboxer._errors import UnsupportedFeature
 from sandboxer._models import PortMapping
 
 from ._guest_config import Share, nics
@@ -92,10 +90,7 @@ def vcpus(cpus: float | None) -> int:
 
 
 def _forward(port: PortMapping) -> str:
-    if ipaddress.ip_address(port.host_ip).version != 4:
-        raise UnsupportedFeature(
-            f"QEMU user networking forwards IPv4 host addresses only, not {port.host_ip}"
-        )
+    # IPv4 host addresses only: `refusals` refused the others.
     target = f"{GUEST_ADDRESS}:{port.guest_port}"
     return f"hostfwd={port.protocol}:{port.host_ip}:{port.host_port}-{target}"
 

@@ -13,7 +13,7 @@ import shlex
 import attrs
 
 from sandboxer._backend import LaunchPlan
-from sandboxer._errors import InvalidSpec, UnsupportedFeature
+from sandboxer._errors import InvalidSpec
 
 from ._cpio import CpioWriter
 
@@ -58,7 +58,7 @@ def _is_system_path(target: str) -> bool:
 
 def check_mount_targets(plan: LaunchPlan) -> None:
     """InvalidSpec for a mount over the guest's system paths (before anything is made)."""
-    for mount in plan.spec.mounts:
+    for mount in plan.mounts:
         if _is_system_path(mount.target):
             raise InvalidSpec(
                 "Mount.target",
@@ -70,7 +70,7 @@ def check_mount_targets(plan: LaunchPlan) -> None:
 def shares(plan: LaunchPlan) -> tuple[Share, ...]:
     return tuple(
         Share(f"sbx{index}", mount.source, mount.target, mount.read_only)
-        for index, mount in enumerate(plan.spec.mounts)
+        for index, mount in enumerate(plan.mounts)
     )
 
 
@@ -80,7 +80,7 @@ def _cap_names(caps: tuple[str, ...]) -> list[str]:
 
 def capability_sets(plan: LaunchPlan) -> tuple[str, str]:
     """setpriv arguments: (bounding and inheritable sets, ambient set); empty = untouched."""
-    drop, add = plan.profile.cap_drop, _cap_names(plan.profile.cap_add)
+    drop, add = plan.cap_drop, _cap_names(plan.cap_add)
     if not drop:
         return "", ""
     if any(cap.upper() == "ALL" for cap in drop):
@@ -89,15 +89,7 @@ def capability_sets(plan: LaunchPlan) -> tuple[str, str]:
     return ",".join(f"-{cap}" for cap in _cap_names(drop)), ""
 
 
-def _line_safe(field: str, value: str) -> str:
-    # The guest reads these files line by line with `read`.
-    if "\n" in value or "\\" in value:
-        raise UnsupportedFeature(f"{field} cannot hold a newline or backslash on VMs: {value!r}")
-    return value
-
-
 def sandbox_conf(plan: LaunchPlan) -> str:
-    profile = plan.profile
     bounding, ambient = capability_sets(plan)
     inbound, outbound = nics(plan)
     cpu_max = ""
@@ -110,9 +102,9 @@ def sandbox_conf(plan: LaunchPlan) -> str:
         "SBX_MEMORY": str(plan.memory or ""),
         "SBX_PIDS": str(plan.pids or ""),
         "SBX_CPU_MAX": cpu_max,
-        "SBX_ROOT_RO": "1" if profile.read_only_root else "0",
-        "SBX_SECCOMP": "1" if profile.seccomp is not None else "0",
-        "SBX_NNP": "1" if profile.no_new_privileges else "0",
+        "SBX_ROOT_RO": "1" if plan.read_only_root else "0",
+        "SBX_SECCOMP": "1" if plan.seccomp is not None else "0",
+        "SBX_NNP": "1" if plan.no_new_privileges else "0",
         "SBX_USER": plan.user or "",
         "SBX_BOUNDING": bounding,
         "SBX_AMBIENT": ambient,
@@ -120,18 +112,17 @@ def sandbox_conf(plan: LaunchPlan) -> str:
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())
 
 
+# The guest reads these two line by line: `refusals` refused paths with a newline or
+# a backslash.
 def mounts_file(plan: LaunchPlan) -> str:
     return "".join(
-        f"{share.tag} {'ro' if share.read_only else 'rw'} "
-        f"{_line_safe('Mount.target', share.target)}\n"
+        f"{share.tag} {'ro' if share.read_only else 'rw'} {share.target}\n"
         for share in shares(plan)
     )
 
 
 def tmpfs_file(plan: LaunchPlan) -> str:
-    return "".join(
-        f"{size} {_line_safe('profile tmpfs', path)}\n" for path, size in plan.profile.tmpfs.items()
-    )
+    return "".join(f"{tmpfs.size} {tmpfs.path}\n" for tmpfs in plan.tmpfs)
 
 
 def guest_files(plan: LaunchPlan, seccomp_bpf: bytes) -> dict[str, bytes]:

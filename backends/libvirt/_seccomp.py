@@ -16,8 +16,7 @@ import tempfile
 from typing import Any
 
 from sandboxer._errors import BackendUnavailable, UnsupportedFeature
-from sandboxer._profiles import Profile
-from sandboxer._seccomp import EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule
+from sandboxer._seccomp import EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule, Target
 
 _FIX = "apt-get install libseccomp2"
 _ATTR_OPTIMIZE = 8  # SCMP_FLTATR_CTL_OPTIMIZE (libseccomp >= 2.5); older ones ignore it
@@ -101,12 +100,12 @@ def _arguments(args: tuple[ArgFilter, ...]) -> Any:
     return array
 
 
-def guest_program(profile: Profile) -> bytes:
-    """The profile's policy for the guest's commands, compiled; empty when it has none."""
-    if profile.seccomp is None:
+def guest_program(policy: SeccompPolicy | None, target: Target) -> bytes:
+    """The policy for the guest's commands, compiled; empty when there is none."""
+    if policy is None:
         return b""
     # The guest kernel's version is not known here: rules gated on minKernel are left out.
-    return compile_policy(profile.seccomp.resolve(profile.seccomp_target()))
+    return compile_policy(policy.resolve(target))
 
 
 # Policies are frozen: a profile's program is compiled once per process.

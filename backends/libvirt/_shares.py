@@ -25,17 +25,39 @@ from ._guest_config import Share
 from ._sdk import libvirt
 
 
-def qemu_group(conn: libvirt.virConnect, domain_type: str) -> int | None:
-    """The gid QEMU runs as (libvirt's DAC label for `domain_type`); None without one."""
+def _dac_labels(conn: libvirt.virConnect) -> dict[str, tuple[int, int]]:
+    """Whom QEMU runs as, (uid, gid) per domain type: libvirt's DAC labels."""
     with libvirt_errors():
         capabilities = ElementTree.fromstring(conn.getCapabilities())
+    labels = {}
     for model in capabilities.iterfind("host/secmodel"):
         if model.findtext("model") != "dac":
             continue
         for label in model.iterfind("baselabel"):
-            if label.get("type") == domain_type and label.text:
-                return int(label.text.rpartition(":")[2].lstrip("+"))
-    return None
+            kind, text = label.get("type"), label.text
+            if kind and text:
+                uid, _, gid = text.partition(":")
+                labels[kind] = (int(uid.lstrip("+")), int(gid.lstrip("+")))
+    return labels
+
+
+def qemu_group(conn: libvirt.virConnect, domain_type: str) -> int | None:
+    """The gid QEMU runs as for `domain_type`; None without a DAC label."""
+    label = _dac_labels(conn).get(domain_type)
+    return label[1] if label else None
+
+
+def qemu_users(conn: libvirt.virConnect) -> frozenset[int]:
+    """Every uid QEMU may run as (libvirt hands each boot's disk images to it)."""
+    return frozenset(uid for uid, _ in _dac_labels(conn).values())
+
+
+def close_to_others(path: Path, qemu_gid: int | None, mode: int) -> None:
+    """`path` for its owner and QEMU's group (`qemu_gid`; None: QEMU runs as root) alone:
+    `mode` must give others nothing. Sandbox directories hold the guest's disk and config."""
+    if qemu_gid is not None:
+        os.chown(path, -1, qemu_gid)
+    path.chmod(mode if qemu_gid is not None else mode & 0o700)
 
 
 def _mount(*args: str) -> None:
@@ -54,9 +76,7 @@ def expose(shares: tuple[Share, ...], directory: Path, qemu_gid: int | None) -> 
     if os.geteuid() != 0 or not shares:
         return shares  # nothing to bind, or no root to bind with: QEMU must reach them
     directory.mkdir(mode=0o700)
-    if qemu_gid is not None:
-        os.chown(directory, 0, qemu_gid)
-        directory.chmod(0o710)  # QEMU's group may pass through, and no one else
+    close_to_others(directory, qemu_gid, 0o710)  # QEMU's group may pass through
     exposed = []
     for share in shares:
         point = directory / share.tag

@@ -10,6 +10,8 @@
  *   probe strict     like syscalls, for what only the strict profile denies, and controls
  *   probe threads    clone3's errno, then a pthread_create/join (glibc falls back to clone
  *                    only when clone3 reads ENOSYS)
+ *   probe upper      filtered arguments with their upper 32 bits set, which the kernel
+ *                    drops (it reads an int): every one must be refused
  *
  * Every call is made with arguments that pass the permission check first and then fail
  * harmlessly (bad magic, a missing path, too many segments), so a refusal reads EPERM
@@ -239,6 +241,21 @@ static int strict(void) {
     return 0;
 }
 
+/* A filter comparing all 64 bits by range (family > 40) lets 1<<32 | AF_VSOCK through, and
+ * the kernel then opens AF_VSOCK; only EQ (or a mask) on the low word holds. */
+#define HIGH (1UL << 32)
+
+static int upper(void) {
+    report("socket(AF_VSOCK|1<<32)", closing(syscall(SYS_socket, HIGH | 40, SOCK_STREAM, 0)));
+    report("socket(AF_ALG|1<<32)", closing(syscall(SYS_socket, HIGH | 38, SOCK_SEQPACKET, 0)));
+    report("socket(AF_INET|1<<32)", closing(syscall(SYS_socket, HIGH | AF_INET, SOCK_STREAM, 0)));
+    report("personality(query|1<<32)", syscall(SYS_personality, HIGH | 0xffffffffUL));
+    report("clone(CLONE_NEWUSER|1<<32)", try_clone(HIGH | CLONE_NEWUSER));
+    report("mknod(S_IFCHR|1<<32)", syscall(SYS_mknod, "/tmp/sandboxer-chr-high",
+                                           HIGH | S_IFCHR | 0600, makedev(1, 3)));
+    return 0;
+}
+
 static void *thread_main(void *arg) {
     return arg;
 }
@@ -264,10 +281,12 @@ int main(int argc, char **argv) {
         return strict();
     if (argc == 2 && strcmp(argv[1], "threads") == 0)
         return threads();
+    if (argc == 2 && strcmp(argv[1], "upper") == 0)
+        return upper();
     if (argc == 2 && strcmp(argv[1], "ids") == 0) {
         printf("uid=%d euid=%d\n", (int)getuid(), (int)geteuid());
         return 0;
     }
-    fprintf(stderr, "usage: %s syscalls|moby|strict|threads|ids\n", argv[0]);
+    fprintf(stderr, "usage: %s syscalls|moby|strict|threads|upper|ids\n", argv[0]);
     return 2;
 }

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .. import __version__
-from .._errors import InvalidSpec, SandboxError
-from .._log import logger
+from sandboxer import InvalidSpec, SandboxError, __version__
+
 from . import _completion, _engines, _images, _manage, _output, _profiles, _run
+from ._output import logger
 
 
 def build_parser() -> argparse.ArgumentParser:

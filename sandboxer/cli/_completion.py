@@ -10,7 +10,8 @@ import argparse
 import shlex
 from typing import Any
 
-from .._errors import InvalidSpec
+import sandboxer
+from sandboxer import InvalidSpec
 
 # What a value of these destinations is; the script completes each kind its own way.
 _DYNAMIC = {
@@ -127,14 +128,10 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
 
 def completion_command(args: argparse.Namespace) -> int:
     if args.list == "backends":
-        from .._registry import backend_names
-
-        print("\n".join(backend_names()))
+        print("\n".join(sandboxer.backend_names()))
         return 0
     if args.list == "profiles":
-        from .._profiles import builtin_profiles
-
-        print("\n".join(builtin_profiles()))
+        print("\n".join(sandboxer.builtin_profiles()))
         return 0
     if args.shell is None:
         raise InvalidSpec("completion", "name the shell: bash or zsh")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._selector import select
+from sandboxer import select
+
 from . import _output, _spec
 
 
@@ -53,7 +54,7 @@ def select_command(args: argparse.Namespace) -> int:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    from .._doctor import diagnose  # only this command needs it
+    from sandboxer.doctor import diagnose  # only this command needs it
 
     with _output.progress("checking engines"):
         report = diagnose(args.backends or None)

@@ -6,12 +6,9 @@ import argparse
 import time
 from typing import Any
 
-from .._errors import SandboxError
-from .._launch import launch
-from .._profiles import CONTROLS
-from .._registry import backend_names
-from .._selector import probe_all
-from ..images import BUILTIN_IMAGES, IMAGE_VERSION
+from sandboxer import CONTROLS, SandboxError, backend_names, launch, probe_all
+from sandboxer.images import BUILTIN_IMAGES, IMAGE_VERSION
+
 from . import _output
 
 

@@ -8,9 +8,17 @@ import re
 import time
 from typing import Any
 
-from .._attach import attach, match
-from .._errors import InvalidSpec, SandboxError, SandboxNotFound
-from .._gc import GcIncomplete, gc, has_labels, inventory
+from sandboxer import (
+    GcIncomplete,
+    InvalidSpec,
+    SandboxError,
+    SandboxNotFound,
+    attach,
+    gc,
+    inventory,
+)
+from sandboxer.ownership import has_labels
+
 from . import _output
 from ._spec import pairs
 
@@ -112,7 +120,7 @@ def rm_command(args: argparse.Namespace) -> int:
     failed = False
     for wanted in args.sandboxes:
         try:
-            attach(match(found, wanted)).destroy()
+            attach(found.find(wanted)).destroy()
         except SandboxNotFound as exc:
             if not args.force:
                 _output.error(str(exc))

@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._backend import SandboxInfo
-from .._gc import created_at, owner_alive, owner_pid
-from .._labels import OWNER_HOST, SESSION
-from .._log import logger
+from sandboxer import SandboxInfo
+from sandboxer.ownership import created_at, owner_alive, owner_host, owner_pid, session
 
 PROG = "sandboxer"
+# The library logs here; the CLI decides where that goes and how much.
+logger = logging.getLogger("sandboxer")
 # Exit codes, as `docker run` uses them: bad usage, and sandboxer or the engine failing.
 USAGE = 2
 ENGINE_FAILURE = 125
@@ -63,7 +63,7 @@ def owner(info: SandboxInfo) -> str:
         return "?"
     alive = owner_alive(info)
     if alive is None:
-        return f"{pid}@{info.labels.get(OWNER_HOST, '?')}"
+        return f"{pid}@{owner_host(info) or '?'}"
     return f"{pid}" if alive else f"{pid} (exited)"
 
 
@@ -78,9 +78,9 @@ def info_dict(info: SandboxInfo, now: float) -> dict[str, Any]:
         "created_at": created,
         "age_seconds": None if created is None else round(now - created, 3),
         "owner_pid": owner_pid(info),
-        "owner_host": info.labels.get(OWNER_HOST),
+        "owner_host": owner_host(info),
         "owner_alive": owner_alive(info),
-        "session": info.labels.get(SESSION),
+        "session": session(info),
         "labels": dict(info.labels),
     }
 
@@ -94,7 +94,7 @@ def info_row(info: SandboxInfo, now: float) -> list[str]:
         info.state.value,
         age(None if created is None else now - created),
         owner(info),
-        info.labels.get(SESSION, "?"),
+        session(info) or "?",
     ]
 
 

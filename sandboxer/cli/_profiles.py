@@ -9,8 +9,9 @@ from typing import Any
 
 import attrs
 
-from .._profiles import Profile, builtin_profiles, load_profile
-from .._seccomp import SeccompPolicy
+from sandboxer import Profile, builtin_profiles, load_profile
+from sandboxer.backend import SeccompPolicy
+
 from . import _output
 
 

@@ -6,10 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from .._attach import attach
-from .._errors import InvalidSpec
-from .._launch import launch
-from .._sandbox import ExecStream, Sandbox
+from sandboxer import ExecStream, InvalidSpec, Sandbox, attach, launch
+
 from . import _output, _spec
 
 

@@ -6,10 +6,18 @@ import argparse
 import os
 from typing import Any
 
-from .. import _models
-from .._errors import InvalidSpec
-from .._models import Mount, PortMapping, Requirements, Resources, SandboxSpec
-from .._profiles import CONTROLS, NETWORKS
+from sandboxer import (
+    CONTROLS,
+    ISOLATION_LEVELS,
+    KINDS,
+    NETWORKS,
+    InvalidSpec,
+    Mount,
+    PortMapping,
+    Requirements,
+    Resources,
+    SandboxSpec,
+)
 
 
 def selection_options() -> argparse.ArgumentParser:
@@ -53,11 +61,9 @@ def selection_options() -> argparse.ArgumentParser:
         help="network mode (default: the profile's, or bridge with -p)",
     )
     needs = parent.add_argument_group("requirements (for the selector)")
+    needs.add_argument("--kind", choices=KINDS, help="app container, system container or VM")
     needs.add_argument(
-        "--kind", choices=_models.KINDS, help="app container, system container or VM"
-    )
-    needs.add_argument(
-        "--isolation", choices=_models.ISOLATION_LEVELS, help="the weakest isolation acceptable"
+        "--isolation", choices=ISOLATION_LEVELS, help="the weakest isolation acceptable"
     )
     needs.add_argument("--init", action="store_true", help="needs an init system as PID 1")
     needs.add_argument("--custom-kernel", action="store_true", help="needs its own kernel")

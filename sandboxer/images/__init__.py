@@ -1,14 +1,30 @@
-"""Built-in images, built locally from Debian packages (no registry is needed)."""
+"""Built-in images, built locally from Debian packages (no registry is needed).
+
+A public package: adapters build `sandboxer/minimal` and `sandboxer/system` for their
+engine from here (`is_builtin`, `build_rootfs_tar`), and boot users' own disk images
+(`is_disk_image`).
+"""
 
 from .disk import DISK_IMAGE_SUFFIXES, is_disk_image, looks_like_disk_image
-from .rootfs import BUILTIN_IMAGES, GROUP, IMAGE_VERSION, PASSWD, build_rootfs_tar, is_builtin
+from .rootfs import (
+    BUILTIN_IMAGES,
+    BUSYBOX_FIX,
+    GROUP,
+    IMAGE_VERSION,
+    PASSWD,
+    ROOTFS_DIRECTORIES,
+    build_rootfs_tar,
+    is_builtin,
+)
 
 __all__ = [
     "BUILTIN_IMAGES",
+    "BUSYBOX_FIX",
     "DISK_IMAGE_SUFFIXES",
     "GROUP",
     "IMAGE_VERSION",
     "PASSWD",
+    "ROOTFS_DIRECTORIES",
     "build_rootfs_tar",
     "is_builtin",
     "is_disk_image",

@@ -56,14 +56,27 @@ class _FakeSandbox:
     state: SandboxState = SandboxState.RUNNING
     servers: list[http.server.ThreadingHTTPServer] = attrs.Factory(list)
     calls: list[tuple[str, ...]] = attrs.Factory(list)
+    # Each mount's source, held open from create on, as an engine's mount holds it: the
+    # path it was given may be gone afterwards (sandboxer pins sources only for create).
+    held: dict[str, int] = attrs.Factory(dict)
+
+    def hold_mounts(self) -> None:
+        for mount in self.plan.mounts:
+            self.held[mount.target] = os.open(mount.source, os.O_PATH)
+
+    def release_mounts(self) -> None:
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
 
     def host_path(self, path: str) -> tuple[str | None, bool]:
         """(host path, read_only) when `path` lies in a mount, else (None, read_only_root)."""
-        for mount in self.plan.spec.mounts:
+        for mount in self.plan.mounts:
             if path == mount.target or path.startswith(mount.target + "/"):
-                return mount.source + path[len(mount.target) :], mount.read_only
-        writable = any(path.startswith(t.rstrip("/") + "/") for t in self.plan.profile.tmpfs)
-        return None, self.plan.profile.read_only_root and not writable
+                source = f"/proc/self/fd/{self.held[mount.target]}"
+                return source + path[len(mount.target) :], mount.read_only
+        writable = any(path.startswith(t.path.rstrip("/") + "/") for t in self.plan.tmpfs)
+        return None, self.plan.read_only_root and not writable
 
     def read(self, path: str) -> bytes:
         host, _ = self.host_path(path)
@@ -120,7 +133,7 @@ class FakeBackend(Backend):
         custom_kernel=False,
         nested=False,
         networks=frozenset({"none", "isolated", "bridge"}),
-        limits=frozenset({"cpus", "memory", "pids"}),
+        limits=frozenset({"cpu_limit", "memory_limit", "pids_limit"}),
         mounts=True,
         ports=True,
         start_seconds=0.0,
@@ -141,11 +154,12 @@ class FakeBackend(Backend):
             raise SandboxNotFound(name) from None
 
     def create(self, plan: LaunchPlan) -> Handle:
-        if not is_builtin(plan.spec.image):
-            raise ImageNotFound(f"no image {plan.spec.image!r} in the fake engine")
+        if not is_builtin(plan.image):
+            raise ImageNotFound(f"no image {plan.image!r} in the fake engine")
         if plan.name in self.sandboxes:
             raise SandboxExists(plan.name)
         sandbox = _FakeSandbox(plan=plan, id=uuid.uuid4().hex)
+        sandbox.hold_mounts()
         self.sandboxes[plan.name] = sandbox
         return Handle(sandbox.id, plan.name, sandbox)
 
@@ -215,6 +229,7 @@ class FakeBackend(Backend):
         sandbox = self.sandboxes.get(name)
         if sandbox is not None and sandbox.plan.labels.get(LAUNCH) == launch:
             del self.sandboxes[name]
+            sandbox.release_mounts()
             for server in sandbox.servers:
                 server.shutdown()
                 server.server_close()

@@ -1,20 +1,18 @@
 """`diagnose()`: can each engine run a sandbox now, and if not, the command that fixes it.
 
-Each backend class reports its own `Check`s (`Backend.diagnose`); a check lands in a
-column of the table when its name contains the column's word ("installed", "reachable",
-"permission"), so "reachable: docker socket" and the default "engine reachable" both
-count as reachability. Every check counts for "can run now".
+Each backend class reports its own `Check`s (`Backend.diagnose`); a check lands in the
+column of the table it names (`Check.column`: installed, reachable, permission). Every
+check counts for "can run now".
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from ._backend import Availability, Backend, Check
+from ._backend import Availability, Backend, Check, CheckColumn
 from ._errors import BackendUnavailable, ImageNotFound, SandboxError
 from ._models import SandboxSpec
 from ._registry import backend_class, backend_names
@@ -22,7 +20,6 @@ from ._selector import probe_all, run_bounded, select
 from .images.rootfs import BUSYBOX_FIX, _busybox
 
 DIAGNOSE_TIMEOUT_SECONDS = 10.0
-_COLUMNS = ("installed", "reachable", "permission")
 
 
 def _yes_no(value: bool | None) -> str:
@@ -37,10 +34,10 @@ class EngineReport:
     checks: tuple[Check, ...]
     availability: Availability
 
-    def column(self, word: str) -> bool | None:
-        """Whether the checks about `word` pass; None when no check is about it."""
-        about = [c for c in self.checks if word in re.findall(r"[a-z]+", c.name.lower())]
-        if not about and word == "reachable":
+    def column(self, column: CheckColumn) -> bool | None:
+        """Whether the checks of `column` pass; None when no check is about it."""
+        about = [c for c in self.checks if c.column == column]
+        if not about and column == CheckColumn.REACHABLE:
             return self.availability.available  # the probe is the reachability test of last resort
         return all(c.ok for c in about) if about else None
 
@@ -59,7 +56,7 @@ class EngineReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **{word: self.column(word) for word in _COLUMNS},
+            **{column.value: self.column(column) for column in CheckColumn},
             "ready": self.ready,
             "available": self.availability.available,
             "reason": self.availability.reason,
@@ -101,11 +98,11 @@ class DoctorReport:
         return "NOT OK: the host is missing what the built-in images need"
 
     def render(self) -> str:
-        header = ("engine", "installed", "reachable", "permission", "can run now")
+        header = ("engine", *CheckColumn, "can run now")
         rows = [
             (
                 e.name + (" *" if e.name == self.default else ""),
-                *(_yes_no(e.column(word)) for word in _COLUMNS),
+                *(_yes_no(e.column(column)) for column in CheckColumn),
                 _yes_no(e.ready),
             )
             for e in self.engines
@@ -158,7 +155,9 @@ def _engine_checks(classes: dict[str, type[Backend]]) -> dict[str, list[Check]]:
     for name in calls:
         if name not in results:
             timeout = f"diagnose() did not finish within {DIAGNOSE_TIMEOUT_SECONDS:g}s"
-            checks[name] = [Check("reachable: engine answers", False, timeout)]
+            checks[name] = [
+                Check("reachable: engine answers", False, timeout, column=CheckColumn.REACHABLE)
+            ]
             continue
         result = results[name]
         if isinstance(result, Exception):
@@ -186,10 +185,17 @@ def diagnose(names: Sequence[str] | None = None) -> DoctorReport:
     for name in wanted:
         try:
             classes[name] = backend_class(name)
-            sdk[name] = Check("installed: Python SDK", True, classes[name].__module__)
+            sdk[name] = Check(
+                "installed: Python SDK",
+                True,
+                classes[name].__module__,
+                column=CheckColumn.INSTALLED,
+            )
         except BackendUnavailable as exc:
             # The registry's fix for a missing SDK is the pip hint from INSTALL_HINTS.
-            sdk[name] = Check("installed: Python SDK", False, exc.reason, exc.fix)
+            sdk[name] = Check(
+                "installed: Python SDK", False, exc.reason, exc.fix, column=CheckColumn.INSTALLED
+            )
     checks = _engine_checks(classes)
     engines = tuple(
         EngineReport(name, (sdk[name], *checks.get(name, [])), availability[name])

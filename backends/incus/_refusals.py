@@ -1,0 +1,64 @@
+"""What in a plan the Incus translation cannot honour: refused by `check`, before any
+engine object is made, never from inside `create`."""
+
+from __future__ import annotations
+
+import re
+
+from sandboxer._backend import LaunchPlan
+from sandboxer.images import is_builtin
+
+from ._config import APPENDED, own_config
+from ._images import image_name
+
+# Mount targets a hook line can name without quoting (the line goes through a shell).
+_SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
+# Keys Incus ignores once raw.seccomp is set.
+_VOIDED = (
+    "security.syscalls.allow",
+    "security.syscalls.deny",
+    "security.syscalls.deny_default",
+    "security.syscalls.deny_compat",
+)
+
+
+def refusals(plan: LaunchPlan) -> list[str]:
+    found = []
+    if plan.command and not is_builtin(image_name(plan)):
+        found.append(
+            "incus runs spec.command as a service of the built-in images' init; "
+            f"{plan.image!r} has its own init: exec the command instead"
+        )
+    for tmpfs in plan.tmpfs:
+        target = tmpfs.path.strip("/")
+        if not target or any(c.isspace() for c in target):
+            found.append(f"incus cannot mount a tmpfs at {tmpfs.path!r}")
+    found += [
+        f"incus cannot mark the mount at {mount.target!r} nosuid,nodev: its path holds "
+        "characters other than letters, digits and ._/@%+=:,-"
+        for mount in plan.mounts
+        if not _SAFE_TARGET.fullmatch(mount.target)
+    ]
+    return found + _extra_refusals(plan)
+
+
+def _extra_refusals(plan: LaunchPlan) -> list[str]:
+    """Extras may add keys, never override one a control or the spec sets."""
+    extras = plan.extras.get("incus", {})
+    if not extras:
+        return []
+    owned = set(own_config(plan, None)) - set(APPENDED)
+    found = [
+        f"profile extra incus {key!r} would override what the profile's controls or the "
+        "spec set: use the named control instead"
+        for key in extras
+        if key in owned
+    ]
+    if plan.seccomp is not None and not plan.requirements.nested:
+        found += [
+            f"profile extra incus {key!r} has no effect beside the profile's seccomp policy "
+            "(Incus then uses raw.seccomp alone): add LXC lines to raw.seccomp instead"
+            for key in extras
+            if key in _VOIDED
+        ]
+    return found

@@ -1,0 +1,150 @@
+"""`LaunchPlan`: a spec and its profile resolved into exactly what a backend creates.
+
+Adapters read nothing else: the plan holds no spec and no profile, so every default is
+chosen here, once, and no adapter can reach past it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+from ._labels import EXEC_USER, KEEP, new_name, ownership_labels
+from ._models import Mount, PortMapping, Requirements, SandboxSpec
+from ._ports import assign_host_ports
+from ._seccomp import SeccompPolicy, Target
+from ._vocabulary import Control, NetworkMode
+
+
+def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
+def _frozen_extras(extras: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
+    return MappingProxyType({engine: _frozen(keys) for engine, keys in extras.items()})
+
+
+@attrs.frozen
+class Tmpfs:
+    """A writable tmpfs the profile asks for, with the one option set every engine uses."""
+
+    path: str
+    size: int  # bytes
+
+    @property
+    def options(self) -> str:
+        return f"rw,nosuid,nodev,size={self.size},mode=1777"
+
+
+@attrs.frozen(kw_only=True)
+class Relaxed:
+    """A control the spec itself relaxed, and why: reported not enforced, never refused."""
+
+    control: Control
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class LaunchPlan:
+    """A validated spec with every default resolved: what a backend creates, exactly."""
+
+    name: str
+    labels: Mapping[str, str] = attrs.field(converter=_frozen)
+    image: str
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
+    workdir: str | None = None
+    user: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    ports: tuple[PortMapping, ...] = ()  # host ports all chosen
+    network: NetworkMode = attrs.field(converter=NetworkMode)
+    # Capability names upper case, without CAP_; "ALL" in cap_drop drops every one.
+    cap_drop: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    tmpfs: tuple[Tmpfs, ...] = ()
+    read_only_root: bool = False
+    no_new_privileges: bool = False
+    seccomp: SeccompPolicy | None = None
+    # What the policy's includes/excludes see (its kernel left for the engine to fill).
+    seccomp_target: Target = attrs.field(factory=Target)
+    # Each sandbox its own host id range, where the engine maps ids per sandbox.
+    isolated_ids: bool = False
+    cpus: float | None = None
+    memory: int | None = None  # bytes
+    pids: int | None = None
+    requirements: Requirements = attrs.field(factory=Requirements)
+    # The controls the profile asks for, those the caller accepts unenforced, and those
+    # the spec relaxed itself.
+    controls: tuple[Control, ...] = ()
+    allow_unenforced: frozenset[Control] = frozenset()
+    relaxed: tuple[Relaxed, ...] = ()
+    profile_name: str = ""
+    # Per-engine extras (engine -> key -> value), applied only where no control sets the key.
+    extras: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, converter=_frozen_extras)
+
+
+def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
+    """Resolve every default of `spec`: name, labels, network, host ports, user, limits.
+
+    `choose_ports=False` leaves host ports as asked (for a plan that is only checked).
+    """
+    profile = spec.profile
+    res = spec.resources
+    user = spec.user if spec.user is not None else profile.user
+    labels = {**spec.labels, **ownership_labels()}
+    if user is not None:
+        labels[EXEC_USER] = user
+    if spec.keep:
+        labels[KEEP] = "true"
+    network = spec.effective_network
+    return LaunchPlan(
+        name=spec.name or new_name(),
+        labels=labels,
+        image=spec.image,
+        command=spec.command,
+        env=spec.env,
+        workdir=spec.workdir,
+        user=user,
+        mounts=spec.mounts,
+        ports=assign_host_ports(spec.ports) if choose_ports else spec.ports,
+        network=network,
+        cap_drop=profile.cap_drop,
+        cap_add=profile.cap_add,
+        tmpfs=tuple(Tmpfs(path, size) for path, size in profile.tmpfs.items()),
+        read_only_root=profile.read_only_root,
+        no_new_privileges=profile.no_new_privileges,
+        seccomp=profile.seccomp,
+        seccomp_target=profile.seccomp_target(),
+        isolated_ids=profile.isolated_ids,
+        cpus=res.cpus if res.cpus is not None else profile.cpus,
+        memory=res.memory if res.memory is not None else profile.memory,
+        pids=res.pids if res.pids is not None else profile.pids,
+        requirements=spec.requirements,
+        controls=profile.controls(),
+        allow_unenforced=spec.allow_unenforced,
+        relaxed=_relaxed(spec, network, user),
+        profile_name=profile.name,
+        extras=profile.extras,
+    )
+
+
+def _relaxed(spec: SandboxSpec, network: NetworkMode, user: str | None) -> tuple[Relaxed, ...]:
+    """Controls the spec itself chose to relax (e.g. ports need a network): the caller
+    asked for it explicitly, so they are reported as not enforced, yet not refused."""
+    profile = spec.profile
+    controls = profile.controls()
+    relaxed = []
+    if "network" in controls and network != profile.network:
+        reason = f"relaxed by the spec: network {network!r} (profile: {profile.network!r})"
+        relaxed.append(Relaxed(control=Control.NETWORK, reason=reason))
+    if "non_root_user" in controls and _is_root(user):
+        reason = f"relaxed by the spec: user {user!r} is root"
+        relaxed.append(Relaxed(control=Control.NON_ROOT_USER, reason=reason))
+    return tuple(relaxed)
+
+
+def _is_root(user: str | None) -> bool:
+    """Whether `user` ('name', 'uid' or 'uid:gid') names the root user."""
+    return user is not None and user.split(":", 1)[0].strip() in ("0", "root")

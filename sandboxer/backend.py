@@ -1,0 +1,130 @@
+"""The adapter interface: everything an engine adapter needs, and the only core module it imports.
+
+An adapter is a subclass of `Backend`, registered under a name in the entry-point group
+`sandboxer.backends` (see docs/backends.md). The core hands it a `LaunchPlan` with every
+default resolved and a `Handle` back for each sandbox; the adapter never sees a user's
+`SandboxSpec` defaults or the selector.
+
+What a `Backend` subclass provides
+- `name` and `capabilities` (class-level data the selector reads).
+- `probe()`: can the engine launch now; fast, never raises. `diagnose()` may add `Check`s
+  for `sandboxer doctor`, each carrying its `CheckColumn`.
+- `create(plan) -> Handle`, ready for exec; on any failure the core calls
+  `remove(plan.name, plan.labels[LAUNCH])`, so a half-made sandbox is always cleaned up.
+- `exec(handle, request)`: a generator of ("stdout" | "stderr", chunk) returning an
+  `ExitStatus`; closing it early must kill the command (`kill_exec` does that on local
+  engines, found by the marker from `new_exec_marker`).
+- `stop`, `remove(name, launch)` (by the launch id label only: never what someone else
+  named alike), `state`, `logs` (at most `LOGS_MAX` bytes; `log_tail` helps),
+  `list_sandboxes` (only what carries `MANAGED`; `is_ours` tells), optionally
+  `leftovers`, `close`, `put_archive` and `get_archive` (tar through exec by default;
+  `tar_request`, `archive_chunks` and `check_packing` build a native variant).
+
+Rules every adapter keeps
+- Label everything it makes with `plan.labels` (they carry `ownership_labels()`).
+- Map every SDK exception in one place to the errors below (`raise ... from exc`).
+- Refuse what it cannot honour with `UnsupportedFeature`; never ignore part of a plan.
+- Log engine calls through `logger` and `timed`, never print.
+
+The built-in images (busybox root file systems every engine can build locally) are the
+public package `sandboxer.images`. Reusable tests: `sandboxer.testing.contract`.
+"""
+
+from ._backend import (
+    LOGS_MAX,
+    ArchiveStream,
+    Availability,
+    Backend,
+    Capabilities,
+    Check,
+    CheckColumn,
+    ControlStatus,
+    ExecGenerator,
+    ExecRequest,
+    ExitStatus,
+    Handle,
+    LaunchPlan,
+    SandboxInfo,
+    SandboxState,
+    archive_chunks,
+    check_packing,
+    drain,
+    log_tail,
+    tar_request,
+)
+from ._errors import (
+    BackendUnavailable,
+    EngineError,
+    ExecTimeout,
+    ImageNotFound,
+    InvalidSpec,
+    OutputTooLarge,
+    SandboxError,
+    SandboxExists,
+    SandboxFileNotFound,
+    SandboxNotFound,
+    UnsupportedFeature,
+)
+from ._labels import EXEC_USER, LAUNCH, MANAGED, PREFIX, is_ours, ownership_labels
+from ._log import logger, timed
+from ._models import PortMapping, SandboxSpec
+from ._proctree import EXEC_MARKER, kill_exec, new_exec_marker, ticks_now
+from ._profiles import CONTROLS, Profile
+from ._seccomp import ALLOW, EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule, host_kernel
+
+__all__ = [
+    "ALLOW",
+    "CONTROLS",
+    "EPERM",
+    "ERRNO",
+    "EXEC_MARKER",
+    "EXEC_USER",
+    "LAUNCH",
+    "LOGS_MAX",
+    "MANAGED",
+    "PREFIX",
+    "ArchiveStream",
+    "ArgFilter",
+    "Availability",
+    "Backend",
+    "BackendUnavailable",
+    "Capabilities",
+    "Check",
+    "CheckColumn",
+    "ControlStatus",
+    "EngineError",
+    "ExecGenerator",
+    "ExecRequest",
+    "ExecTimeout",
+    "ExitStatus",
+    "Handle",
+    "ImageNotFound",
+    "InvalidSpec",
+    "LaunchPlan",
+    "OutputTooLarge",
+    "PortMapping",
+    "Profile",
+    "SandboxError",
+    "SandboxExists",
+    "SandboxFileNotFound",
+    "SandboxInfo",
+    "SandboxNotFound",
+    "SandboxSpec",
+    "SandboxState",
+    "SeccompPolicy",
+    "SeccompRule",
+    "UnsupportedFeature",
+    "archive_chunks",
+    "check_packing",
+    "drain",
+    "host_kernel",
+    "is_ours",
+    "kill_exec",
+    "log_tail",
+    "logger",
+    "new_exec_marker",
+    "ownership_labels",
+    "tar_request",
+    "ticks_now",
+    "timed",
+]
