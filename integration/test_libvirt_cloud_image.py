@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -72,6 +73,12 @@ class OnCloudImage:
     def image(cls, cloud_image: str) -> str:
         return cloud_image
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def launch_fields(cls, image: str) -> dict[str, Any]:
+        # The image's systemd runs as root: non_root_user cannot hold for every process.
+        return {"image": image, "allow_unenforced": ["non_root_user"]}
+
 
 @pytest.mark.slow
 class TestWholeContractOnCloudImage(OnCloudImage, EngineContract):
@@ -109,8 +116,14 @@ class TestCloudImage(OnCloudImage, SharedSandboxContract):
         assert shared.exec(["cat", "/sys/fs/cgroup/sandbox/pids.max"]).stdout.strip().isdigit()
 
     def test_enforcement_names_the_disk_image_mechanisms(self, shared: Sandbox) -> None:
-        assert all(status.enforced for status in shared.enforcement.values())
+        not_enforced = {c for c, status in shared.enforcement.items() if not status.enforced}
+        assert not_enforced == {"non_root_user"}
+        assert "systemd" in shared.enforcement["non_root_user"].mechanism
         assert "ProtectSystem=strict" in shared.enforcement["read_only_root"].mechanism
+
+    def test_hardened_refuses_the_image_without_consent(self, image: str) -> None:
+        with pytest.raises(sandboxer.UnsupportedFeature, match="non_root_user"):
+            sandboxer.launch(backend="libvirt", image=image)
 
 
 def test_the_users_image_is_never_written_and_nothing_is_left(cloud_image: str) -> None:
@@ -125,7 +138,12 @@ def test_the_users_image_is_never_written_and_nothing_is_left(cloud_image: str) 
 def test_a_missing_disk_image_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     name = f"sbx-missing-{uuid.uuid4().hex[:8]}"
     with pytest.raises(sandboxer.ImageNotFound, match="no disk image at"):
-        sandboxer.launch(backend="libvirt", name=name, image=str(tmp_path / "missing.qcow2"))
+        sandboxer.launch(
+            backend="libvirt",
+            name=name,
+            image=str(tmp_path / "missing.qcow2"),
+            allow_unenforced=["non_root_user"],
+        )
     assert _left_behind(name) == []
 
 
@@ -142,6 +160,7 @@ def test_mounts_ports_and_limits_in_one_sandbox(cloud_image: str, tmp_path: Path
         image=cloud_image,
         network="isolated",
         mounts=[Mount(str(readonly), "/data/ro", read_only=True), Mount(str(writable), "/data/rw")],
+        allow_unenforced=["non_root_user"],
         ports=[PortMapping(guest_port=8080)],
         resources={"cpus": 1, "memory": "256MiB", "pids": 32},
     ) as sb:

@@ -9,7 +9,11 @@ What a `Backend` subclass provides
 - `name` and `capabilities` (class-level data the selector reads).
 - `probe()`: can the engine launch now; fast, never raises. `diagnose()` may add `Check`s
   for `sandboxer doctor`, each carrying its `CheckColumn`.
-- `create(plan) -> Handle`, ready for exec; on any failure the core calls
+- `refusals(plan)`: what in a plan it cannot honour beyond its `capabilities`, so that
+  `check(plan)` (the one decider `select` and `launch` ask) refuses it before any engine
+  call; `probe_capabilities()` narrows the declared capabilities to this host's engine.
+- `create(plan) -> Handle`, ready for exec; it refuses nothing `check` could have (only
+  engine state fails here). On any failure the core calls
   `remove(plan.name, plan.labels[LAUNCH])`, so a half-made sandbox is always cleaned up.
 - `exec(handle, request)`: a generator of ("stdout" | "stderr", chunk) returning an
   `ExitStatus`; closing it early must kill the command (`kill_exec` does that on local
@@ -23,7 +27,7 @@ What a `Backend` subclass provides
 Rules every adapter keeps
 - Label everything it makes with `plan.labels` (they carry `ownership_labels()`).
 - Map every SDK exception in one place to the errors below (`raise ... from exc`).
-- Refuse what it cannot honour with `UnsupportedFeature`; never ignore part of a plan.
+- Refuse what it cannot honour (through `refusals`); never ignore part of a plan.
 - Log engine calls through `logger` and `timed`, never print.
 
 The built-in images (busybox root file systems every engine can build locally) are the
@@ -46,6 +50,8 @@ from ._backend import (
     LaunchPlan,
     SandboxInfo,
     SandboxState,
+    Tmpfs,
+    Verdict,
     archive_chunks,
     check_packing,
     drain,
@@ -70,7 +76,18 @@ from ._log import logger, timed
 from ._models import PortMapping, SandboxSpec
 from ._proctree import EXEC_MARKER, kill_exec, new_exec_marker, ticks_now
 from ._profiles import CONTROLS, Profile
-from ._seccomp import ALLOW, EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule, host_kernel
+from ._seccomp import (
+    ALLOW,
+    EPERM,
+    ERRNO,
+    SYSCALL_NAME,
+    ArgFilter,
+    SeccompPolicy,
+    SeccompRule,
+    Target,
+    host_kernel,
+)
+from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol
 
 __all__ = [
     "ALLOW",
@@ -83,6 +100,7 @@ __all__ = [
     "LOGS_MAX",
     "MANAGED",
     "PREFIX",
+    "SYSCALL_NAME",
     "ArchiveStream",
     "ArgFilter",
     "Availability",
@@ -91,6 +109,7 @@ __all__ = [
     "Capabilities",
     "Check",
     "CheckColumn",
+    "Control",
     "ControlStatus",
     "EngineError",
     "ExecGenerator",
@@ -100,10 +119,14 @@ __all__ = [
     "Handle",
     "ImageNotFound",
     "InvalidSpec",
+    "Isolation",
+    "Kind",
     "LaunchPlan",
+    "NetworkMode",
     "OutputTooLarge",
     "PortMapping",
     "Profile",
+    "Protocol",
     "SandboxError",
     "SandboxExists",
     "SandboxFileNotFound",
@@ -113,7 +136,10 @@ __all__ = [
     "SandboxState",
     "SeccompPolicy",
     "SeccompRule",
+    "Target",
+    "Tmpfs",
     "UnsupportedFeature",
+    "Verdict",
     "archive_chunks",
     "check_packing",
     "drain",

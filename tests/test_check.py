@@ -63,6 +63,7 @@ def _cases(tmp: Path) -> list[tuple[str, dict[str, Any], str]]:
         ("docker", {"network": "isolated", "ports": [PortMapping(8080)]}, "isolated"),
         ("incus", {"image": "images:alpine/3.20", "command": ["sleep", "1"]}, "own init"),
         ("incus", {"mounts": [Mount(str(tmp), "/my data")]}, "nosuid,nodev"),
+        ("incus", {"env": {"MULTI": "one\ntwo"}}, "line break"),
         ("incus", {"profile": profile.derive("odd", tmpfs={"/my tmp": 1024})}, "tmpfs"),
         (
             "incus",
@@ -74,6 +75,15 @@ def _cases(tmp: Path) -> list[tuple[str, dict[str, Any], str]]:
             {"profile": profile.derive("x", extras={"incus": {"security.syscalls.deny": "x"}})},
             "security.syscalls.deny",
         ),
+        (
+            "incus",
+            {
+                "profile": profile.derive(
+                    "x", extras={"incus": {"raw.lxc": "lxc.hook.pre-start = /bin/sh -c id"}}
+                )
+            },
+            "root on the host",
+        ),
         ("libvirt", {"network": "bridge", "ports": [PortMapping(80, host_ip="::1")]}, "IPv4"),
         ("libvirt", {"mounts": [Mount(str(tmp), "/da\\ta")]}, "backslash"),
         (
@@ -84,7 +94,7 @@ def _cases(tmp: Path) -> list[tuple[str, dict[str, Any], str]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(11))
 def test_adapter_refusals_come_from_check_before_any_engine_call(
     engineless: Any, tmp_path: Path, index: int
 ) -> None:

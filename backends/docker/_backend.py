@@ -8,7 +8,9 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from sandboxer._backend import (
+from sandboxer.backend import (
+    LAUNCH,
+    MANAGED,
     Availability,
     Backend,
     Capabilities,
@@ -18,11 +20,13 @@ from sandboxer._backend import (
     LaunchPlan,
     SandboxInfo,
     SandboxState,
+    kill_exec,
     log_tail,
+    logger,
+    new_exec_marker,
+    ticks_now,
+    timed,
 )
-from sandboxer._labels import LAUNCH, MANAGED
-from sandboxer._log import logger, timed
-from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
 from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
 
 from . import _doctor

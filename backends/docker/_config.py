@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandboxer._backend import LaunchPlan
+from sandboxer.backend import LaunchPlan
 
 from ._sdk import docker
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from typing import Any
 
-from sandboxer._backend import Backend, Check, CheckColumn
+from sandboxer.backend import Backend, Check, CheckColumn
 
 from ._endpoint import socket_path
 from ._sdk import docker

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sandboxer._backend import ExecGenerator, ExitStatus
+from sandboxer.backend import ExecGenerator, ExitStatus
 
 _HEADER = struct.Struct(">BxxxL")  # stream type (1 stdout, 2 stderr), payload size
 _STREAMS = {1: "stdout", 2: "stderr"}

@@ -15,8 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sandboxer._errors import EngineError
-from sandboxer._labels import PREFIX
+from sandboxer.backend import PREFIX, EngineError
 
 from ._errors import docker_errors
 from ._sdk import docker

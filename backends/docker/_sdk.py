@@ -1,6 +1,6 @@
 """The docker SDK, or BackendUnavailable with the install hint when it is missing."""
 
-from sandboxer._errors import BackendUnavailable
+from sandboxer.backend import BackendUnavailable
 
 try:
     import docker

@@ -13,29 +13,32 @@ from urllib.parse import quote
 
 import attrs
 
-from sandboxer._backend import (
+from sandboxer.backend import (
+    EXEC_USER,
+    LAUNCH,
+    MANAGED,
     Availability,
     Backend,
+    BackendUnavailable,
     Capabilities,
     Check,
     ControlStatus,
+    EngineError,
     ExecGenerator,
     ExecRequest,
     Handle,
     LaunchPlan,
-    SandboxInfo,
-    SandboxState,
-    log_tail,
-)
-from sandboxer._errors import (
-    BackendUnavailable,
-    EngineError,
     OutputTooLarge,
+    SandboxInfo,
     SandboxNotFound,
+    SandboxState,
+    kill_exec,
+    log_tail,
+    logger,
+    new_exec_marker,
+    ticks_now,
+    timed,
 )
-from sandboxer._labels import EXEC_USER, LAUNCH, MANAGED
-from sandboxer._log import logger, timed
-from sandboxer._proctree import kill_exec, new_exec_marker, ticks_now
 
 from . import _diagnose, _exec, _prepare
 from ._client import Endpoint, Incus

@@ -19,7 +19,7 @@ import attrs
 import requests
 import urllib3
 
-from sandboxer._errors import EngineError, InvalidSpec
+from sandboxer.backend import EngineError, InvalidSpec
 
 from ._errors import incus_errors
 from ._sdk import pylxd

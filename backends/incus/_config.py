@@ -12,14 +12,21 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from sandboxer._backend import ControlStatus, LaunchPlan
-from sandboxer._models import PortMapping
-from sandboxer._seccomp import SeccompPolicy, Target, host_kernel
+from sandboxer.backend import (
+    ControlStatus,
+    InvalidSpec,
+    LaunchPlan,
+    PortMapping,
+    SeccompPolicy,
+    Target,
+    host_kernel,
+)
 from sandboxer.images import GROUP, PASSWD, is_builtin
 
 from ._seccomp import Translation, translate
@@ -32,6 +39,8 @@ LOOPBACK_HOOK = (
 )
 # Config keys whose values are line lists: profile extras are appended, not replacing ours.
 APPENDED = ("raw.lxc", "raw.seccomp")
+# Mount targets a hook line can name without quoting (the line goes through a shell).
+SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 ENV_PREFIX = "environment."
@@ -101,6 +110,9 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
     after every mount entry, before the init) remounts each one."""
     lines = []
     for mount in plan.mounts:
+        # check() refuses such targets first; this guards a root shell line on its own.
+        if not SAFE_TARGET.fullmatch(mount.target):
+            raise InvalidSpec("Mount.target", f"unsafe in an LXC hook: {mount.target!r}")
         options = "remount,bind,nosuid,nodev" + (",ro" if mount.read_only else "")
         lines.append(
             f"lxc.hook.mount = /bin/sh -c 'mount -o {options} \"$LXC_ROOTFS_MOUNT\"{mount.target}'"

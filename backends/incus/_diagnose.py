@@ -6,10 +6,8 @@ import os
 import shutil
 from typing import Any
 
-from sandboxer._backend import Availability, Check, CheckColumn
-from sandboxer._errors import SandboxError
-from sandboxer.images import BUILTIN_IMAGES
-from sandboxer.images.rootfs import BUSYBOX_FIX
+from sandboxer.backend import Availability, Check, CheckColumn, SandboxError
+from sandboxer.images import BUILTIN_IMAGES, BUSYBOX_FIX
 
 from ._client import Endpoint
 from ._images import alias

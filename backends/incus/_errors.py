@@ -6,7 +6,7 @@ import contextlib
 import ssl
 from collections.abc import Iterator
 
-from sandboxer._errors import (
+from sandboxer.backend import (
     BackendUnavailable,
     EngineError,
     SandboxError,

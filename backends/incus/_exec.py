@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandboxer._backend import ExecGenerator, ExitStatus
-from sandboxer._errors import EngineError
+from sandboxer.backend import EngineError, ExecGenerator, ExitStatus
 
 from ._client import Incus, SentWait
 from ._errors import incus_errors

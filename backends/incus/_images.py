@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from sandboxer._backend import LaunchPlan
-from sandboxer._errors import ImageNotFound
-from sandboxer._log import logger, timed
+from sandboxer.backend import ImageNotFound, LaunchPlan, logger, timed
 from sandboxer.images import BUILTIN_IMAGES, IMAGE_VERSION, build_rootfs_tar, is_builtin
 
 from ._client import Incus

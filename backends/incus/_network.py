@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import quote
 
-from sandboxer._errors import EngineError, SandboxExists
-from sandboxer._labels import LAUNCH
+from sandboxer.backend import LAUNCH, EngineError, SandboxExists
 
 from ._client import Incus
 from ._config import LABEL_PREFIX, Nic, labels_config

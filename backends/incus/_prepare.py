@@ -10,9 +10,8 @@ import os
 import posixpath
 import shlex
 
-from sandboxer._backend import LaunchPlan
-from sandboxer.images import is_builtin
-from sandboxer.images.rootfs import ROOTFS_DIRECTORIES
+from sandboxer.backend import LaunchPlan
+from sandboxer.images import ROOTFS_DIRECTORIES, is_builtin
 
 from ._client import Incus
 from ._errors import incus_errors

@@ -3,16 +3,12 @@ engine object is made, never from inside `create`."""
 
 from __future__ import annotations
 
-import re
-
-from sandboxer._backend import LaunchPlan
+from sandboxer.backend import LaunchPlan
 from sandboxer.images import is_builtin
 
-from ._config import APPENDED, own_config
+from ._config import APPENDED, SAFE_TARGET, own_config
 from ._images import image_name
 
-# Mount targets a hook line can name without quoting (the line goes through a shell).
-_SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 # Keys Incus ignores once raw.seccomp is set.
 _VOIDED = (
     "security.syscalls.allow",
@@ -29,6 +25,12 @@ def refusals(plan: LaunchPlan) -> list[str]:
             "incus runs spec.command as a service of the built-in images' init; "
             f"{plan.image!r} has its own init: exec the command instead"
         )
+    found += [
+        f"incus keeps the sandbox's environment in its config, which cannot hold a line "
+        f"break (env[{key!r}]): pass such a value to exec instead"
+        for key, value in plan.env.items()
+        if "\n" in value or "\r" in value
+    ]
     for tmpfs in plan.tmpfs:
         target = tmpfs.path.strip("/")
         if not target or any(c.isspace() for c in target):
@@ -37,7 +39,7 @@ def refusals(plan: LaunchPlan) -> list[str]:
         f"incus cannot mark the mount at {mount.target!r} nosuid,nodev: its path holds "
         "characters other than letters, digits and ._/@%+=:,-"
         for mount in plan.mounts
-        if not _SAFE_TARGET.fullmatch(mount.target)
+        if not SAFE_TARGET.fullmatch(mount.target)
     ]
     return found + _extra_refusals(plan)
 
@@ -54,6 +56,16 @@ def _extra_refusals(plan: LaunchPlan) -> list[str]:
         for key in extras
         if key in owned
     ]
+    if plan.controls:
+        # raw.lxc can add hooks that run as root on the host, raw.seccomp can allow any
+        # call: either voids every claim sb.enforcement would make.
+        found += [
+            f"profile extra incus {key!r} can undo any control of profile "
+            f"{plan.profile_name!r} (hooks run as root on the host): use a profile without "
+            "controls (such as 'default') for raw LXC configuration"
+            for key in extras
+            if key.startswith("raw.")
+        ]
     if plan.seccomp is not None and not plan.requirements.nested:
         found += [
             f"profile extra incus {key!r} has no effect beside the profile's seccomp policy "

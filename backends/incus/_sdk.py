@@ -1,6 +1,6 @@
 """pylxd, or BackendUnavailable with the install hint when it is missing."""
 
-from sandboxer._errors import BackendUnavailable
+from sandboxer.backend import BackendUnavailable
 
 try:
     import pylxd

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import attrs
 
-from sandboxer._errors import InvalidSpec
-from sandboxer._seccomp import (
+from sandboxer.backend import (
     ALLOW,
     EPERM,
     ERRNO,
     SYSCALL_NAME,
     ArgFilter,
+    InvalidSpec,
     SeccompPolicy,
     SeccompRule,
 )

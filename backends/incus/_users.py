@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from sandboxer._errors import InvalidSpec
+from sandboxer.backend import InvalidSpec
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import socket
 import ssl
 import struct
 
-from sandboxer._errors import EngineError
+from sandboxer.backend import EngineError
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA

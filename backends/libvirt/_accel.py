@@ -20,9 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from sandboxer._backend import LaunchPlan
-from sandboxer._labels import ownership_labels
-from sandboxer._log import logger, timed
+from sandboxer.backend import LaunchPlan, logger, ownership_labels, timed
 
 from ._domain import Boot, domain_xml
 from ._guest_scripts import PROBE_ARGUMENT, PROBE_MARKER

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sandboxer._errors import EngineError, SandboxError
+from sandboxer.backend import EngineError, SandboxError
 
 from ._errors import libvirt_errors
 from ._sdk import libvirt, libvirt_qemu

@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import attrs
 
-from sandboxer._backend import (
+from sandboxer.backend import (
+    LAUNCH,
     LOGS_MAX,
     ArchiveStream,
     Availability,
@@ -23,25 +24,24 @@ from sandboxer._backend import (
     Capabilities,
     Check,
     ControlStatus,
+    EngineError,
     ExecGenerator,
     ExecRequest,
     Handle,
+    ImageNotFound,
     LaunchPlan,
+    OutputTooLarge,
+    SandboxExists,
     SandboxInfo,
+    SandboxNotFound,
     SandboxState,
     archive_chunks,
     check_packing,
+    is_ours,
+    logger,
     tar_request,
+    timed,
 )
-from sandboxer._errors import (
-    EngineError,
-    ImageNotFound,
-    OutputTooLarge,
-    SandboxExists,
-    SandboxNotFound,
-)
-from sandboxer._labels import LAUNCH, is_ours
-from sandboxer._log import logger, timed
 from sandboxer.images import is_builtin, is_disk_image
 
 from . import _diagnose, _shares
@@ -242,7 +242,7 @@ class LibvirtBackend(Backend):
         if is_disk_image(plan.image):
             for control, status in statuses.items():
                 if status.enforced and control in DISK_IMAGE_CONTROLS:
-                    statuses[control] = ControlStatus(True, DISK_IMAGE_CONTROLS[control])
+                    statuses[control] = DISK_IMAGE_CONTROLS[control]
         return statuses
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:

@@ -18,7 +18,7 @@ import base64
 import json
 from collections.abc import Mapping
 
-from sandboxer._backend import LaunchPlan
+from sandboxer.backend import ControlStatus, LaunchPlan
 
 from ._guest_config import guest_files, nics, shares
 from ._guest_scripts import (
@@ -135,20 +135,30 @@ while True:
 
 # The controls whose mechanism differs on a user's disk image; the others are the
 # built-in guest's (the backend's capabilities).
-DISK_IMAGE_CONTROLS: Mapping[str, str] = {
-    "no_new_privileges": "guest: NoNewPrivileges= on qemu-guest-agent.service, inherited by "
-    "every command (and setpriv --nnp)",
-    "seccomp": "guest: the profile's allowlist (default deny) compiled to BPF (libseccomp) "
-    "and loaded on the "
-    "guest agent, inherited by every command; host: QEMU runs under its own seccomp sandbox",
-    "non_root_user": "guest: every command, the spec's command and the file calls' tar "
-    "run as the profile's uid:gid (setpriv; the caller's environment applies only after "
-    "the drop); root runs the image's own systemd services, cloud-init, qemu-ga and "
-    "sandboxer's exec wrapper, with a fixed environment and absolute paths; host: QEMU "
-    "runs as the unprivileged user of qemu.conf",
-    "read_only_root": "guest: ProtectSystem=strict on qemu-guest-agent.service: every "
-    "command sees the file system read-only but for the profile's tmpfs paths and "
-    "read-write mounts",
+DISK_IMAGE_CONTROLS: Mapping[str, ControlStatus] = {
+    "no_new_privileges": ControlStatus(
+        True,
+        "guest: NoNewPrivileges= on qemu-guest-agent.service, inherited by every command "
+        "(and setpriv --nnp)",
+    ),
+    "seccomp": ControlStatus(
+        True,
+        "guest: the profile's allowlist (default deny) compiled to BPF (libseccomp) and "
+        "loaded on the guest agent, inherited by every command; host: QEMU runs under its "
+        "own seccomp sandbox",
+    ),
+    # Not every process: the image's own init must run as root.
+    "non_root_user": ControlStatus(
+        False,
+        "the image's own init (systemd), its services and cloud-init run as root in the "
+        "guest; every command, the spec's command and the file calls' tar run as the "
+        "profile's uid:gid (setpriv; the caller's environment applies only after the drop)",
+    ),
+    "read_only_root": ControlStatus(
+        True,
+        "guest: ProtectSystem=strict on qemu-guest-agent.service: every command sees the "
+        "file system read-only but for the profile's tmpfs paths and read-write mounts",
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sandboxer._backend import Availability, Check, CheckColumn
+from sandboxer.backend import Availability, Check, CheckColumn
 
 from ._accel import TCG, AcceleratorChooser, kvm_offered
 from ._errors import FIX

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from sandboxer._errors import BackendUnavailable, EngineError, ImageNotFound, InvalidSpec
+from sandboxer.backend import BackendUnavailable, EngineError, ImageNotFound, InvalidSpec
 
 QCOW2_MAGIC = b"QFI\xfb"
 SEED_LABEL = "cidata"

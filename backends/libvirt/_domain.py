@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from sandboxer._backend import LaunchPlan
-from sandboxer._models import PortMapping
+from sandboxer.backend import LaunchPlan, PortMapping
 
 from ._guest_config import Share, nics
 from ._guest_scripts import (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from sandboxer._errors import (
+from sandboxer.backend import (
     BackendUnavailable,
     EngineError,
     InvalidSpec,

@@ -14,9 +14,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sandboxer._backend import ExecGenerator, ExecRequest, ExitStatus
-from sandboxer._errors import EngineError, OutputTooLarge
-from sandboxer._log import logger
+from sandboxer.backend import (
+    EngineError,
+    ExecGenerator,
+    ExecRequest,
+    ExitStatus,
+    OutputTooLarge,
+    logger,
+)
 
 from ._agent import WRITE_CHUNK, Agent
 from ._guest_scripts import EXEC_PATH, KILL_PATH, STAGING_DIR

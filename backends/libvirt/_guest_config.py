@@ -12,8 +12,7 @@ import shlex
 
 import attrs
 
-from sandboxer._backend import LaunchPlan
-from sandboxer._errors import InvalidSpec
+from sandboxer.backend import InvalidSpec, LaunchPlan
 
 from ._cpio import CpioWriter
 

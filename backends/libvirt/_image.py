@@ -27,8 +27,7 @@ from typing import BinaryIO
 
 import attrs
 
-from sandboxer._errors import ImageNotFound
-from sandboxer._log import logger, timed
+from sandboxer.backend import ImageNotFound, logger, timed
 from sandboxer.images import IMAGE_VERSION, build_rootfs_tar
 
 from . import _guest_scripts as scripts

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from sandboxer._errors import ImageNotFound
+from sandboxer.backend import ImageNotFound
 
 _DEPENDS = re.compile(rb"\x00depends=([^\x00]*)\x00")
 

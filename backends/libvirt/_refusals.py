@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from sandboxer._backend import LaunchPlan
+from sandboxer.backend import LaunchPlan
 from sandboxer.images.disk import is_disk_image
 
 

@@ -15,8 +15,16 @@ import os
 import tempfile
 from typing import Any
 
-from sandboxer._errors import BackendUnavailable, UnsupportedFeature
-from sandboxer._seccomp import EPERM, ERRNO, ArgFilter, SeccompPolicy, SeccompRule, Target
+from sandboxer.backend import (
+    EPERM,
+    ERRNO,
+    ArgFilter,
+    BackendUnavailable,
+    SeccompPolicy,
+    SeccompRule,
+    Target,
+    UnsupportedFeature,
+)
 
 _FIX = "apt-get install libseccomp2"
 _ATTR_OPTIMIZE = 8  # SCMP_FLTATR_CTL_OPTIMIZE (libseccomp >= 2.5); older ones ignore it

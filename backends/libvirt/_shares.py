@@ -17,8 +17,7 @@ from xml.etree import ElementTree
 
 import attrs
 
-from sandboxer._errors import EngineError, UnsupportedFeature
-from sandboxer._log import logger
+from sandboxer.backend import EngineError, UnsupportedFeature, logger
 
 from ._errors import libvirt_errors
 from ._guest_config import Share

@@ -64,12 +64,19 @@ class SharedSandboxContract:
         """The image every sandbox of the suite runs; a subclass may name its own."""
         return str(sandboxer.SandboxSpec().image)
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def launch_fields(cls, image: str) -> dict[str, Any]:
+        """The fields every launch of the suite takes: the image, and what a subclass must
+        consent to for it (an image whose own init runs as root: `allow_unenforced`)."""
+        return {"image": image}
+
     @pytest.fixture
-    def make(self, backend: str, image: str) -> Iterator[Make]:
+    def make(self, backend: str, launch_fields: dict[str, Any]) -> Iterator[Make]:
         made: list[Sandbox] = []
 
         def launch(**fields: Any) -> Sandbox:
-            sandbox = sandboxer.launch(backend=backend, image=image, **fields)
+            sandbox = sandboxer.launch(backend=backend, **launch_fields, **fields)
             made.append(sandbox)
             return sandbox
 
@@ -79,9 +86,10 @@ class SharedSandboxContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def shared(cls, backend: str, image: str) -> Iterator[Sandbox]:
+    def shared(cls, backend: str, launch_fields: dict[str, Any]) -> Iterator[Sandbox]:
         """One sandbox for the tests that do not change it (booting a VM per test is slow)."""
-        with sandboxer.launch(backend=backend, image=image, env={"FROM_SPEC": "spec"}) as sandbox:
+        fields = {**launch_fields, "env": {"FROM_SPEC": "spec"}}
+        with sandboxer.launch(backend=backend, **fields) as sandbox:
             yield sandbox
 
     # labels and refusals ------------------------------------------------------------
@@ -103,12 +111,12 @@ class SharedSandboxContract:
         assert _names(backend) == before
 
     def test_bad_spec_is_refused_before_the_engine(
-        self, backend: str, image: str, tmp_path: Path
+        self, backend: str, launch_fields: dict[str, Any], tmp_path: Path
     ) -> None:
         before = _names(backend)
         with pytest.raises(sandboxer.InvalidSpec, match=r"Mount\.source"):
             missing = Mount(str(tmp_path / "missing"), "/data")
-            sandboxer.launch(backend=backend, image=image, mounts=[missing])
+            sandboxer.launch(backend=backend, mounts=[missing], **launch_fields)
         assert _names(backend) == before
 
     # exec ----------------------------------------------------------------------------
@@ -197,8 +205,10 @@ class SandboxContract(SharedSandboxContract):
         with pytest.raises(sandboxer.SandboxNotFound):
             sb.exec(["true"])
 
-    def test_leaving_the_block_after_an_error_destroys(self, backend: str, image: str) -> None:
-        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend, image=image) as sb:
+    def test_leaving_the_block_after_an_error_destroys(
+        self, backend: str, launch_fields: dict[str, Any]
+    ) -> None:
+        with pytest.raises(RuntimeError), sandboxer.launch(backend=backend, **launch_fields) as sb:
             name = sb.name
             raise RuntimeError("boom")
         assert name not in _names(backend)
