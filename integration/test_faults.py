@@ -108,22 +108,22 @@ class TestTimeoutKillsTheTree:
         listing = self._wait_gone(shared, "sleep 27")
         assert "sleep 27" not in listing, f"survivors after the timeout:\n{listing}"
 
-    def test_a_command_that_drops_the_marker_dies(self, shared: Sandbox) -> None:
-        # The marker variable gone from the command itself and from a child.
-        drop = f"env -u {EXEC_MARKER}"
-        script = f"{drop} sleep 3161 & exec {drop} sleep 3162"
+    @pytest.mark.parametrize(
+        "script",
+        [
+            # The marker variable gone from the command itself and from a child.
+            f"env -u {EXEC_MARKER} sleep 3161 & exec env -u {EXEC_MARKER} sleep 3162",
+            # ...and from orphans that left the command's tree.
+            f"(env -u {EXEC_MARKER} sleep 3163 &); (setsid env -u {EXEC_MARKER} sleep 3164 &); "
+            "sleep 3165",
+        ],
+        ids=["in-the-tree", "orphaned"],
+    )
+    def test_processes_that_drop_the_marker_die(self, shared: Sandbox, script: str) -> None:
         result = shared.exec(["sh", "-c", script], timeout=2)
         assert result.timed_out
         listing = self._wait_gone(shared, "sleep 316")
         assert "sleep 316" not in listing, f"survivors after the timeout:\n{listing}"
-
-    def test_an_orphan_that_drops_the_marker_dies(self, shared: Sandbox) -> None:
-        drop = f"env -u {EXEC_MARKER}"
-        script = f"({drop} sleep 3171 &); (setsid {drop} sleep 3172 &); sleep 3173"
-        result = shared.exec(["sh", "-c", script], timeout=2)
-        assert result.timed_out
-        listing = self._wait_gone(shared, "sleep 317")
-        assert "sleep 317" not in listing, f"survivors after the timeout:\n{listing}"
 
     def test_streamed_exec_times_out_too(self, shared: Sandbox) -> None:
         stream = shared.exec_stream(

@@ -130,7 +130,9 @@ def _escaped(pid: int, namespace: int, init: int, started: int) -> bool:
     re-parented to the sandbox's init or to a subreaper outside the sandbox. (The init's
     own child, the main command, started before any exec.)"""
     start, parent = _start_ticks(pid), _parent(pid)
-    if start is None or not parent or start < started:
+    # Strictly later: the main command may have started in the very tick the exec did
+    # (an exec right after launch), while an exec's own processes take longer to spawn.
+    if start is None or not parent or start <= started:
         return False  # (parent 0: the host's own init or a kernel thread)
     return parent == init or pid_namespace(parent) != namespace
 
