@@ -62,7 +62,7 @@ print(json.dumps(outcome))
 
 # The sandbox stops every tar it sees (no pkill in the minimal image: /proc by hand).
 _EACH_TAR = (  # shell builtins only, so each sweep is quick
-    "for p in /proc/[0-9]*; do read -r c 2>/dev/null < $p/comm && [ \"$c\" = tar ] && "
+    'for p in /proc/[0-9]*; do read -r c 2>/dev/null < $p/comm && [ "$c" = tar ] && '
     "SIG ${p#/proc/}; done"
 )
 _STOPPER = "while :; do " + _EACH_TAR.replace("SIG", "kill -STOP") + "; done"

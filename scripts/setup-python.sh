@@ -22,6 +22,8 @@ if [ ${#need[@]} -gt 0 ] && ! usable >/dev/null 2>&1; then
     log "apt-get install ${need[*]}"
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# scripts/test.sh lints the VM guest's shell scripts with it.
+command -v shellcheck >/dev/null || { log "apt-get install shellcheck"; apt-get update -qq && apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
 
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then

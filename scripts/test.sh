@@ -9,6 +9,8 @@ scripts/setup-engines.sh docker incus libvirt
 scripts/setup-python.sh
 export PATH="$root/.venv/bin:$PATH"
 ruff check sandboxer backends profiles tests integration bench
+# The VM guest's scripts, which busybox sh runs (ruff sees its .py ones under backends/).
+shellcheck --shell=sh backends/libvirt/guest-scripts/*.sh
 mypy
 # Two runs: the unit tests register an in-memory fake backend for their whole session.
 python -m pytest tests "$@"

@@ -73,7 +73,10 @@ def test_loopback_is_raised_by_a_host_hook_in_every_sandbox() -> None:
 def test_hardened_root_is_read_only_with_a_sized_tmpfs() -> None:
     body = request(plan())
     assert body["devices"]["root"] == {
-        "type": "disk", "path": "/", "pool": POOL, "readonly": "true",
+        "type": "disk",
+        "path": "/",
+        "pool": POOL,
+        "readonly": "true",
     }
     assert (
         "lxc.mount.entry = tmpfs tmp tmpfs rw,nosuid,nodev,size=67108864,mode=1777,create=dir 0 0"
@@ -143,11 +146,16 @@ def test_cap_add_is_kept_and_a_partial_drop_list_is_dropped() -> None:
 
 def test_profile_extras_append_to_line_lists_and_set_keys_no_control_sets() -> None:
     hardened = sandboxer.load_profile("hardened")
-    extra = hardened.derive("extra", extras={"incus": {
-        "raw.lxc": "lxc.apparmor.profile = unconfined",
-        "raw.seccomp": "acct errno 1",
-        "boot.autostart": False,
-    }})
+    extra = hardened.derive(
+        "extra",
+        extras={
+            "incus": {
+                "raw.lxc": "lxc.apparmor.profile = unconfined",
+                "raw.seccomp": "acct errno 1",
+                "boot.autostart": False,
+            }
+        },
+    )
     config = request(plan(profile=extra))["config"]
     assert config["raw.lxc"].endswith("\nlxc.apparmor.profile = unconfined")
     assert "lxc.cap.keep = none" in config["raw.lxc"]
@@ -191,25 +199,38 @@ def test_labels_and_env(tmp_path: Path) -> None:
 
 def test_mounts_become_disk_devices(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("x")
-    devices = request(plan(mounts=[
-        Mount(str(tmp_path), "/data", read_only=True),
-        Mount(str(tmp_path / "file.txt"), "/etc/app.conf"),
-    ]))["devices"]
+    devices = request(
+        plan(
+            mounts=[
+                Mount(str(tmp_path), "/data", read_only=True),
+                Mount(str(tmp_path / "file.txt"), "/etc/app.conf"),
+            ]
+        )
+    )["devices"]
     assert devices["mount0"] == {
-        "type": "disk", "source": str(tmp_path), "path": "/data", "readonly": "true",
+        "type": "disk",
+        "source": str(tmp_path),
+        "path": "/data",
+        "readonly": "true",
     }
     assert devices["mount1"]["readonly"] == "false"
 
 
 def test_ports_become_host_bound_proxies() -> None:
-    devices = request(plan(ports=[
-        PortMapping(8080, 18080),
-        PortMapping(53, 10053, protocol="udp"),
-        PortMapping(9000, 19000, host_ip="::1"),
-    ]))["devices"]
+    devices = request(
+        plan(
+            ports=[
+                PortMapping(8080, 18080),
+                PortMapping(53, 10053, protocol="udp"),
+                PortMapping(9000, 19000, host_ip="::1"),
+            ]
+        )
+    )["devices"]
     assert devices["port0"] == {
-        "type": "proxy", "listen": "tcp:127.0.0.1:18080",
-        "connect": "tcp:127.0.0.1:8080", "bind": "host",
+        "type": "proxy",
+        "listen": "tcp:127.0.0.1:18080",
+        "connect": "tcp:127.0.0.1:8080",
+        "bind": "host",
     }
     assert devices["port1"]["listen"] == "udp:127.0.0.1:10053"
     assert devices["port2"]["listen"] == "tcp:[::1]:19000"
@@ -221,8 +242,8 @@ def test_unassigned_host_ports_are_chosen_before_the_request() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cpus", "count", "allowance"), [(1.0, "1", None), (2, "2", None), (1.5, "2", "150ms/100ms"),
-                                     (0.25, "1", "25ms/100ms")],
+    ("cpus", "count", "allowance"),
+    [(1.0, "1", None), (2, "2", None), (1.5, "2", "150ms/100ms"), (0.25, "1", "25ms/100ms")],
 )
 def test_cpu_limits(cpus: float, count: str, allowance: str | None) -> None:
     config = request(plan(resources={"cpus": cpus}))["config"]
@@ -246,8 +267,12 @@ def test_bridge_nic_is_reserved_filtered_and_configured_by_lxc() -> None:
     nic = Nic("sandboxerbr0", "10.213.4.7/16", "10.213.0.1", reserved=True)
     body = request(plan(network="bridge"), nic)
     assert body["devices"]["eth0"] == {
-        "type": "nic", "network": "sandboxerbr0", "name": "eth0", "ipv4.address": "10.213.4.7",
-        "security.ipv4_filtering": "true", "security.mac_filtering": "true",
+        "type": "nic",
+        "network": "sandboxerbr0",
+        "name": "eth0",
+        "ipv4.address": "10.213.4.7",
+        "security.ipv4_filtering": "true",
+        "security.mac_filtering": "true",
         "security.port_isolation": "true",
     }
     lines = raw_lines(body)
@@ -327,13 +352,16 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin
 GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
 
 
-@pytest.mark.parametrize(("user", "expected"), [
-    ("sandbox", _users.Identity(1000, 1000, "/home/sandbox")),
-    ("1000", _users.Identity(1000, 1000, "/home/sandbox")),
-    ("65534", _users.Identity(65534, 65534)),
-    ("sandbox:nogroup", _users.Identity(1000, 65534, "/home/sandbox")),
-    ("root:1000", _users.Identity(0, 1000, "/root")),
-])
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("sandbox", _users.Identity(1000, 1000, "/home/sandbox")),
+        ("1000", _users.Identity(1000, 1000, "/home/sandbox")),
+        ("65534", _users.Identity(65534, 65534)),
+        ("sandbox:nogroup", _users.Identity(1000, 65534, "/home/sandbox")),
+        ("root:1000", _users.Identity(0, 1000, "/root")),
+    ],
+)
 def test_users_resolve(user: str, expected: _users.Identity) -> None:
     assert _users.resolve(user, PASSWD, GROUP) == expected
 
@@ -352,7 +380,8 @@ def test_numeric_users_need_no_lookup() -> None:
 # errors ------------------------------------------------------------------------------
 def test_every_pylxd_exception_is_mapped() -> None:
     classes = [
-        cls for _, cls in inspect.getmembers(pylxd.exceptions, inspect.isclass)
+        cls
+        for _, cls in inspect.getmembers(pylxd.exceptions, inspect.isclass)
         if issubclass(cls, Exception) and cls.__module__ == pylxd.exceptions.__name__
     ]
     mapped = {source for source, _ in _errors.MAPPING}
@@ -368,15 +397,27 @@ class _Response:
         return {"error": self.content.decode()}
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (pylxd.exceptions.NotFound(_Response(404, "Instance not found")), sandboxer.SandboxNotFound),
-    (pylxd.exceptions.LXDAPIException(_Response(400, "bad")), sandboxer.EngineError),
-    (pylxd.exceptions.LXDAPIException(_Response(
-        500, 'Failed to create "instances" entry: UNIQUE constraint failed: instances.name')),
-     sandboxer.SandboxExists),
-    (pylxd.exceptions.ClientConnectionFailed("down"), sandboxer.BackendUnavailable),
-    (BrokenPipeError(32, "Broken pipe"), sandboxer.BackendUnavailable),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            pylxd.exceptions.NotFound(_Response(404, "Instance not found")),
+            sandboxer.SandboxNotFound,
+        ),
+        (pylxd.exceptions.LXDAPIException(_Response(400, "bad")), sandboxer.EngineError),
+        (
+            pylxd.exceptions.LXDAPIException(
+                _Response(
+                    500,
+                    'Failed to create "instances" entry: UNIQUE constraint failed: instances.name',
+                )
+            ),
+            sandboxer.SandboxExists,
+        ),
+        (pylxd.exceptions.ClientConnectionFailed("down"), sandboxer.BackendUnavailable),
+        (BrokenPipeError(32, "Broken pipe"), sandboxer.BackendUnavailable),
+    ],
+)
 def test_translation(exc: BaseException, expected: type[Exception]) -> None:
     translated = _errors.translate(exc)
     assert type(translated) is expected
@@ -441,7 +482,9 @@ def test_mount_points_are_made_only_over_a_read_only_root(tmp_path: Path) -> Non
     # The built-in image already has /tmp; another image may not.
     assert _prepare.mount_points(plan(mounts=mounts)) == [("/data", False), ("/etc/f.conf", True)]
     assert _prepare.mount_points(plan(image="someone/else", mounts=mounts)) == [
-        ("/tmp", False), ("/data", False), ("/etc/f.conf", True),
+        ("/tmp", False),
+        ("/data", False),
+        ("/etc/f.conf", True),
     ]
     assert _prepare.mount_points(plan(profile="default", mounts=mounts)) == []
 
@@ -455,16 +498,23 @@ def test_command_service_script() -> None:
 def _server_frame(opcode: int, payload: bytes) -> bytes:
     # Servers send unmasked frames.
     size = len(payload)
-    header = bytes([0x80 | opcode, size]) if size < 126 else (
-        bytes([0x80 | opcode, 126]) + size.to_bytes(2, "big"))
+    header = (
+        bytes([0x80 | opcode, size])
+        if size < 126
+        else (bytes([0x80 | opcode, 126]) + size.to_bytes(2, "big"))
+    )
     return header + payload
 
 
 def test_websocket_reads_messages_barriers_and_answers_pings() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        theirs.sendall(_server_frame(BINARY, b"hello") + _server_frame(0x9, b"p")
-                       + _server_frame(BINARY, b"x" * 300) + _server_frame(TEXT, b""))
+        theirs.sendall(
+            _server_frame(BINARY, b"hello")
+            + _server_frame(0x9, b"p")
+            + _server_frame(BINARY, b"x" * 300)
+            + _server_frame(TEXT, b"")
+        )
         websocket = WebSocket(ours)
         assert websocket.receive() == [(BINARY, b"hello"), (BINARY, b"x" * 300), (TEXT, b"")]
         pong = theirs.recv(100)

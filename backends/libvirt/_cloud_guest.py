@@ -23,20 +23,17 @@ from sandboxer.backend import ControlStatus, LaunchPlan
 from ._guest_config import guest_files, nics, shares
 from ._guest_scripts import (
     AGENT_CHANNEL,
-    CHANNELS,
     EXEC,
     EXEC_PATH,
     GUEST_ADDRESS,
     INBOUND_MAC,
-    INBOUND_NET,
     KILL,
     KILL_PATH,
-    LIMITS,
-    MOUNTS,
     OUTBOUND_MAC,
     OUTBOUND_NET,
     STAGING_DIR,
-    fill,
+    read,
+    render,
 )
 
 SETUP_PATH = "/usr/local/sbin/sbx-setup"
@@ -47,91 +44,12 @@ FAILED_FILE = f"{STAGING_DIR}/failed"
 AGENT_STATE_DIR = "/run/qga"
 SANDBOX_UID = 1000
 
-# runcmd runs this as root once cloud-init has written the files; every boot is a first
-# boot (the overlay is new), so it runs once per sandbox.
-SETUP = r"""#!/bin/sh
-# sandboxer's set-up of a cloud image, after cloud-init wrote /etc/sandboxer.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-log() { echo "sandboxer-setup: $*" >/dev/console; }
-fail() { log "$*"; echo "$*" > @FAILED_FILE@; exit 1; }
-mkdir -p -m 700 @STAGING_DIR@ @AGENT_STATE_DIR@
-. /etc/sandboxer/sandbox.conf
-
-address=127.0.1.1
-if [ "$SBX_NET_OUT" = 1 ]; then
-    # QEMU maps the outbound network's .2 to the host's loopback: keep it out of reach.
-    ip route add prohibit @OUTBOUND_NET@.2/32 || fail "cannot prohibit the host's address"
-    address=@OUTBOUND_NET@.15
-fi
-[ "$SBX_NET_IN" = 1 ] && address=@INBOUND_NET@.15
-echo "$address $SBX_HOSTNAME" >> /etc/hosts
-if [ -s /etc/sandboxer/mounts ]; then
-    modprobe -a 9pnet_virtio 9p || fail "the guest kernel has no 9p modules, needed for mounts"
-fi
-@MOUNTS@
-@CHANNELS@
-# qemu-ga again, now under the drop-in: the profile's controls reach every command.
-systemctl daemon-reload && systemctl restart qemu-guest-agent.service \
-    || fail "cannot restart qemu-guest-agent.service (is it installed?)"
-# After systemd's reload: it rewrites the root cgroup's controllers then.
-@LIMITS@
-limit() {  # limit FILE VALUE: fail if VALUE is asked for and FILE is missing or unlimited
-    case $(cat "/sys/fs/cgroup/sandbox/$1" 2>/dev/null || echo max) in
-        max*) [ -z "$2" ] || fail "the guest kernel did not take $1 = $2" ;;
-    esac
-}
-limit pids.max "$SBX_PIDS"
-limit memory.max "$SBX_MEMORY"
-limit cpu.max "$SBX_CPU_MAX"
-: > @READY_FILE@
-log ready
-"""
-
 # PID 1 of the agent's PID namespace (unshare starts it there): loads the profile's
 # compiled seccomp filter, if any (no_new_privs first), starts the agent, which inherits
 # the filter and passes it to every command, and reaps the orphans commands leave behind,
 # which would otherwise stay zombies and hold the sandbox's pids limit. Cloud images have
 # python3 for cloud-init, and no init or seccomp loader of their own for this.
-AGENT_INIT = r'''#!/usr/bin/python3
-"""sbx-agent-init [--seccomp FILTER] -- COMMAND...: filter, start COMMAND, reap orphans."""
-import ctypes
-import os
-import signal
-import sys
-
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-
-
-class Program(ctypes.Structure):
-    _fields_ = [("length", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-
-def load_filter(path):
-    with open(path, "rb") as source:
-        code = source.read()
-    program = Program(len(code) // 8, code)  # struct sock_filter is 8 bytes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.prctl(
-        PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0
-    ) != 0:
-        sys.exit("sbx-agent-init: " + os.strerror(ctypes.get_errno()))
-
-
-arguments = sys.argv[1:]
-if arguments[0] == "--seccomp":
-    load_filter(arguments[1])
-    arguments = arguments[2:]
-command = arguments[1:]  # after "--"
-agent = os.fork()
-if agent == 0:
-    os.execv(command[0], command)
-for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(number, lambda received, _frame: os.kill(agent, received))
-while True:
-    pid, status = os.wait()
-    if pid == agent:  # leaving ends the namespace, and every command in it
-        sys.exit(os.waitstatus_to_exitcode(status))
-'''
+AGENT_INIT = read("agent-init.py")
 
 # The controls whose mechanism differs on a user's disk image; the others are the
 # built-in guest's (the backend's capabilities).
@@ -163,17 +81,14 @@ DISK_IMAGE_CONTROLS: Mapping[str, ControlStatus] = {
 
 
 def setup_script() -> str:
-    return fill(
-        SETUP,
-        MOUNTS=MOUNTS.rstrip("\n"),
-        LIMITS=LIMITS.rstrip("\n"),
-        CHANNELS=CHANNELS.rstrip("\n"),
+    """guest-scripts/cloud-setup.sh: runcmd runs it as root once cloud-init has written the files;
+    every boot is a first boot (the overlay is new), so it runs once per sandbox."""
+    return render(
+        "cloud-setup.sh",
         STAGING_DIR=STAGING_DIR,
         AGENT_STATE_DIR=AGENT_STATE_DIR,
         READY_FILE=READY_FILE,
         FAILED_FILE=FAILED_FILE,
-        OUTBOUND_NET=OUTBOUND_NET,
-        INBOUND_NET=INBOUND_NET,
     )
 
 

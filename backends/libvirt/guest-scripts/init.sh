@@ -1,0 +1,126 @@
+#!/bin/sh
+# sandboxer VM guest init (PID 1).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "sandboxer-init: $*" >/dev/console; }
+if [ ! -e /.sandboxer-root ]; then
+    # Stage 1, in the initramfs. The kernel's rootfs can never be pivoted away from, and
+    # bwrap pivots, so the root moves to a tmpfs and this script starts again from there.
+    mount -t proc proc /proc
+    # The KVM check boots this guest with @PROBE_ARGUMENT@: getting here is all it needs.
+    if grep -qw @PROBE_ARGUMENT@ /proc/cmdline; then
+        echo "@PROBE_MARKER@" >/dev/console
+        reboot -f
+    fi
+    umount /proc
+    mount -t tmpfs -o mode=755 guestroot /mnt
+    for entry in /*; do
+        case $entry in
+            /mnt|/proc|/sys) mkdir "/mnt$entry" ;;
+            *) cp -a "$entry" /mnt/ ;;
+        esac
+    done
+    : > /mnt/.sandboxer-root
+    exec switch_root /mnt /init
+fi
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o nosuid,noexec,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
+mkdir -m 700 /run/sandboxer /run/qga
+mkfifo -m 600 /run/initctl
+. /etc/sandboxer/sandbox.conf
+
+load() {  # load a module group in the order the host listed it
+    while read -r module; do
+        [ -d "/sys/module/$module" ] && continue
+        insmod "/@MODULE_DIR@/$module.ko" || log "insmod $module failed"
+    done < "/@MODULE_DIR@/$1.list"
+}
+load agent
+
+hostname "$SBX_HOSTNAME"
+ip link set lo up
+# QEMU user-mode networks with fixed addresses, so no DHCP round trip at boot. In each,
+# .2 is QEMU's own address, which leads to the host's loopback.
+nic() {  # nic MAC NETWORK: the NIC with that MAC at NETWORK.15/24
+    for device in /sys/class/net/*; do
+        [ "$(cat "$device/address")" = "$1" ] || continue
+        ip link set "${device##*/}" up
+        ip addr add "$2.15/24" dev "${device##*/}"
+    done
+}
+[ "$SBX_NET_IN" = 1 ] || [ "$SBX_NET_OUT" = 1 ] && load net
+address=127.0.1.1
+if [ "$SBX_NET_OUT" = 1 ]; then
+    # Outbound traffic, NATed by QEMU. Its .2 would reach host-local services: that one
+    # address is prohibited (changing routes needs CAP_NET_ADMIN, which commands lack).
+    nic @OUTBOUND_MAC@ @OUTBOUND_NET@
+    ip route add default via @OUTBOUND_NET@.2
+    ip route add prohibit @OUTBOUND_NET@.2/32
+    echo "nameserver @OUTBOUND_NET@.3" > /etc/resolv.conf
+    address=@OUTBOUND_NET@.15
+fi
+if [ "$SBX_NET_IN" = 1 ]; then
+    # Published ports come in here, from .2; QEMU (restrict=on) lets nothing else through.
+    nic @INBOUND_MAC@ @INBOUND_NET@
+    address=@INBOUND_NET@.15
+fi
+echo "$address $SBX_HOSTNAME" >> /etc/hosts
+
+[ -s /etc/sandboxer/mounts ] && load 9p
+@MOUNTS@
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+mkdir /sys/fs/cgroup/agent
+@LIMITS@
+
+[ "$SBX_ROOT_RO" = 1 ] && mount -o remount,ro /
+
+@CHANNELS@
+port=
+for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = "@AGENT_CHANNEL@" ] && port="/dev/${p##*/}"
+done
+[ -n "$port" ] || log "no guest agent channel found"
+# The agent, and so every command, lives in a PID namespace of its own: commands see
+# their own processes, not init or the kernel's threads.
+agent="/usr/sbin/qemu-ga -m virtio-serial -p $port -t /run/qga -f /run/qga/pid"
+if [ "$SBX_SECCOMP" = 1 ]; then
+    # bwrap also loads the profile's filter and sets no_new_privs on the agent; both are
+    # inherited by every process the agent starts.
+    agent="/usr/bin/bwrap --unshare-pid --dev-bind / / --proc /proc --seccomp 9 -- $agent"
+else
+    [ "$SBX_NNP" = 1 ] && agent="/usr/bin/setpriv --nnp -- $agent"
+    agent="unshare -p -f --mount-proc $agent"
+fi
+(
+    while :; do
+        # shellcheck disable=SC2086 # $agent is the command line built above: split on purpose
+        sh -c 'echo $$ > /sys/fs/cgroup/agent/cgroup.procs && exec "$@"' agent $agent \
+            9< /etc/sandboxer/seccomp.bpf
+        log "guest agent exited ($?), restarting"
+        sleep 1
+    done
+) &
+log "ready"
+
+# /sbin/shutdown (what qemu-ga runs for guest-shutdown) cannot signal PID 1 from the
+# agent's PID namespace; it writes to this FIFO instead.
+( read -r _ < /run/initctl; kill -TERM 1 ) &
+
+# QEMU runs with -no-reboot (on_reboot=destroy): rebooting is how the guest powers off.
+stop() {
+    kill -TERM -1 2>/dev/null
+    sleep 1
+    kill -KILL -1 2>/dev/null
+    sync
+    reboot -f
+}
+trap stop TERM USR2
+# `wait` returns on every signal and every reaped orphan; the loop keeps PID 1 alive.
+while :; do
+    sleep 2147483647 &
+    wait
+done
