@@ -8,6 +8,8 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from ._proctree import pid_namespace, start_ticks
+
 PREFIX = "sandboxer."
 MANAGED = PREFIX + "managed"
 OWNER_PID = PREFIX + "owner-pid"
@@ -61,25 +63,13 @@ def boot_id() -> str:
         return ""
 
 
-def _pid_namespace(pid: int) -> str:
-    """The inode of `pid`'s PID namespace, as seen from here."""
-    return str(os.stat(f"/proc/{pid}/ns/pid").st_ino)
-
-
-def _start_ticks(pid: int) -> str:
-    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name (field 2) may hold spaces: fields after it follow the last ')'.
-        return stat.read().rsplit(")", 1)[1].split()[19]
-
-
 def owner_identity(pid: int) -> str | None:
     """`boot:pidns:pid:start` for process `pid`, or None when /proc cannot tell (it has
     exited). Unique across hosts, containers of a fleet and pid reuse."""
-    try:
-        return f"{boot_id()}:{_pid_namespace(pid)}:{pid}:{_start_ticks(pid)}"
-    except (OSError, IndexError):
+    namespace, start = pid_namespace(pid), start_ticks(pid)
+    if namespace is None or start is None:
         return None
+    return f"{boot_id()}:{namespace}:{pid}:{start}"
 
 
 def new_name() -> str:

@@ -107,7 +107,8 @@ def ticks_now() -> int:
         return int(float(uptime.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             # The command name (field 2) may hold spaces: fields after it follow the last ')'.
@@ -129,7 +130,7 @@ def _escaped(pid: int, namespace: int, init: int, started: int) -> bool:
     """Whether unmarked `pid` left an exec that began at `started`: started since, and
     re-parented to the sandbox's init or to a subreaper outside the sandbox. (The init's
     own child, the main command, started before any exec.)"""
-    start, parent = _start_ticks(pid), _parent(pid)
+    start, parent = start_ticks(pid), _parent(pid)
     # Strictly later: the main command may have started in the very tick the exec did
     # (an exec right after launch), while an exec's own processes take longer to spawn.
     if start is None or not parent or start <= started:
