@@ -21,6 +21,7 @@ from ._errors import (
     EngineError,
     ExecTimeout,
     ImageNotFound,
+    ImagePullFailed,
     InvalidSpec,
     OutputTooLarge,
     SandboxError,
@@ -46,6 +47,7 @@ from ._profiles import CONTROLS, NETWORKS, Profile, builtin_profiles, load_profi
 from ._registry import backend_names, get_backend, register_backend, unregister_backend
 from ._sandbox import ExecStream, Sandbox
 from ._selector import Selection, probe_all, select
+from ._vocabulary import PullPolicy
 
 __version__ = "0.1.0"
 
@@ -70,6 +72,7 @@ __all__ = [
     "GcIncomplete",
     "Handle",
     "ImageNotFound",
+    "ImagePullFailed",
     "InvalidSpec",
     "Inventory",
     "LaunchPlan",
@@ -80,6 +83,7 @@ __all__ = [
     "PoolTimeout",
     "PortMapping",
     "Profile",
+    "PullPolicy",
     "Requirements",
     "Resources",
     "Sandbox",

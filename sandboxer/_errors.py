@@ -36,6 +36,11 @@ class ImageNotFound(SandboxError):
     """The image does not exist on the engine and cannot be built."""
 
 
+class ImagePullFailed(ImageNotFound):
+    """The registry could not give the image: unreachable, unknown name or tag, refused
+    credentials, or content that does not match its digest."""
+
+
 class SandboxNotFound(SandboxError):
     """The sandbox does not exist (any more) on its engine."""
 

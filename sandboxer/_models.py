@@ -20,8 +20,19 @@ import attrs
 from ._errors import InvalidSpec
 from ._profiles import CONTROLS, Profile, load_profile
 from ._units import parse_size
-from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol, member, optional_member
+from ._vocabulary import (
+    Control,
+    Isolation,
+    Kind,
+    NetworkMode,
+    Protocol,
+    PullPolicy,
+    member,
+    optional_member,
+)
 from .images.disk import DISK_IMAGE_SUFFIXES, is_disk_image, looks_like_disk_image
+from .images.reference import parse_reference
+from .images.rootfs import is_builtin
 
 KINDS = tuple(Kind)
 # Ordered weakest to strongest: shared kernel, shared kernel with a user namespace, own kernel.
@@ -276,15 +287,31 @@ def _requirements(value: Requirements | Mapping[str, Any]) -> Requirements:
     return built
 
 
-def _command(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+def _argv(field: str, value: Sequence[str] | str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     argv = shlex.split(value) if isinstance(value, str) else value
     if not isinstance(argv, Sequence) or not all(isinstance(a, str) for a in argv):
-        raise _fail("command", f"expected a list of strings, got {value!r}")
-    if not argv:
-        raise _fail("command", "must not be empty (use None for the image's default)")
+        raise _fail(field, f"expected a list of strings, got {value!r}")
+    if any("\0" in a for a in argv):
+        raise _fail(field, "contains a NUL byte")
     return tuple(argv)
+
+
+def _command(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    argv = _argv("command", value)
+    if argv == ():
+        raise _fail("command", "must not be empty (use None for the image's default)")
+    return argv
+
+
+def _entrypoint(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    # Empty is meaningful: it clears the image's Entrypoint, as `--entrypoint ""` does.
+    return _argv("entrypoint", value)
+
+
+def _pull(value: str) -> PullPolicy:
+    return member(PullPolicy, "pull", value)
 
 
 def _profile(value: str | Path | Profile) -> Profile:
@@ -304,7 +331,10 @@ class SandboxSpec:
     """Everything needed to launch one sandbox, on any backend."""
 
     image: str = "sandboxer/minimal"
+    # None: the image's own (Entrypoint + Cmd, as Docker runs them; nothing: idle).
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
+    # Replaces the image's Entrypoint (and drops its Cmd); () clears it.
+    entrypoint: tuple[str, ...] | None = attrs.field(default=None, converter=_entrypoint)
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
     workdir: str | None = None
     user: str | None = None
@@ -324,6 +354,8 @@ class SandboxSpec:
     # Outlives its owner: not destroyed at the launching process's exit, and kept by gc
     # unless asked (`run --keep`); destroy() still removes it.
     keep: bool = False
+    # When the image is fetched from its registry: "missing", "always" or "never".
+    pull: PullPolicy = attrs.field(default=PullPolicy.MISSING, converter=_pull)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -338,6 +370,11 @@ class SandboxSpec:
                 f"a disk image ({', '.join(DISK_IMAGE_SUFFIXES)}) is named by its absolute "
                 f"path, got {self.image!r}",
             )
+        if not is_disk_image(self.image) and not is_builtin(self.image):
+            try:
+                parse_reference(self.image)
+            except ValueError as exc:
+                raise _fail("image", f"{self.image!r} is not an image reference: {exc}") from None
         for key in self.env:
             if not _ENV_KEY.fullmatch(key):
                 raise _fail(f"env[{key!r}]", "not a valid environment variable name")

@@ -15,7 +15,7 @@ from ._labels import EXEC_USER, KEEP, new_name, ownership_labels
 from ._models import Mount, PortMapping, Requirements, SandboxSpec
 from ._ports import assign_host_ports
 from ._seccomp import SeccompPolicy, Target
-from ._vocabulary import Control, NetworkMode
+from ._vocabulary import Control, NetworkMode, PullPolicy
 
 
 def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
@@ -54,6 +54,8 @@ class LaunchPlan:
     labels: Mapping[str, str] = attrs.field(converter=_frozen)
     image: str
     command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    pull: PullPolicy = attrs.field(default=PullPolicy.MISSING, converter=PullPolicy)
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
     workdir: str | None = None
     user: str | None = None
@@ -104,6 +106,8 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         labels=labels,
         image=spec.image,
         command=spec.command,
+        entrypoint=spec.entrypoint,
+        pull=spec.pull,
         env=spec.env,
         workdir=spec.workdir,
         user=user,

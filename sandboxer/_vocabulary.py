@@ -41,6 +41,14 @@ class NetworkMode(_Vocabulary):
     BRIDGE = "bridge"
 
 
+class PullPolicy(_Vocabulary):
+    """When a launch fetches its image from the registry."""
+
+    ALWAYS = "always"  # every launch asks the registry (a moved tag is followed)
+    MISSING = "missing"  # only when no local copy exists
+    NEVER = "never"  # a missing image is ImageNotFound
+
+
 class Protocol(_Vocabulary):
     TCP = "tcp"
     UDP = "udp"

@@ -63,6 +63,7 @@ from ._errors import (
     EngineError,
     ExecTimeout,
     ImageNotFound,
+    ImagePullFailed,
     InvalidSpec,
     OutputTooLarge,
     SandboxError,
@@ -87,7 +88,7 @@ from ._seccomp import (
     Target,
     host_kernel,
 )
-from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol
+from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol, PullPolicy
 
 __all__ = [
     "ALLOW",
@@ -118,6 +119,7 @@ __all__ = [
     "ExitStatus",
     "Handle",
     "ImageNotFound",
+    "ImagePullFailed",
     "InvalidSpec",
     "Isolation",
     "Kind",
@@ -127,6 +129,7 @@ __all__ = [
     "PortMapping",
     "Profile",
     "Protocol",
+    "PullPolicy",
     "SandboxError",
     "SandboxExists",
     "SandboxFileNotFound",

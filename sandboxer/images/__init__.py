@@ -5,7 +5,9 @@ engine from here (`is_builtin`, `build_rootfs_tar`), and boot users' own disk im
 (`is_disk_image`).
 """
 
+from .config import ImageConfig
 from .disk import DISK_IMAGE_SUFFIXES, is_disk_image, looks_like_disk_image
+from .reference import ImageReference, parse_reference
 from .rootfs import (
     BUILTIN_IMAGES,
     BUSYBOX_FIX,
@@ -25,8 +27,11 @@ __all__ = [
     "IMAGE_VERSION",
     "PASSWD",
     "ROOTFS_DIRECTORIES",
+    "ImageConfig",
+    "ImageReference",
     "build_rootfs_tar",
     "is_builtin",
     "is_disk_image",
     "looks_like_disk_image",
+    "parse_reference",
 ]
