@@ -18,6 +18,7 @@ from ._backend import (
 )
 from ._errors import (
     BackendUnavailable,
+    CommandFailed,
     EngineError,
     ExecTimeout,
     ImageNotFound,
@@ -62,6 +63,7 @@ __all__ = [
     "Capabilities",
     "Check",
     "CheckColumn",
+    "CommandFailed",
     "ControlStatus",
     "EngineError",
     "ExecRequest",

@@ -49,7 +49,7 @@ class UnsupportedFeature(SandboxError):
     """A backend cannot honour part of a spec or profile; it refuses instead of ignoring it."""
 
 
-class ExecTimeout(SandboxError):
+class ExecTimeout(SandboxError, TimeoutError):
     """An exec ran past its timeout and the caller asked for an exception."""
 
     def __init__(self, argv: tuple[str, ...], timeout: float, stdout: bytes, stderr: bytes) -> None:
@@ -75,6 +75,23 @@ class OutputTooLarge(SandboxError):
         self.fix = fix
         self.result = result
         super().__init__(f"{what} passed its cap of {limit} bytes; {fix}")
+
+
+class CommandFailed(SandboxError):
+    """A command exited non-zero (or timed out) and the caller asked for success
+    (`ExecResult.check()`); `result` is the whole result, the message shows the output's tail."""
+
+    TAIL = 2000  # characters of stderr (else stdout) the message shows
+
+    def __init__(self, result: ExecResult) -> None:
+        self.result = result
+        status = "timed out" if result.timed_out else f"exited with code {result.exit_code}"
+        output = result.stderr or result.stdout
+        tail = output[-self.TAIL :].decode("utf-8", "replace").rstrip()
+        # The argv is not shown: its arguments can hold secrets, and messages end up in logs.
+        super().__init__(
+            f"the command {status}" + (f"; its output ends with:\n{tail}" if tail else "")
+        )
 
 
 class EngineError(SandboxError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidSpec
+from ._errors import CommandFailed, InvalidSpec
 from ._profiles import CONTROLS, Profile, load_profile
 from ._units import parse_size
 from ._vocabulary import (
@@ -498,3 +498,9 @@ class ExecResult:
     def text(self) -> str:
         """stdout decoded as UTF-8 (replacing what is not)."""
         return self.stdout.decode("utf-8", "replace")
+
+    def check(self) -> ExecResult:
+        """This result if the command succeeded; else CommandFailed with the output's tail."""
+        if not self.ok:
+            raise CommandFailed(self)
+        return self

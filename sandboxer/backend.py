@@ -60,6 +60,7 @@ from ._backend import (
 )
 from ._errors import (
     BackendUnavailable,
+    CommandFailed,
     EngineError,
     ExecTimeout,
     ImageNotFound,
@@ -110,6 +111,7 @@ __all__ = [
     "Capabilities",
     "Check",
     "CheckColumn",
+    "CommandFailed",
     "Control",
     "ControlStatus",
     "EngineError",

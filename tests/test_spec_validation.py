@@ -138,3 +138,25 @@ def test_values_with_control_characters_or_shell_syntax_are_refused(
 ) -> None:
     with pytest.raises(InvalidSpec, match=field):
         SandboxSpec(**{field: value})
+
+
+def test_check_returns_a_successful_result_and_raises_on_failure() -> None:
+    ok = sandboxer.ExecResult(exit_code=0, stdout=b"x", stderr=b"", timed_out=False, duration=0.1)
+    assert ok.check() is ok
+    failed = sandboxer.ExecResult(
+        exit_code=3, stdout=b"", stderr=b"a" * 5000 + b"boom", timed_out=False, duration=0.1
+    )
+    with pytest.raises(sandboxer.CommandFailed, match="code 3") as caught:
+        failed.check()
+    assert caught.value.result is failed
+    assert str(caught.value).endswith("boom") and len(str(caught.value)) < 2200
+    timed_out = sandboxer.ExecResult(
+        exit_code=-1, stdout=b"", stderr=b"", timed_out=True, duration=1.0
+    )
+    with pytest.raises(sandboxer.CommandFailed, match="timed out"):
+        timed_out.check()
+
+
+def test_exec_timeout_is_a_timeout_error() -> None:
+    error = sandboxer.ExecTimeout(("sleep", "9"), 1.0, b"", b"")
+    assert isinstance(error, TimeoutError) and isinstance(error, sandboxer.SandboxError)

@@ -38,7 +38,9 @@ class ImageConfig:
     @classmethod
     def from_oci(cls, document: Mapping[str, Any]) -> ImageConfig:
         """From an OCI (or Docker v2) image config document; ValueError if malformed."""
-        config = document.get("config") or {}
+        config = document.get("config")
+        if config is None:
+            config = {}
         if not isinstance(config, Mapping):
             raise ValueError("the image config's `config` is not an object")
         env = []
@@ -46,7 +48,8 @@ class ImageConfig:
             key, _, value = item.partition("=")
             if key:
                 env.append((key, value))
-        workdir, user = config.get("WorkingDir") or "", config.get("User") or ""
+        workdir, user = config.get("WorkingDir", ""), config.get("User", "")
+        workdir, user = "" if workdir is None else workdir, "" if user is None else user
         if not isinstance(workdir, str) or not isinstance(user, str):
             raise ValueError("the image config's WorkingDir and User must be strings")
         return cls(
