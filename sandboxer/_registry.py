@@ -21,9 +21,9 @@ ENTRY_POINT_GROUP = "sandboxer.backends"
 
 # What to install when a known backend's SDK is missing.
 INSTALL_HINTS: Mapping[str, str] = {
-    "docker": "pip install 'sandboxer[docker]'",
-    "incus": "pip install 'sandboxer[incus]'",
-    "libvirt": "apt-get install libvirt-dev pkg-config && pip install 'sandboxer[libvirt]'",
+    "docker": "pip install 'docker>=7.0'",
+    "incus": "pip install 'pylxd>=2.3.2' 'requests>=2.32.2'",
+    "libvirt": "apt-get install libvirt-dev pkg-config && pip install 'libvirt-python>=9.0'",
 }
 
 _lock = threading.Lock()

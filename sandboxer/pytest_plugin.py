@@ -1,10 +1,18 @@
-"""pytest plugin: the `sandbox` and `sandbox_factory` fixtures and `--sandbox-backend`.
+"""pytest plugin: the `sandbox` fixture, sandbox factories and `--sandbox-backend`.
 
 - `sandbox` (function scope) launches one sandbox per test, configured by
-  `@pytest.mark.sandbox(**SandboxSpec fields)`; a failed test's report gets its logs.
-- `sandbox_factory` (session scope) launches sandboxes on demand; all are destroyed when
-  the session ends.
-- `--sandbox-backend=docker,incus` runs each test that uses `sandbox` once per backend.
+  `@pytest.mark.sandbox(**SandboxSpec fields)`.
+- Factories launch sandboxes on demand from SandboxSpec fields (`factory(image=...)`) and
+  destroy them when their scope ends: `function_sandbox_factory` after the test,
+  `module_sandbox_factory` after the module, `sandbox_factory` (also named
+  `session_sandbox_factory`) at the end of the session.
+- A failed test's report carries the last LOG_TAIL_BYTES of the logs of every sandbox it
+  made, through `sandbox` or any factory.
+- `--sandbox-backend=docker,incus` runs each test that uses `sandbox` or
+  `function_sandbox_factory` once per backend (a factory call's own `backend=` wins). A
+  backend that cannot meet the test's spec (`requirements={"init": True}` on docker) skips
+  that run with the selector's reason; `--sandbox-strict` (ini: `sandbox_strict = true`)
+  makes it an error instead. An engine that is not running is an error either way.
 - `--sandbox-pool=N` keeps N sandboxes of each spec the `sandbox` fixture uses started
   ahead (`sandboxer.Pool`): a test still gets a fresh sandbox, never a reused one.
 - Everything is labelled with this session (one per xdist worker); at the end the session's
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Generator, Iterator
 from typing import Any, Protocol
 
@@ -25,8 +34,14 @@ from sandboxer import _labels
 from sandboxer._gc import gc
 from sandboxer._log import logger
 
+# How much of each sandbox's logs a failure report shows: the end, where the failure is.
+LOG_TAIL_BYTES = 32 * 1024
+# Logs are the sandbox's output: control characters (terminal escapes, carriage returns
+# that overwrite a line) are shown escaped, never sent to the terminal as they are.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
 _PLUGIN_KEY = pytest.StashKey["_PluginSession"]()
-_SANDBOX_KEY = pytest.StashKey["sandboxer.Sandbox"]()
+_MADE_KEY = pytest.StashKey[list["sandboxer.Sandbox"]]()
 
 
 class SandboxFactory(Protocol):
@@ -41,6 +56,7 @@ class _PluginSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.active = False
+        self.current: pytest.Item | None = None  # the test running now, if any
         # Specs hold mappings, so they are compared by value, not hashed.
         self.pools: list[tuple[sandboxer.SandboxSpec, sandboxer.Pool]] = []
 
@@ -56,6 +72,15 @@ class _PluginSession:
     @property
     def session(self) -> str:
         return _labels.session_id()
+
+    @property
+    def strict(self) -> bool:
+        return bool(self.config.getoption("sandbox_strict") or self.config.getini("sandbox_strict"))
+
+    def made(self, sandbox: sandboxer.Sandbox) -> None:
+        """Count `sandbox` as made by the running test, whose failure report shows its logs."""
+        if self.current is not None:
+            self.current.stash.setdefault(_MADE_KEY, []).append(sandbox)
 
     def activate(self) -> None:
         """On first sandbox use: reap what a killed run of this same session left behind."""
@@ -102,6 +127,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="keep N sandboxes of each spec the `sandbox` fixture uses started ahead; "
         "every test still gets a fresh one (default 0: launch on demand)",
+    )
+    group.addoption(
+        "--sandbox-strict",
+        dest="sandbox_strict",
+        action="store_true",
+        default=False,
+        help="under --sandbox-backend, a backend that cannot meet a test's spec is an error, "
+        "not a skip (ini: sandbox_strict)",
+    )
+    parser.addini(
+        "sandbox_strict",
+        type="bool",
+        default=False,
+        help="as --sandbox-strict: never skip a test because a backend cannot meet its spec",
     )
 
 
@@ -161,6 +200,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("sandbox_backend", names, indirect=True, ids=names)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    # Sandboxes launched while a test runs (even by a session fixture it sets up) are its.
+    plugin = item.config.stash[_PLUGIN_KEY]
+    plugin.current = item
+    try:
+        return (yield)
+    finally:
+        plugin.current = None
+
+
+@contextlib.contextmanager
+def _skip_when_unmet(plugin: _PluginSession, backend: str | None) -> Iterator[None]:
+    """Turn `backend`'s refusal of the spec into a skip; `backend` is the one
+    --sandbox-backend runs this test on (None: the test chose, so a refusal is its error)."""
+    try:
+        yield
+    except sandboxer.UnsupportedFeature as exc:
+        if backend is None or plugin.strict:
+            raise
+        # Reported at the test's own location, not at this line of the plugin.
+        raise pytest.skip.Exception(
+            f"{exc} (--sandbox-strict makes this an error)", _use_item_location=True
+        ) from None
+
+
 @pytest.fixture
 def sandbox_backend(request: pytest.FixtureRequest) -> str | None:
     """The backend this test runs on under --sandbox-backend, else None (the selector picks)."""
@@ -179,42 +244,104 @@ def sandbox(
         fields["backend"] = sandbox_backend
     plugin = request.config.stash[_PLUGIN_KEY]
     plugin.activate()
-    lease: contextlib.AbstractContextManager[sandboxer.Sandbox]
-    if request.config.getoption("sandbox_pool") > 0 and "name" not in fields:
-        lease = plugin.pool(sandboxer.SandboxSpec(**fields)).acquire()
-    else:
-        lease = sandboxer.launch(**fields)  # a fixed name cannot come from a pool
-    with lease as made:
-        request.node.stash[_SANDBOX_KEY] = made
+    with contextlib.ExitStack() as stack:
+        with _skip_when_unmet(plugin, sandbox_backend):
+            lease: contextlib.AbstractContextManager[sandboxer.Sandbox]
+            if request.config.getoption("sandbox_pool") > 0 and "name" not in fields:
+                lease = plugin.pool(sandboxer.SandboxSpec(**fields)).acquire()
+            else:
+                lease = sandboxer.launch(**fields)  # a fixed name cannot come from a pool
+            made = stack.enter_context(lease)
+        plugin.made(made)
         yield made
+
+
+class _Factory:
+    """Launches sandboxes for one fixture; `close()` destroys every one it launched.
+
+    `backend` is the one --sandbox-backend runs the test on: calls that name no backend
+    get it, and its refusal of their spec skips the test (unless strict).
+    """
+
+    def __init__(self, plugin: _PluginSession, backend: str | None = None) -> None:
+        self._plugin = plugin
+        self._backend = backend
+        self._launched: list[sandboxer.Sandbox] = []
+
+    def __call__(
+        self, spec: sandboxer.SandboxSpec | None = None, /, **fields: Any
+    ) -> sandboxer.Sandbox:
+        self._plugin.activate()
+        chosen = fields.get("backend", spec.backend if spec is not None else None)
+        given = self._backend if chosen is None else None
+        if given is not None:
+            fields["backend"] = given
+        with _skip_when_unmet(self._plugin, given):
+            launched = sandboxer.launch(spec, **fields)
+        self._launched.append(launched)
+        self._plugin.made(launched)
+        return launched
+
+    def close(self) -> None:
+        """Destroy what this factory launched; every one is tried before a failure is raised."""
+        failures: list[Exception] = []
+        for launched in self._launched:
+            try:
+                launched.destroy()
+            except Exception as exc:
+                failures.append(exc)
+        self._launched.clear()
+        if failures:
+            raise failures[0]
+
+
+def _factory(plugin: _PluginSession, backend: str | None = None) -> Iterator[SandboxFactory]:
+    factory = _Factory(plugin, backend)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def function_sandbox_factory(
+    request: pytest.FixtureRequest, sandbox_backend: str | None
+) -> Iterator[SandboxFactory]:
+    """Launch sandboxes from SandboxSpec fields; every one is destroyed after the test.
+
+    Under --sandbox-backend the test runs once per backend, and calls that name no backend
+    launch on that one."""
+    yield from _factory(request.config.stash[_PLUGIN_KEY], sandbox_backend)
+
+
+@pytest.fixture(scope="module")
+def module_sandbox_factory(request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
+    """Launch sandboxes from SandboxSpec fields; every one is destroyed after the module."""
+    yield from _factory(request.config.stash[_PLUGIN_KEY])
 
 
 @pytest.fixture(scope="session")
 def sandbox_factory(request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
     """Launch sandboxes from SandboxSpec fields; every one is destroyed at session end."""
-    plugin = request.config.stash[_PLUGIN_KEY]
-    made: list[sandboxer.Sandbox] = []
+    yield from _factory(request.config.stash[_PLUGIN_KEY])
 
-    def factory(spec: sandboxer.SandboxSpec | None = None, /, **fields: Any) -> sandboxer.Sandbox:
-        plugin.activate()
-        launched = sandboxer.launch(spec, **fields)
-        made.append(launched)
-        return launched
 
-    yield factory
-    failures: list[Exception] = []
-    for launched in made:
-        try:
-            launched.destroy()
-        except Exception as exc:
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+@pytest.fixture(scope="session")
+def session_sandbox_factory(sandbox_factory: SandboxFactory) -> SandboxFactory:
+    """`sandbox_factory` under the name that says its scope: the same factory."""
+    return sandbox_factory
+
+
+def _tail(text: str, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last `limit` bytes of `text` (UTF-8), saying how much was cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) > limit:
+        kept = data[-limit:].decode("utf-8", "ignore")  # a character cut in two is dropped
+        text = f"[{len(data) - limit} earlier bytes not shown]\n{kept}"
+    return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _logs_of(made: sandboxer.Sandbox) -> str:
     try:
-        return made.logs() or "(the sandbox printed nothing)"
+        return _tail(made.logs()) or "(the sandbox printed nothing)"
     except Exception as exc:
         return f"(could not read the logs: {exc})"
 
@@ -224,8 +351,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    made = item.stash.get(_SANDBOX_KEY, None)
-    # The sandbox still exists at setup and call time; teardown destroys it.
-    if made is not None and report.failed and report.when in ("setup", "call"):
-        report.sections.append((f"sandbox logs: {made.name} ({made.backend})", _logs_of(made)))
+    # Function-scoped sandboxes still exist at setup and call time; teardown destroys them.
+    if report.failed and report.when in ("setup", "call"):
+        for made in item.stash.get(_MADE_KEY, []):
+            report.sections.append((f"sandbox logs: {made.name} ({made.backend})", _logs_of(made)))
     return report
