@@ -141,10 +141,10 @@ class TestFailedLaunchLeavesNothing:
     def test_missing_image(self, backend: str) -> None:
         before = _snapshot(backend)
         with pytest.raises(sandboxer.ImageNotFound):
-            # A foreign image's own init runs as root on Incus: allowed here, the image is missing.
+            # The local registry answers, and has no such repository.
             sandboxer.launch(
                 backend=backend,
-                image="sandboxer/no-such-image",
+                image="127.0.0.1:5000/sandboxer-test/no-such-image:1",
                 network="isolated",
                 allow_unenforced=["non_root_user"],
             )

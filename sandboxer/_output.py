@@ -102,7 +102,7 @@ class TarStream(io.RawIOBase):
         """Account for a member tarfile just read: its data, then the next member's headers."""
         if member.issparse() or any(key.startswith("GNU.sparse.") for key in member.pax_headers):
             raise EngineError(
-                f"{self._what}: the archive from the sandbox holds a sparse member "
+                f"{self._what}: the archive holds a sparse member "
                 f"({member.name!r}); refusing it"
             )
         data = member.size if member.isreg() else 0
@@ -122,7 +122,7 @@ class TarStream(io.RawIOBase):
         room = min(self._allowed, self._window) - self._given
         if room <= 0:
             raise EngineError(
-                f"{self._what}: the archive from the sandbox holds more than its members "
+                f"{self._what}: the archive holds more than its members "
                 f"declare (a header over {TAR_OVERHEAD} bytes, or over {self._allowed} bytes "
                 "in all); refusing it"
             )

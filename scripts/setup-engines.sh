@@ -47,3 +47,7 @@ for engine in "${want[@]}"; do
         *) log "unknown engine $engine (docker, incus, libvirt)"; exit 2 ;;
     esac
 done
+# The image store's tools, for every engine.
+source "$here/setup/images.sh"; setup_images
+# The local registry the tests push to and pull from (`docker push` needs Docker).
+if wants docker; then source "$here/setup/registry.sh"; setup_registry; fi

@@ -1,10 +1,12 @@
-"""The Docker adapter's pure parts: error mapping and plan -> container config (no engine)."""
+"""The Docker adapter's pure parts: error mapping, refusals and plan -> container config
+(no engine)."""
 
 from __future__ import annotations
 
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import pytest
@@ -13,8 +15,21 @@ import requests
 import sandboxer
 from sandboxer import Mount, PortMapping, SandboxSpec
 from sandboxer._launch import make_plan
-from sandboxer.backends.docker._config import KEEPALIVE, create_arguments
+from sandboxer.backend import Handle
+from sandboxer.backends.docker import DockerBackend, _config
+from sandboxer.backends.docker._config import IDLE, KEEPALIVE, create_arguments
 from sandboxer.backends.docker._errors import MAPPING, translate
+from sandboxer.backends.docker._images import ReadyImage
+from sandboxer.images import ImageConfig
+
+BUILTIN = ReadyImage("sandboxer/minimal:1", ImageConfig(), builtin=True)
+BARE = ReadyImage("sha256:bare", ImageConfig(), builtin=False)  # no Entrypoint, no Cmd
+SERVER = ReadyImage(
+    "sha256:server",
+    ImageConfig(entrypoint=("/entry",), cmd=("serve",), workdir="/srv", user="app"),
+    builtin=False,
+)
+CMD_ONLY = ReadyImage("sha256:cmd", ImageConfig(cmd=("serve",)), builtin=False)
 
 
 def _docker_exception_classes() -> list[type[BaseException]]:
@@ -34,8 +49,11 @@ def test_mapping_targets() -> None:
     response = requests.Response()
     response.status_code = 404
     assert isinstance(translate(docker.errors.NotFound("x", response)), sandboxer.SandboxNotFound)
-    missing = translate(docker.errors.ImageNotFound("x", response))
+    missing = translate(
+        docker.errors.ImageNotFound("404 Client Error", response, explanation="No such image: x")
+    )
     assert isinstance(missing, sandboxer.ImageNotFound)
+    assert "404 Client Error" not in str(missing) and "launch again" in str(missing)
     conflict = requests.Response()
     conflict.status_code = 409
     error = docker.errors.APIError("Conflict", conflict, explanation="name is already in use")
@@ -54,7 +72,8 @@ def test_hardened_plan_becomes_a_locked_down_container(tmp_path: Path) -> None:
             resources={"cpus": 0.5},
         )
     )
-    args = create_arguments(plan, "img:1", "bridge")
+    args = create_arguments(plan, BUILTIN, "bridge")
+    assert args["image"] == "sandboxer/minimal:1"
     assert args["command"] == list(KEEPALIVE)
     assert args["cap_drop"] == ["ALL"]
     assert args["read_only"] is True
@@ -73,7 +92,94 @@ def test_hardened_plan_becomes_a_locked_down_container(tmp_path: Path) -> None:
 
 
 def test_default_profile_adds_no_controls() -> None:
-    args = create_arguments(make_plan(SandboxSpec(profile="default")), "img", "bridge")
+    args = create_arguments(make_plan(SandboxSpec(profile="default")), BUILTIN, "bridge")
     for key in ("cap_drop", "security_opt", "pids_limit", "mem_limit", "tmpfs"):
         assert key not in args
     assert args["read_only"] is False
+
+
+# the main process: Docker's rules, or an idle sandbox ------------------------------------
+@pytest.fixture
+def helper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(_config, "helper_dir", lambda: tmp_path)
+    return tmp_path
+
+
+def _process(image: ReadyImage, **fields: Any) -> dict[str, Any]:
+    args = create_arguments(make_plan(SandboxSpec(**fields)), image, None)
+    return {key: args[key] for key in ("entrypoint", "command", "mounts") if key in args}
+
+
+def test_an_image_with_an_entrypoint_runs_it_as_docker_would(helper: Path) -> None:
+    # Nothing passed: Docker runs the image's Entrypoint and Cmd (never KEEPALIVE as
+    # arguments of the Entrypoint).
+    assert _process(SERVER) == {}
+    assert _process(SERVER, command=["other"]) == {"command": ["other"]}
+    assert _process(SERVER, entrypoint=["/bin/sh", "-c"], command=["x"]) == {
+        "entrypoint": ["/bin/sh", "-c"],
+        "command": ["x"],
+    }
+    assert _process(CMD_ONLY) == {}
+
+
+def test_an_empty_entrypoint_clears_the_images(helper: Path) -> None:
+    assert _process(SERVER, entrypoint=[], command=["echo", "hi"]) == {
+        "entrypoint": [""],
+        "command": ["echo", "hi"],
+    }
+
+
+def test_an_image_with_nothing_to_run_idles_on_the_helpers_busybox(helper: Path) -> None:
+    cases: list[tuple[ReadyImage, dict[str, Any]]] = [
+        (BARE, {}),
+        (SERVER, {"entrypoint": []}),  # the image's Cmd goes with its Entrypoint
+    ]
+    for image, fields in cases:
+        process = _process(image, **fields)
+        assert process["entrypoint"] == [""] and process["command"] == list(IDLE)
+        [mount] = process["mounts"]
+        assert (mount["Source"], mount["Target"]) == (str(helper), "/.sandboxer")
+        assert mount["ReadOnly"] is True and mount["Type"] == "bind"
+    assert ("/.sandboxer/busybox", *KEEPALIVE) == IDLE
+
+
+def test_a_builtin_idles_on_its_own_sleep_whatever_its_cmd(helper: Path) -> None:
+    assert _process(BUILTIN) == {"entrypoint": [""], "command": list(KEEPALIVE)}
+    assert _process(BUILTIN, command=["sh"]) == {"command": ["sh"]}
+
+
+def test_the_helper_joins_the_specs_mounts(helper: Path, tmp_path: Path) -> None:
+    process = _process(BARE, mounts=[Mount(str(tmp_path), "/data")])
+    assert [m["Target"] for m in process["mounts"]] == ["/data", "/.sandboxer"]
+
+
+def test_unset_user_and_workdir_leave_the_images() -> None:
+    args = create_arguments(make_plan(SandboxSpec(profile="default")), SERVER, None)
+    assert args["user"] == ""  # Docker's empty User: the image's
+    assert "working_dir" not in args
+    assert args["environment"] == {}  # Docker merges the image's Env under the spec's
+    hardened = create_arguments(make_plan(SandboxSpec(workdir="/w", env={"A": "2"})), SERVER, None)
+    assert (hardened["user"], hardened["working_dir"]) == ("1000:1000", "/w")
+    assert hardened["environment"] == {"A": "2"}
+
+
+def test_systemd_is_refused_with_the_reason() -> None:
+    [reason] = DockerBackend.refusals(make_plan(SandboxSpec(image="sandboxer/systemd")))
+    assert "systemd" in reason and "incus or libvirt" in reason
+    assert DockerBackend.refusals(make_plan(SandboxSpec(image="sandboxer/debian"))) == []
+
+
+def test_logs_read_what_is_there_and_never_follow() -> None:
+    # The SDK follows a streamed log unless told not to: logs() of a running sandbox
+    # would never return.
+    asked: dict[str, Any] = {}
+
+    class API:
+        def logs(self, container: str, **kwargs: Any) -> list[bytes]:
+            asked.update(kwargs)
+            return [b"one\n", b"two\n"]
+
+    backend = object.__new__(DockerBackend)
+    backend._api = API()
+    assert backend.logs(Handle("id", "name")) == "one\ntwo\n"
+    assert asked["follow"] is False and asked["stream"] is True

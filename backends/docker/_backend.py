@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sandboxer.backend import (
@@ -18,6 +19,7 @@ from sandboxer.backend import (
     ExecRequest,
     Handle,
     LaunchPlan,
+    PullPolicy,
     SandboxInfo,
     SandboxState,
     kill_exec,
@@ -25,15 +27,16 @@ from sandboxer.backend import (
     logger,
     new_exec_marker,
     ticks_now,
-    timed,
 )
-from sandboxer.images import IMAGE_VERSION, build_rootfs_tar, is_builtin
+from sandboxer.images.store import Progress
 
 from . import _doctor
+from ._build import build_stream
 from ._config import create_arguments
 from ._endpoint import socket_path
 from ._errors import docker_errors
 from ._exec import stream_exec
+from ._images import SYSTEMD_IMAGE, DockerImages
 from ._network import Networks
 from ._sdk import docker
 
@@ -98,8 +101,7 @@ class DockerBackend(Backend):
         # Sandboxes this process created: whether each has a private network to remove.
         self._networks: dict[str, bool] = {}
         self._engine_networks = Networks(self._client)
-        self._ready_images: set[str] = set()
-        self._image_lock = threading.Lock()
+        self._images = DockerImages(self._api)
 
     @classmethod
     def probe(cls) -> Availability:
@@ -119,33 +121,40 @@ class DockerBackend(Backend):
     def close(self) -> None:
         self._client.close()
 
-    def _image(self, image: str) -> str:
-        """The reference to create from; built-in images are built here once if missing."""
-        if not is_builtin(image):
-            return image  # a missing image surfaces as ImageNotFound from create
-        reference = f"{image}:{IMAGE_VERSION}"
-        if reference in self._ready_images:
-            return reference
-        with self._image_lock, docker_errors():
-            try:
-                self._api.inspect_image(reference)
-            except Exception as exc:
-                if "No such image" not in str(exc) and "404" not in str(exc):
-                    raise
-                with timed("docker image build", image=reference):
-                    logger.info("building %s from busybox-static (first use)", reference)
-                    self._api.import_image_from_data(
-                        build_rootfs_tar(),
-                        repository=image,
-                        tag=IMAGE_VERSION,
-                        changes=['CMD ["/bin/sh"]', "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-                    )
-            self._ready_images.add(reference)
-        return reference
+    def pull_image(self, image: str, policy: PullPolicy, progress: Progress | None = None) -> str:
+        """Make `image` ready on the engine as a launch would (`images pull` asks this);
+        its image id."""
+        return self._images.image_id(self._images.ready(image, policy, progress))
+
+    def build_image(
+        self,
+        context: Path,
+        *,
+        dockerfile: str,
+        tag: str,
+        build_args: Mapping[str, str],
+        no_cache: bool,
+    ) -> Iterator[Mapping[str, Any]]:
+        """Build `dockerfile` in `context` as `tag` (`images build -t` asks this): the
+        engine's decoded build stream."""
+        return build_stream(
+            self._api,
+            context,
+            dockerfile=dockerfile,
+            tag=tag,
+            build_args=build_args,
+            no_cache=no_cache,
+        )
 
     @classmethod
     def refusals(cls, plan: LaunchPlan) -> list[str]:
         found = super().refusals(plan)
+        if plan.image == SYSTEMD_IMAGE:
+            found.append(
+                f"docker: {SYSTEMD_IMAGE} runs systemd as PID 1, which a Docker sandbox "
+                "under sandboxer's profiles cannot (no writable cgroups, no CAP_SYS_ADMIN); "
+                "use incus or libvirt"
+            )
         if plan.network == "isolated" and plan.ports:
             # Docker publishes no ports from internal networks; refuse rather than drop them.
             found.append(
@@ -155,7 +164,7 @@ class DockerBackend(Backend):
         return found
 
     def create(self, plan: LaunchPlan) -> Handle:
-        image = self._image(plan.image)
+        image = self._images.ready(plan.image, plan.pull)
         with docker_errors():
             network = None
             if plan.network == "isolated":
@@ -239,7 +248,7 @@ class DockerBackend(Backend):
         with docker_errors():
             # Streamed, and only the tail kept: the log file itself is capped at create.
             chunks = self._api.logs(
-                handle.id, stdout=True, stderr=True, stream=True, tail=_LOG_LINES
+                handle.id, stdout=True, stderr=True, stream=True, follow=False, tail=_LOG_LINES
             )
             return log_tail(chunks)
 

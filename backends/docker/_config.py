@@ -1,16 +1,21 @@
-"""A launch plan turned into docker `containers.create` arguments (pure: no engine calls)."""
+"""A launch plan turned into docker `containers.create` arguments (no engine calls; the
+helper's directory is made on the host the first time an idle OCI image needs it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sandboxer.backend import LaunchPlan
+from sandboxer.images.helper import MOUNT_POINT, helper_dir
 
+from ._images import ReadyImage
 from ._sdk import docker
 
-# PID 1 when the spec gives no command: docker-init (tini) reaps and forwards signals,
-# and a long sleep keeps the container up for exec.
+# The main process of a sandbox that runs nothing of its own: docker-init (tini, PID 1)
+# reaps and forwards signals, and a long sleep keeps the container up for exec.
 KEEPALIVE = ("sleep", "2147483647")
+# The same for an image that may hold no `sleep`: sandboxer's static busybox, mounted.
+IDLE = (f"{MOUNT_POINT}/busybox", *KEEPALIVE)
 LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 
 
@@ -29,11 +34,39 @@ def tmpfs_mounts(plan: LaunchPlan) -> dict[str, str]:
     return {tmpfs.path: tmpfs.options for tmpfs in plan.tmpfs}
 
 
-def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[str, Any]:
-    """Keyword arguments for `DockerClient.containers.create` that honour every plan field."""
+def _idles(plan: LaunchPlan, image: ReadyImage) -> bool:
+    return image.config.main_process(plan.command, plan.entrypoint) is None
+
+
+def main_process(plan: LaunchPlan, image: ReadyImage) -> dict[str, list[str]]:
+    """`entrypoint` and `command`: the main process under Docker's rules (the same as
+    `ImageConfig.main_process`), or an idle one when those leave nothing to run."""
+    if _idles(plan, image):
+        # [""] clears an Entrypoint the image may have (the spec's `entrypoint=()`).
+        return {"entrypoint": [""], "command": list(KEEPALIVE if image.builtin else IDLE)}
+    # Docker merges the image's Entrypoint and Cmd in itself, by the same rules.
+    arguments = {}
+    if plan.entrypoint is not None:
+        arguments["entrypoint"] = list(plan.entrypoint) or [""]
+    if plan.command is not None:
+        arguments["command"] = list(plan.command)
+    return arguments
+
+
+def helper_mounts(plan: LaunchPlan, image: ReadyImage) -> list[docker.types.Mount]:
+    """sandboxer's helper, read-only, for an idle sandbox whose image may lack `sleep`."""
+    if image.builtin or not _idles(plan, image):
+        return []
+    return [docker.types.Mount(MOUNT_POINT, str(helper_dir()), type="bind", read_only=True)]
+
+
+def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -> dict[str, Any]:
+    """Keyword arguments for `DockerClient.containers.create` that honour every plan field.
+
+    Env, WorkingDir and User the plan leaves unset are the image's: Docker applies them."""
     arguments: dict[str, Any] = {
-        "image": image,
-        "command": list(plan.command or KEEPALIVE),
+        "image": image.reference,
+        **main_process(plan, image),
         "name": plan.name,
         "hostname": plan.name,
         "labels": dict(plan.labels),
@@ -53,6 +86,7 @@ def create_arguments(plan: LaunchPlan, image: str, network: str | None) -> dict[
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
             for m in plan.mounts
         ]
+        + helper_mounts(plan, image)
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}
         or None,

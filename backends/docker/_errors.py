@@ -46,6 +46,12 @@ def translate(exc: BaseException) -> SandboxError:
         and "already in use" in str(exc)
     ):
         return SandboxExists(str(exc))
+    if isinstance(exc, _errors.ImageNotFound):
+        # Images are made ready before create: this one left the engine meanwhile.
+        return ImageNotFound(
+            f"the Docker engine lost the image during the launch ({exc.explanation}); "
+            "launch again to fetch it"
+        )
     for source, target in MAPPING:
         if isinstance(exc, source):
             if target is BackendUnavailable:

@@ -8,7 +8,7 @@ try:
     import requests.exceptions
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendUnavailable(
-        "docker", f"the docker SDK is not installed ({exc})", "pip install 'sandboxer[docker]'"
+        "docker", f"the docker SDK is not installed ({exc})", "pip install 'docker>=7.0'"
     ) from exc
 
 __all__ = ["docker", "requests"]

@@ -8,7 +8,7 @@ try:
     import requests.exceptions
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendUnavailable(
-        "incus", f"pylxd is not installed ({exc})", "pip install 'sandboxer[incus]'"
+        "incus", f"pylxd is not installed ({exc})", "pip install 'pylxd>=2.3.2' 'requests>=2.32.2'"
     ) from exc
 
 __all__ = ["pylxd", "requests"]

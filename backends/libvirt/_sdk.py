@@ -9,7 +9,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendUnavailable(
         "libvirt",
         f"libvirt-python is not installed ({exc})",
-        "apt-get install libvirt-dev pkg-config && pip install 'sandboxer[libvirt]'",
+        "apt-get install libvirt-dev pkg-config && pip install 'libvirt-python>=9.0'",
     ) from exc
 
 __all__ = ["libvirt", "libvirt_qemu"]

@@ -1,4 +1,5 @@
-"""Built-in images, built locally from Debian packages (no registry is needed).
+"""Images: the built-in ones, built locally (no registry is needed), and any OCI image
+through the store (pulled, unpacked safely, cached by digest).
 
 A public package: adapters build `sandboxer/minimal` and `sandboxer/system` for their
 engine from here (`is_builtin`, `build_rootfs_tar`), and boot users' own disk images
@@ -18,6 +19,7 @@ from .rootfs import (
     build_rootfs_tar,
     is_builtin,
 )
+from .store import PULL_POLICIES, ImageStore, LocalImage, Progress, StoredImage, default_store
 
 __all__ = [
     "BUILTIN_IMAGES",
@@ -26,10 +28,16 @@ __all__ = [
     "GROUP",
     "IMAGE_VERSION",
     "PASSWD",
+    "PULL_POLICIES",
     "ROOTFS_DIRECTORIES",
     "ImageConfig",
     "ImageReference",
+    "ImageStore",
+    "LocalImage",
+    "Progress",
+    "StoredImage",
     "build_rootfs_tar",
+    "default_store",
     "is_builtin",
     "is_disk_image",
     "looks_like_disk_image",
