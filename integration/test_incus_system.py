@@ -1,11 +1,13 @@
 """Incus system sandboxes, checked from inside: a real init, its services, loopback, stop,
-the user namespace, seccomp, read-only mounts, exec's deadline, and the image import.
+the user namespace, seccomp, read-only mounts, exec's deadline, and the image import;
+OCI images converted once, and systemd as PID 1 serving through a published port.
 
 Runs on the real Incus daemon (a missing daemon fails these tests, it never skips them).
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
@@ -16,11 +18,15 @@ from typing import Any
 import pytest
 
 import sandboxer
-from sandboxer import Mount, Requirements, Sandbox, SandboxState
+from sandboxer import Mount, PortMapping, Requirements, Sandbox, SandboxState
 from sandboxer._labels import LAUNCH
 from sandboxer._launch import make_plan
 from sandboxer._registry import get_backend
 from sandboxer.backends.incus import IncusBackend, _images
+from sandboxer.images import ImageConfig
+from sandboxer.images.helper import helper_dir
+from sandboxer.images.store import LocalImage
+from sandboxer.testing.contract import http_get
 
 BACKEND = "incus"
 # An init that ignores every polite request: only a forced stop ends it.
@@ -222,4 +228,157 @@ def test_concurrent_first_launches_import_once(monkeypatch: pytest.MonkeyPatch) 
         for image in client.images.all():
             if any(a["name"].endswith(f".{_images.INCUS_REVISION}") for a in image.aliases):
                 image.delete(wait=True)
+        backend.close()
+
+
+# OCI images and systemd ----------------------------------------------------------------
+DEBIAN = "sandboxer/debian"
+SYSTEMD = "sandboxer/systemd"
+WEB_UNIT = b"""[Unit]
+Description=sandboxer test web server
+
+[Service]
+ExecStart=/usr/bin/python3 -m http.server -b 0.0.0.0 -d /srv 8080
+"""
+# What systemd as PID 1 needs lifted under the hardened profile (see _boot.SYSTEMD_LIFTS).
+SYSTEMD_CONSENT = ["non_root_user", "capabilities", "seccomp"]
+
+
+def _serve_with_systemd(sandbox: Sandbox, read_only_root: bool) -> bytes:
+    """A unit started by systemd in the running system: its page, fetched from the host
+    through the published port. A writable root gets a unit file; a read-only one a
+    transient unit (systemd-run keeps it under /run) serving the writable /tmp."""
+    deadline = time.monotonic() + 120
+    while sandbox.exec(["systemctl", "is-system-running"], user="0").stdout.strip() not in (
+        b"running",
+        b"degraded",  # a read-only root fails systemd-logind, not the units we start
+    ):
+        assert time.monotonic() < deadline, sandbox.logs()[-2000:]
+        time.sleep(0.5)
+    root = "/tmp" if read_only_root else "/srv"
+    sandbox.exec(["sh", "-c", f"echo served by systemd > {root}/index.html"], user="0").check()
+    if read_only_root:
+        start = f"systemd-run --unit=web /usr/bin/python3 -m http.server -b 0.0.0.0 -d {root} 8080"
+    else:
+        sandbox.write_file("/etc/systemd/system/web.service", WEB_UNIT)
+        start = "systemctl daemon-reload && systemctl start web"
+    started = sandbox.exec(["sh", "-c", f"{start} && systemctl is-active web"], user="0")
+    assert started.exit_code == 0, started
+    assert sandbox.exec(["cat", "/proc/1/comm"]).stdout == b"systemd\n"
+    host, port = sandbox.ports[8080]
+    return http_get(f"http://{host}:{port}/index.html")
+
+
+@pytest.mark.parametrize("profile", ["default", "hardened"])
+def test_a_systemd_service_is_reachable_through_a_published_port(profile: str) -> None:
+    consent = SYSTEMD_CONSENT if profile == "hardened" else []
+    with sandboxer.launch(
+        backend=BACKEND,
+        image=SYSTEMD,
+        profile=profile,
+        requirements=Requirements(init=True),
+        ports=[PortMapping(8080)],
+        allow_unenforced=consent,
+    ) as sandbox:
+        served = _serve_with_systemd(sandbox, read_only_root=profile == "hardened")
+        assert served == b"served by systemd\n"
+        for control in consent:
+            assert not sandbox.enforcement[control].enforced
+
+
+def test_systemd_under_hardened_needs_consent_for_what_it_lifts() -> None:
+    with pytest.raises(sandboxer.UnsupportedFeature, match="systemd as PID 1") as refused:
+        sandboxer.launch(
+            backend=BACKEND,
+            image=SYSTEMD,
+            requirements=Requirements(init=True),
+            allow_unenforced=["non_root_user"],
+        )
+    assert "capabilities" in str(refused.value) and "seccomp" in str(refused.value)
+
+
+def test_without_an_init_requirement_the_systemd_image_runs_sandboxer_init() -> None:
+    with sandboxer.launch(backend=BACKEND, image=SYSTEMD) as sandbox:
+        assert sandbox.exec(["cat", "/proc/1/cmdline"]).stdout.split(b"\0")[:2] == [
+            b"/.sandboxer/busybox",
+            b"sh",
+        ]
+        assert sandbox.enforcement["non_root_user"].enforced
+        uids = sandbox.exec(["sh", "-c", "grep ^Uid: /proc/1/status"]).stdout.split()
+        assert uids[1:] == [b"1000"] * 4  # PID 1 itself runs as the profile's user
+
+
+@pytest.mark.parametrize("profile", ["hardened", "default"])
+def test_debian_runs_python(profile: str) -> None:
+    with sandboxer.launch(backend=BACKEND, image=DEBIAN, profile=profile) as sandbox:
+        result = sandbox.exec(["python3", "-c", "print(1)"])
+        assert (result.exit_code, result.stdout) == (0, b"1\n"), result
+        # The helper is there, read-only, whatever the profile.
+        assert sandbox.exec(["touch", "/.sandboxer/x"], user="0").exit_code != 0
+
+
+def test_a_second_launch_converts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    with sandboxer.launch(backend=BACKEND, image=DEBIAN):
+        pass  # converted here if no earlier test did
+    backend = IncusBackend()  # a fresh process-like state: nothing cached
+    imports: list[str] = []
+    monkeypatch.setattr(backend._images.converter, "_import", lambda *a: imports.append("x"))
+    try:
+        plan = make_plan(sandboxer.SandboxSpec(backend=BACKEND, image=DEBIAN))
+        try:
+            backend.create(plan)
+        finally:
+            backend.remove(plan.name, plan.labels[LAUNCH])
+        assert imports == []
+    finally:
+        backend.close()
+
+
+def _tiny_image(tmp_path: Path) -> LocalImage:
+    """A store-like image no one else converts: a static busybox tree, a random digest."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "etc").mkdir()
+    shutil.copy(helper_dir() / "busybox", rootfs / "bin/busybox")
+    (rootfs / "bin/sh").symlink_to("busybox")
+    digest = "sha256:" + uuid.uuid4().hex * 2
+    return LocalImage(
+        reference="sandboxer-test/tiny:1",
+        digest=digest,
+        config=ImageConfig(),
+        rootfs=rootfs,
+        size=0,
+        layout=tmp_path / "layout",
+        layout_tag="1",
+    )
+
+
+def test_concurrent_first_conversions_import_once_and_can_be_removed(tmp_path: Path) -> None:
+    image = _tiny_image(tmp_path)
+    backend = IncusBackend()
+    converter = backend._images.converter
+    imports: list[str] = []
+    original = converter._import
+
+    def counting(*arguments: Any) -> str:
+        imports.append(threading.current_thread().name)
+        return original(*arguments)
+
+    converter._import = counting  # type: ignore[method-assign]
+    found: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: found.append(converter.fingerprint(image)))
+        for _ in range(8)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(imports) == 1 and len(set(found)) == 1 and len(found) == 8
+        assert image.digest in backend.converted()
+    finally:
+        assert backend.remove_converted(image.digest)
+        assert image.digest not in backend.converted()
+        assert not backend.remove_converted(image.digest)  # nothing left to remove
         backend.close()

@@ -23,7 +23,10 @@ if [ ${#need[@]} -gt 0 ] && ! usable >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # scripts/test.sh lints the VM guest's shell scripts with it.
-command -v shellcheck >/dev/null || { log "apt-get install shellcheck"; apt-get update -qq && apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
+# shellcheck lints the VM guest's scripts; fish runs the fish completion's test.
+for tool in shellcheck fish; do
+    command -v "$tool" >/dev/null || { log "apt-get install $tool"; apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
+done
 
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then

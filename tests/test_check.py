@@ -61,7 +61,11 @@ def _cases(tmp: Path) -> list[tuple[str, dict[str, Any], str]]:
     profile = sandboxer.load_profile("hardened")
     return [
         ("docker", {"network": "isolated", "ports": [PortMapping(8080)]}, "isolated"),
-        ("incus", {"image": "alpine:3.20", "command": ["sleep", "1"]}, "own init"),
+        (
+            "incus",
+            {"image": "sandboxer/systemd", "requirements": {"init": True}, "command": ["x"]},
+            "boots systemd",
+        ),
         ("incus", {"mounts": [Mount(str(tmp), "/my data")]}, "nosuid,nodev"),
         ("incus", {"env": {"MULTI": "one\ntwo"}}, "line break"),
         ("incus", {"profile": profile.derive("odd", tmpfs={"/my tmp": 1024})}, "tmpfs"),

@@ -19,6 +19,7 @@ import sandboxer
 from sandboxer import _registry, _selector
 from sandboxer._labels import (
     CREATED_AT,
+    KEEP,
     LAUNCH,
     MANAGED,
     OWNER,
@@ -29,6 +30,7 @@ from sandboxer._labels import (
 )
 from sandboxer._launch import _live, make_plan
 from sandboxer.cli import _completion, _manage, _output, build_parser, main
+from sandboxer.cli._run_argv import canonical_argv
 from sandboxer.cli._spec import spec_from
 from sandboxer.testing import FakeBackend
 
@@ -43,6 +45,12 @@ def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name, box in list(FakeBackend.sandboxes.items()):
         FakeBackend().remove(name, box.plan.labels[LAUNCH])
     _selector._probe_cache.clear()
+
+
+def parse(*argv: str) -> Any:
+    """The namespace main() works on for `argv`."""
+    parser = build_parser()
+    return parser.parse_args(canonical_argv(parser, argv))
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -79,8 +87,8 @@ def dead_owner() -> dict[str, str]:
 # parsing -----------------------------------------------------------------------------
 def test_run_flags_make_the_spec(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FROM_HOST", "host-value")
-    args = build_parser().parse_args(
-        [
+    args = parse(
+        *[
             "run",
             "--backend",
             "fake",
@@ -125,7 +133,7 @@ def test_run_flags_make_the_spec(tmp_path: Any, monkeypatch: pytest.MonkeyPatch)
         ]
     )
     spec = spec_from(args)
-    assert args.argv == ["--", "ls", "-l", "--keep"] and args.keep
+    assert args.argv == ["--", "ls", "-l", "--keep"] and args.detach
     assert spec.backend == "fake" and spec.profile.name == "default"
     assert spec.mounts == (sandboxer.Mount(str(tmp_path), "/data", read_only=True),)
     assert spec.ports == (sandboxer.PortMapping(80, 8080, "127.0.0.1"), sandboxer.PortMapping(9000))
@@ -134,11 +142,6 @@ def test_run_flags_make_the_spec(tmp_path: Any, monkeypatch: pytest.MonkeyPatch)
     assert spec.resources == sandboxer.Resources(cpus=1.5, memory=256 * 1024**2, pids=64)
     assert (spec.network, spec.workdir, spec.user) == ("bridge", "/tmp", "1000")
     assert spec.requirements == sandboxer.Requirements(kind="app", init=True, max_start_seconds=5)
-
-
-def test_command_words_after_the_first_positional_are_the_commands() -> None:
-    args = build_parser().parse_args(["run", "--keep", "sh", "-c", "echo --keep"])
-    assert args.argv == ["sh", "-c", "echo --keep"]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +163,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "run", "-e", "=x", "--", "true")
     assert (code, out) == (2, "") and "--env: expected K=V" in err
     code, _, err = run_cli(capsys, "run", "-v", "/does/not/exist:/x", "--", "true")
-    assert code == 2 and "Mount.source" in err and "Traceback" not in err
+    assert code == 2 and "error: -v: does not exist" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--network", "wide"])
     assert exit_info.value.code == 2
@@ -229,16 +232,16 @@ def test_internal_errors_are_one_line_unless_debugging(
         main(["--debug", "ls"])
 
 
-def test_keep_leaves_the_sandbox_and_names_it(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(
-        capsys, "run", "--backend", "fake", "--name", "kept-one", "--keep", "--", "echo", "hi"
-    )
-    assert (code, out) == (0, "hi\n")
-    assert "kept kept-one on fake" in err
-    assert "kept-one" in FakeBackend.sandboxes
+@pytest.mark.parametrize("flag", ["-d", "--detach", "--keep"])
+def test_detach_leaves_the_sandbox_and_prints_its_name(
+    capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    code, out, err = run_cli(capsys, "run", "--backend", "fake", "--name", "kept-one", flag)
+    assert (code, out, err) == (0, "kept-one\n", "")
+    box = FakeBackend.sandboxes["kept-one"]
+    assert box.plan.labels[KEEP] == "true" and box.plan.command is None
     assert not any(getattr(s, "name", None) == "kept-one" for s in _live)  # survives our exit
-    assert run_cli(capsys, "run", "--backend", "fake", "--name", "kept-two", "--keep")[0] == 0
-    assert "kept-two" in FakeBackend.sandboxes
+    assert [info.name for info in sandboxer.gc(older_than=0)] == []  # gc keeps it
 
 
 def test_exec_finds_by_name_and_id_prefix(capsys: pytest.CaptureFixture[str]) -> None:
@@ -404,7 +407,7 @@ def test_gc_rejects_a_negative_bound() -> None:
         sandboxer.gc(older_than=-1)
 
 
-# select, doctor, profiles, images ----------------------------------------------------
+# select, doctor, profiles ----------------------------------------------------------
 def test_select(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(capsys, "select") == (0, "fake\n", "")
     code, out, _ = run_cli(capsys, "select", "--explain")
@@ -456,19 +459,6 @@ def test_profiles(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "unknown profile 'nope'" in err
 
 
-def test_images(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "images", "ls", "--json")
-    assert code == 0 and {entry["name"] for entry in json.loads(out)} == {
-        "sandboxer/minimal",
-        "sandboxer/system",
-    }
-    code, out, _ = run_cli(capsys, "images", "build", "--backend", "fake", "sandboxer/minimal")
-    assert code == 0 and out.startswith("sandboxer/minimal ready on fake")
-    assert FakeBackend.sandboxes == {}
-    code, _, err = run_cli(capsys, "images", "build", "--backend", "fake", "other/image")
-    assert code == 125 and "other/image on fake" in err
-
-
 # output ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "seconds, text",
@@ -490,11 +480,14 @@ def test_table_aligns_columns() -> None:
     "words, expected",
     [
         (["ru"], {"run"}),
+        (["lo"], {"logs"}),
+        (["run", "--pull", ""], {"always", "missing", "never"}),
+        (["cp", "--o"], {"--overwrite"}),
         (["run", "--net"], {"--network"}),
         (["run", "--network", ""], {"none", "isolated", "bridge"}),
-        (["images", ""], {"build", "ls"}),
+        (["images", ""], {"pull", "build", "ls", "inspect", "rm", "prune"}),
         (["gc", "--all"], {"--all-sessions"}),
-        (["completion", ""], {"bash", "zsh"}),
+        (["completion", ""], {"bash", "zsh", "fish"}),
         (["run", "--kind", "s"], {"system"}),
         (["run", "--", "l"], set()),  # the sandbox's command: left to the shell's default
     ],

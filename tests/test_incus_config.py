@@ -20,6 +20,7 @@ from sandboxer import Mount, PortMapping, SandboxSpec
 from sandboxer._backend import LaunchPlan
 from sandboxer._launch import make_plan
 from sandboxer.backends.incus import (
+    _boot,
     _config,
     _errors,
     _images,
@@ -32,6 +33,7 @@ from sandboxer.backends.incus._client import DEFAULT_SOCKET, Endpoint
 from sandboxer.backends.incus._config import Nic
 from sandboxer.backends.incus._sdk import pylxd
 from sandboxer.backends.incus._websocket import BINARY, CLOSE, TEXT, WebSocket, _frame
+from sandboxer.images import is_builtin
 
 POOL = "default"
 
@@ -40,8 +42,20 @@ def plan(**fields: Any) -> LaunchPlan:
     return make_plan(SandboxSpec(backend="incus", **fields))
 
 
+def boot_of(launch_plan: LaunchPlan) -> _boot.Boot:
+    """The built-in images' init, or (any other name here) an image Incus holds."""
+    if is_builtin(_images.image_name(launch_plan)):
+        return _boot.builtin(launch_plan)
+    return _boot.own(launch_plan, None)
+
+
 def request(launch_plan: LaunchPlan, nic: Nic | None = None) -> Any:
-    return _config.instance_request(launch_plan, "f" * 64, POOL, nic, start=True)
+    boot = boot_of(launch_plan)
+    return _config.instance_request(launch_plan, "f" * 64, POOL, nic, True, boot)
+
+
+def overrides_of(launch_plan: LaunchPlan) -> dict[str, sandboxer.ControlStatus]:
+    return _config.enforcement_overrides(launch_plan, boot_of(launch_plan).init)
 
 
 def raw_lines(body: dict[str, Any]) -> list[str]:
@@ -125,14 +139,14 @@ def test_nested_lifts_capability_and_syscall_controls_and_reports_them() -> None
     assert config["security.nesting"] == "true"
     assert "raw.seccomp" not in config
     assert not any(line.startswith("lxc.cap") for line in raw_lines(request(nested)))
-    overrides = _config.enforcement_overrides(nested)
+    overrides = overrides_of(nested)
     assert not overrides["capabilities"].enforced
     assert not overrides["seccomp"].enforced
     assert "nested" in overrides["seccomp"].mechanism
 
 
 def test_no_overrides_for_a_plain_hardened_plan() -> None:
-    assert _config.enforcement_overrides(plan()) == {}
+    assert overrides_of(plan()) == {}
 
 
 def test_cap_add_is_kept_and_a_partial_drop_list_is_dropped() -> None:
@@ -291,7 +305,7 @@ def test_isolated_nic_has_an_address_but_no_route() -> None:
 
 
 def test_network_control_names_what_the_spec_chose() -> None:
-    override = _config.enforcement_overrides(plan(ports=[PortMapping(80)]))["network"]
+    override = overrides_of(plan(ports=[PortMapping(80)]))["network"]
     assert override.enforced and "bridge" in override.mechanism
 
 
@@ -299,7 +313,7 @@ def test_network_control_names_what_the_spec_chose() -> None:
 def test_the_built_in_init_runs_as_the_profile_user() -> None:
     lines = raw_lines(request(plan(command=["sleep", "1"])))
     assert "lxc.init.uid = 1000" in lines and "lxc.init.gid = 1000" in lines
-    assert "non_root_user" not in _config.enforcement_overrides(plan())
+    assert "non_root_user" not in overrides_of(plan())
 
 
 def test_a_user_name_is_resolved_against_the_built_in_accounts() -> None:
@@ -317,7 +331,7 @@ def test_no_init_user_without_a_user() -> None:
 def test_an_image_with_its_own_init_keeps_it_root_and_says_so() -> None:
     own = plan(image="someone/debian-systemd")
     assert not any(line.startswith("lxc.init") for line in raw_lines(request(own)))
-    status = _config.enforcement_overrides(own)["non_root_user"]
+    status = overrides_of(own)["non_root_user"]
     assert not status.enforced and "own init" in status.mechanism
 
 
@@ -343,7 +357,7 @@ def test_a_policy_incus_cannot_express_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "log.json"
     path.write_text(json.dumps({"defaultAction": "SCMP_ACT_LOG", "syscalls": []}))
     profile = sandboxer.load_profile("hardened").derive("logged", seccomp=path)
-    override = _config.enforcement_overrides(plan(profile=profile))["seccomp"]
+    override = overrides_of(plan(profile=profile))["seccomp"]
     assert not override.enforced and "cannot express" in override.mechanism
 
 
@@ -480,13 +494,19 @@ def test_mount_points_are_made_only_over_a_read_only_root(tmp_path: Path) -> Non
     (tmp_path / "f").write_text("x")
     mounts = [Mount(str(tmp_path), "/data"), Mount(str(tmp_path / "f"), "/etc/f.conf")]
     # The built-in image already has /tmp; another image may not.
-    assert _prepare.mount_points(plan(mounts=mounts)) == [("/data", False), ("/etc/f.conf", True)]
-    assert _prepare.mount_points(plan(image="someone/else", mounts=mounts)) == [
+    builtin, other = plan(mounts=mounts), plan(image="someone/else", mounts=mounts)
+    in_builtin = _images.Source("f", builtin=True).exists
+    assert _prepare.paths(builtin, boot_of(builtin), in_builtin) == [
+        ("/data", False),
+        ("/etc/f.conf", True),
+    ]
+    assert _prepare.paths(other, boot_of(other), _images.Source("f").exists) == [
         ("/tmp", False),
         ("/data", False),
         ("/etc/f.conf", True),
     ]
-    assert _prepare.mount_points(plan(profile="default", mounts=mounts)) == []
+    default = plan(profile="default", mounts=mounts)
+    assert _prepare.paths(default, boot_of(default), in_builtin) == []
 
 
 def test_command_service_script() -> None:

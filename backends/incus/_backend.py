@@ -41,16 +41,18 @@ from sandboxer.backend import (
 )
 
 from . import _diagnose, _exec, _prepare
+from ._boot import Boot
 from ._client import Endpoint, Incus
 from ._config import (
     LABEL_PREFIX,
+    WORKDIR_KEY,
     Nic,
     enforcement_overrides,
     instance_request,
     labels_from_config,
 )
 from ._errors import incus_errors
-from ._images import Images, image_name
+from ._images import Images, Source, image_name
 from ._network import Networks, retry_address_conflicts
 from ._refusals import refusals
 from ._sdk import pylxd
@@ -75,6 +77,7 @@ class _Known:
     """What this process learned about one sandbox, so that exec asks the engine once."""
 
     user: str | None  # who exec runs as when the request names nobody
+    workdir: str = "/"  # where exec runs when the request names no directory
     isolated: bool = True  # may have a private network to remove (unknown: assume so)
     accounts: tuple[str, str] | None = None  # its /etc/passwd and /etc/group
     workdirs: set[str] = attrs.Factory(lambda: {"/"})  # directories seen to exist
@@ -102,9 +105,9 @@ class IncusBackend(Backend):
             "policy, in place of Incus' default; loaded on the init and on every exec",
             "read_only_root": "read-only root disk device; the profile's tmpfs mounts "
             "via raw.lxc lxc.mount.entry",
-            "non_root_user": "PID 1 (the built-in init, raw.lxc lxc.init.uid/gid), its "
-            "services (spec.command) and every exec run as the profile's uid:gid, in a "
-            "user namespace with an isolated idmap",
+            "non_root_user": "PID 1 (the built-in init or sandboxer's helper init of OCI "
+            "images, raw.lxc lxc.init.uid/gid), what it starts (spec.command) and every "
+            "exec run as the profile's uid:gid, in a user namespace with an isolated idmap",
             "pids_limit": "limits.processes (pids cgroup)",
             "memory_limit": "limits.memory (memory cgroup), swap off",
             "cpu_limit": "limits.cpu (CPU count) plus limits.cpu.allowance for fractions",
@@ -137,10 +140,11 @@ class IncusBackend(Backend):
 
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
         statuses = super().enforcement(plan)
+        # Which init boots decides who PID 1 is: for a name that may be an Incus alias
+        # (no registry host), Incus is asked once whether it holds one.
+        overrides = enforcement_overrides(plan, self._images.init(plan))
         statuses.update(
-            (control, status)
-            for control, status in enforcement_overrides(plan).items()
-            if control in statuses
+            (control, status) for control, status in overrides.items() if control in statuses
         )
         return statuses
 
@@ -166,32 +170,43 @@ class IncusBackend(Backend):
         return lambda: None
 
     def create(self, plan: LaunchPlan) -> Handle:
-        image = image_name(plan)
         pool = self._root_pool()
+        # First: a pull or a conversion that fails leaves nothing behind.
+        source = self._images.source(plan)
+        boot = source.boot(plan)
         nic = self._nic(plan)
-        start = not _prepare.needed(plan)
+        points, script = _prepare.paths(plan, boot, source.exists), _prepare.service(plan, boot)
+        start = not points and script is None
         api = self._incus.api.instances[plan.name]
         # Chosen here rather than read back from Incus after the create: one call less.
         identity = str(uuid.uuid4())
         try:
-            retry_address_conflicts(lambda: self._post(plan, image, pool, nic(), start, identity))
+            retry_address_conflicts(
+                lambda: self._post(plan, source, boot, pool, nic(), start, identity)
+            )
             if not start:
-                _prepare.Preparer(self._incus, plan.name).run(plan)
+                _prepare.Preparer(self._incus, plan.name).run(points, script)
                 with timed("incus start", sandbox=plan.name), incus_errors():
                     self._incus.wait(api.state.put(json={"action": "start"}))
         except EngineError as exc:
             if type(exc) is not EngineError or "forkstart" not in str(exc):
                 raise
             raise EngineError(f"{exc}\n{self._start_errors(plan.name)}") from exc
-        self._known[plan.name] = _Known(plan.user, isolated=plan.network == "isolated")
+        self._known[plan.name] = _Known(boot.user, boot.workdir, plan.network == "isolated")
         return Handle(identity, plan.name)
 
     def _post(
-        self, plan: LaunchPlan, image: str, pool: str, nic: Nic | None, start: bool, identity: str
+        self,
+        plan: LaunchPlan,
+        source: Source,
+        boot: Boot,
+        pool: str,
+        nic: Nic | None,
+        start: bool,
+        identity: str,
     ) -> None:
         for retry in (True, False):
-            fingerprint = self._images.fingerprint(image)
-            body = instance_request(plan, fingerprint, pool, nic, start=start)
+            body = instance_request(plan, source.fingerprint, pool, nic, start, boot)
             body["config"]["volatile.uuid"] = identity  # the instance's id, as Incus reports it
             try:
                 with timed("incus create", sandbox=plan.name, start=start), incus_errors():
@@ -201,7 +216,8 @@ class IncusBackend(Backend):
                 # Someone deleted the image this process had resolved: look it up again.
                 if not retry or "Image not provided" not in str(exc):
                     raise
-                self._images.forget(image)
+                self._images.forget(image_name(plan))
+                source = self._images.source(plan)
 
     def _start_errors(self, name: str) -> str:
         """LXC's own account of a failed start: its log's error lines."""
@@ -214,13 +230,23 @@ class IncusBackend(Backend):
         errors = [line.split(" - ", 2)[-1] for line in lines if " ERROR " in line]
         return "LXC: " + " | ".join(errors[:6]) if errors else "(LXC logged no error)"
 
+    # converted images --------------------------------------------------------------------
+    def converted(self) -> list[str]:
+        """The digests of the store images Incus holds a converted copy of."""
+        return self._images.converter.converted()
+
+    def remove_converted(self, digest: str) -> bool:
+        """Delete Incus' converted copies of `digest` ("sha256:..."); whether there was one."""
+        return self._images.converter.remove(digest)
+
     # exec ----------------------------------------------------------------------------
     def _sandbox(self, name: str) -> _Known:
         known = self._known.get(name)
         if known is None:  # a sandbox this process found rather than launched
             with incus_errors():
                 config = self._incus.api.instances[quote(name, safe="")].get().json()
-            known = _Known(config["metadata"]["config"].get(LABEL_PREFIX + EXEC_USER))
+            settings = config["metadata"]["config"]
+            known = _Known(settings.get(LABEL_PREFIX + EXEC_USER), settings.get(WORKDIR_KEY, "/"))
             self._known[name] = known
         return known
 
@@ -266,7 +292,7 @@ class IncusBackend(Backend):
         # None: the sandbox's own user, as Docker's exec defaults to the container's.
         user = request.user if request.user is not None else self._sandbox(handle.name).user
         identity = self._identity(handle.name, user) if user else Identity(0, 0)
-        workdir = request.workdir or "/"
+        workdir = request.workdir or self._sandbox(handle.name).workdir
         self._check_workdir(handle.name, workdir)
         environment = dict(request.env)
         if identity.home and "HOME" not in environment:

@@ -4,7 +4,7 @@ Security controls map to Incus keys where Incus has one and to `raw.lxc` where o
 LXC does: capabilities (lxc.cap.keep/drop), no-new-privileges, the tmpfs mounts a
 read-only root needs, a start-host hook that raises loopback from the host, so
 the sandbox needs no capability for it, mount hooks that make host mounts nosuid,nodev,
-and the uid/gid the built-in init runs as.
+and how PID 1 starts (`_boot`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from sandboxer.backend import (
+    EXEC_USER,
     ControlStatus,
     InvalidSpec,
     LaunchPlan,
@@ -27,10 +28,9 @@ from sandboxer.backend import (
     Target,
     host_kernel,
 )
-from sandboxer.images import GROUP, PASSWD, is_builtin
 
+from ._boot import SYSTEMD_LIFTS, Boot, Init, boots_systemd
 from ._seccomp import Translation, translate
-from ._users import Identity, resolve
 
 # LXC runs start-host hooks on the host once the container's namespaces exist, before
 # its init: loopback comes up without the sandbox holding CAP_NET_ADMIN.
@@ -44,6 +44,7 @@ SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 ENV_PREFIX = "environment."
+WORKDIR_KEY = "user.sandboxer.workdir"
 
 
 @attrs.frozen
@@ -86,24 +87,6 @@ def tmpfs_lines(plan: LaunchPlan) -> list[str]:
     ]
 
 
-def init_identity(plan: LaunchPlan) -> Identity | None:
-    """Who PID 1 runs as: the plan's user, on the built-in images, whose init needs no
-    root (LXC mounts /proc, the profile's tmpfs and loopback come from the host side).
-    Any other image keeps its own init as the container's root."""
-    if plan.user is None or not is_builtin(plan.image):
-        return None
-    return resolve(plan.user, PASSWD, GROUP)
-
-
-def init_lines(plan: LaunchPlan) -> list[str]:
-    identity = init_identity(plan)
-    if identity is None:
-        return []
-    # LXC switches to these ids right before it execs the init: every service it starts
-    # (spec.command among them) inherits them.
-    return [f"lxc.init.uid = {identity.uid}", f"lxc.init.gid = {identity.gid}"]
-
-
 def mount_hook_lines(plan: LaunchPlan) -> list[str]:
     """nosuid,nodev on the sandbox side of every host mount. Incus' disk device takes no
     such option for a bind, so a mount hook (run by LXC in the sandbox's mount namespace,
@@ -120,11 +103,11 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
     return lines
 
 
-def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
-    lines = [LOOPBACK_HOOK, *init_lines(plan), *mount_hook_lines(plan)]
+def raw_lxc(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> str:
+    lines = [LOOPBACK_HOOK, *boot.lines(), *mount_hook_lines(plan)]
     if plan.no_new_privileges:
         lines.append("lxc.no_new_privs = 1")
-    if not plan.requirements.nested:
+    if not plan.requirements.nested and not boots_systemd(plan):
         lines += capability_lines(plan)
     lines += tmpfs_lines(plan)
     if nic is not None:
@@ -138,7 +121,7 @@ def raw_lxc(plan: LaunchPlan, nic: Nic | None) -> str:
 
 def seccomp(plan: LaunchPlan) -> Translation | None:
     """The profile's policy as `raw.seccomp`, or None when no policy applies."""
-    if plan.seccomp is None or plan.requirements.nested:
+    if plan.seccomp is None or plan.requirements.nested or boots_systemd(plan):
         return None
     # Containers share the host's kernel: its version decides minKernel rules.
     return _translation(plan.seccomp, attrs.evolve(plan.seccomp_target, kernel=host_kernel()))
@@ -171,14 +154,15 @@ def _listen(port: PortMapping) -> str:
     return f"{port.protocol}:{host}:{port.host_port}"
 
 
-def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str, str]]:
+def devices(plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {
         "root": {
             "type": "disk",
             "path": "/",
             "pool": pool,
             "readonly": "true" if plan.read_only_root else "false",
-        }
+        },
+        **boot.devices(),
     }
     for index, mount in enumerate(plan.mounts):
         found[f"mount{index}"] = {
@@ -207,27 +191,31 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None) -> dict[str, dict[str,
     return found
 
 
-def own_config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
+def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
     """The keys the profile's controls and the spec set: no extra may override one."""
     result = {
         **labels_config(plan.labels),
-        **{ENV_PREFIX + key: value for key, value in plan.env.items()},
+        **{ENV_PREFIX + key: value for key, value in boot.environment.items()},
+        # What exec defaults to, also for a process that finds the sandbox later.
+        WORKDIR_KEY: boot.workdir,
         **limits(plan),
         # The built-in images' /etc/hosts template maps the sandbox's name to this.
         ADDRESS_KEY: nic.address.split("/")[0] if nic else "127.0.1.1",
         "security.privileged": "false",
         # No /dev/incus: the guest API socket is a way to talk to the engine.
         "security.guestapi": "false",
-        "raw.lxc": raw_lxc(plan, nic),
+        "raw.lxc": raw_lxc(plan, nic, boot),
         "security.nesting": "true" if plan.requirements.nested else "false",
     }
+    if boot.user is not None:
+        result[LABEL_PREFIX + EXEC_USER] = boot.user
     if plan.isolated_ids:
         result["security.idmap.isolated"] = "true"
     return result
 
 
-def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
-    result = own_config(plan, nic)
+def config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
+    result = own_config(plan, nic, boot)
     rules = seccomp(plan)
     if rules is not None:
         result["raw.seccomp"] = rules.policy
@@ -238,7 +226,7 @@ def config(plan: LaunchPlan, nic: Nic | None) -> dict[str, str]:
 
 
 def instance_request(
-    plan: LaunchPlan, fingerprint: str, pool: str, nic: Nic | None, start: bool
+    plan: LaunchPlan, fingerprint: str, pool: str, nic: Nic | None, start: bool, boot: Boot
 ) -> dict[str, Any]:
     """The POST /1.0/instances body; no profiles, so nothing unreviewed is inherited."""
     return {
@@ -246,8 +234,8 @@ def instance_request(
         "type": "container",
         "source": {"type": "image", "fingerprint": fingerprint},
         "profiles": [],
-        "config": config(plan, nic),
-        "devices": devices(plan, pool, nic),
+        "config": config(plan, nic, boot),
+        "devices": devices(plan, pool, nic, boot),
         "start": start,
     }
 
@@ -273,16 +261,21 @@ _OWN_INIT = (
 )
 
 
-def enforcement_overrides(plan: LaunchPlan) -> dict[str, ControlStatus]:
+def enforcement_overrides(plan: LaunchPlan, init: Init) -> dict[str, ControlStatus]:
     """Where this plan departs from the backend's static `controls`, and why."""
     overrides: dict[str, ControlStatus] = {}
-    if plan.user is not None and init_identity(plan) is None:
+    if plan.user is not None and init is Init.OWN:
         overrides["non_root_user"] = ControlStatus(False, _OWN_INIT.format(plan.image))
     if plan.network != "none":
         overrides["network"] = ControlStatus(True, _NETWORKS[plan.network])
     if plan.requirements.nested:
         for control in ("capabilities", "seccomp"):
             overrides[control] = ControlStatus(False, _NESTING.format(_TAKEN[control]))
+        return overrides
+    if boots_systemd(plan):
+        overrides.update(
+            (control, ControlStatus(False, reason)) for control, reason in SYSTEMD_LIFTS.items()
+        )
         return overrides
     translation = seccomp(plan)
     if translation is not None and translation.problems:

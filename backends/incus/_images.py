@@ -1,15 +1,21 @@
-"""Images on Incus: the built-in ones imported from the shared busybox tree on first use.
+"""Images on Incus, by kind of name.
 
-`sandboxer/minimal` and `sandboxer/system` are one image with two aliases: on Incus
-every sandbox boots the tree's /sbin/init as PID 1. Aliases carry IMAGE_VERSION, so a
-new version imports afresh. A lock makes concurrent first launches import once; a
-second process that races us is settled by whoever creates the alias first.
+- `sandboxer/minimal` and `sandboxer/system`: one busybox image with two aliases, imported
+  from the shared busybox tree on first use; every sandbox boots its /sbin/init. Aliases
+  carry IMAGE_VERSION, so a new version imports afresh.
+- Images of the store (`sandboxer/debian`, `sandboxer/systemd`, and registry references):
+  converted once per digest (`_oci`), booted by sandboxer's helper init (`_boot`).
+- Any other name is first looked up in Incus (an alias or a fingerprint it holds, which
+  boots its own init, as before); only if Incus has no such image does it go to the
+  store. A reference that names a registry host (`127.0.0.1:5000/app`, `docker.io/x`)
+  or a digest always goes to the store: it cannot mean an Incus alias.
+A lock makes concurrent first imports happen once; a second process that races us is
+settled by whoever creates the alias first.
 """
 
 from __future__ import annotations
 
 import io
-import platform
 import tarfile
 import threading
 import time
@@ -17,53 +23,35 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from sandboxer.backend import ImageNotFound, LaunchPlan, logger, timed
-from sandboxer.images import BUILTIN_IMAGES, IMAGE_VERSION, build_rootfs_tar, is_builtin
+import attrs
 
+from sandboxer.backend import ImageNotFound, LaunchPlan, UnsupportedFeature, logger, timed
+from sandboxer.images import (
+    BUILTIN_IMAGES,
+    IMAGE_VERSION,
+    ROOTFS_DIRECTORIES,
+    build_rootfs_tar,
+    is_builtin,
+    parse_reference,
+)
+from sandboxer.images.debian import BUILTIN_OCI_IMAGES
+from sandboxer.images.store import LocalImage, default_store
+
+from . import _boot, _metadata
+from ._boot import Boot, Init, boots_systemd, is_directory_in_tree
 from ._client import Incus
-from ._config import ADDRESS_KEY
 from ._errors import incus_errors
+from ._oci import Converter
 from ._sdk import pylxd
 
-_ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
 SYSTEM_IMAGE = "sandboxer/system"
-
 
 # Bump when the Incus metadata (templates) changes; the tree's own version is IMAGE_VERSION.
 INCUS_REVISION = 1
-# Rendered by Incus at first start: the sandbox's name resolves to its address.
-_TEMPLATES = {
-    "/etc/hosts": (
-        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-        '{{ config_get("' + ADDRESS_KEY + '", "127.0.1.1") }} {{ instance.name }}\n'
-    ),
-    "/etc/hostname": "{{ instance.name }}\n",
-}
 
 
 def alias(image: str) -> str:
     return f"{image}:{IMAGE_VERSION}.{INCUS_REVISION}"
-
-
-def metadata_yaml(created: float) -> bytes:
-    machine = platform.machine().lower()
-    return (
-        f"architecture: {_ARCHITECTURES.get(machine, machine)}\n"
-        f"creation_date: {int(created)}\n"
-        "properties:\n"
-        f"  description: sandboxer built-in busybox image, version {IMAGE_VERSION}\n"
-        "  os: sandboxer\n"
-        f"  release: '{IMAGE_VERSION}.{INCUS_REVISION}'\n"
-        "templates:\n"
-        + "".join(
-            f"  {path}:\n    when: [create, copy]\n    template: {_template_name(path)}\n"
-            for path in _TEMPLATES
-        )
-    ).encode()
-
-
-def _template_name(path: str) -> str:
-    return path.strip("/").replace("/", "-") + ".tpl"
 
 
 def unified_tarball(replace: Mapping[str, bytes] | None = None) -> bytes:
@@ -74,9 +62,14 @@ def unified_tarball(replace: Mapping[str, bytes] | None = None) -> bytes:
     buffer = io.BytesIO(build_rootfs_tar(prefix="rootfs/"))
     with tarfile.open(fileobj=buffer, mode="a") as tar:
         now = time.time()
-        files = {"metadata.yaml": metadata_yaml(now)}
+        properties = {
+            "description": f"sandboxer built-in busybox image, version {IMAGE_VERSION}",
+            "os": "sandboxer",
+            "release": f"{IMAGE_VERSION}.{INCUS_REVISION}",
+        }
+        files = {"metadata.yaml": _metadata.metadata_yaml(now, properties, _metadata.TEMPLATES)}
         files.update({f"rootfs/{path.lstrip('/')}": data for path, data in (replace or {}).items()})
-        files.update({f"templates/{_template_name(p)}": t.encode() for p, t in _TEMPLATES.items()})
+        files.update(_metadata.template_files(_metadata.TEMPLATES))
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), int(now)
@@ -85,14 +78,93 @@ def unified_tarball(replace: Mapping[str, bytes] | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def in_store(image: str) -> bool:
+    """Names that can only mean an image of the store: its built-ins, and references
+    that name a registry host or a digest (never an Incus alias)."""
+    if image in BUILTIN_OCI_IMAGES:
+        return True
+    try:
+        reference = parse_reference(image)
+    except ValueError:
+        return False
+    return reference.pinned or image.split("/", 1)[0] == reference.registry
+
+
+@attrs.frozen
+class Source:
+    """What a sandbox is created from: an Incus fingerprint and, for an image of the store,
+    that image (its config and tree)."""
+
+    fingerprint: str
+    oci: LocalImage | None = None
+    builtin: bool = False
+
+    def boot(self, plan: LaunchPlan) -> Boot:
+        if self.oci is not None:
+            return (
+                _boot.own(plan, self.oci) if boots_systemd(plan) else _boot.helper(plan, self.oci)
+            )
+        if self.builtin:
+            return _boot.builtin(plan)
+        if plan.command or plan.entrypoint:
+            raise UnsupportedFeature(
+                f"image {plan.image!r} of Incus boots its own init, which runs no spec.command "
+                "or spec.entrypoint: exec the command instead"
+            )
+        return _boot.own(plan, None)
+
+    def exists(self, path: str) -> bool:
+        """Whether the image has directory `path`, as far as can be told on the host."""
+        if self.oci is not None:
+            return is_directory_in_tree(self.oci.rootfs, path)
+        return self.builtin and path.rstrip("/") in ROOTFS_DIRECTORIES
+
+
 class Images:
     def __init__(self, incus: Incus) -> None:
         self._incus = incus
         self._lock = threading.Lock()
         self._fingerprints: dict[str, str] = {}
+        self._converter = Converter(incus)
+
+    @property
+    def converter(self) -> Converter:
+        return self._converter
+
+    def init(self, plan: LaunchPlan) -> Init:
+        """Which init `plan`'s sandbox boots (an image Incus holds is looked up once)."""
+        image = image_name(plan)
+        if is_builtin(image):
+            return Init.BUILTIN
+        if boots_systemd(plan):
+            return Init.OWN
+        return Init.HELPER if self._from_store(image) else Init.OWN
+
+    def _from_store(self, image: str) -> bool:
+        return in_store(image) or not self.held_by_incus(image)
+
+    def source(self, plan: LaunchPlan) -> Source:
+        """The image to create `plan`'s sandbox from, imported or converted if missing."""
+        image = image_name(plan)
+        if is_builtin(image):
+            return Source(self.fingerprint(image), builtin=True)
+        if self._from_store(image):
+            local = default_store().resolve(image, str(plan.pull.value))
+            return Source(self._converter.fingerprint(local), local)
+        return Source(self.fingerprint(image))
+
+    def held_by_incus(self, image: str) -> bool:
+        """Whether Incus holds `image` as an alias or fingerprint (remembered once seen)."""
+        if image not in self._fingerprints:
+            found = self._lookup(image)
+            if found is None:
+                return False
+            self._fingerprints[image] = found
+        return True
 
     def fingerprint(self, image: str) -> str:
-        """The fingerprint to create from; built-in images are imported here if missing."""
+        """The fingerprint of a built-in or an image Incus holds; built-ins are imported
+        here if missing."""
         known = self._fingerprints.get(image)
         if known is not None:
             return known

@@ -1,7 +1,8 @@
 """Writes into a created, not yet started instance's root through Incus' file API.
 
 A read-only root cannot get mount points once the sandbox runs (LXC's create=dir fails
-on it), so they are made here first; so is the service that runs spec.command.
+on it), so they are made here first; so are a missing working directory of the helper
+init and the built-in init's service that runs spec.command.
 """
 
 from __future__ import annotations
@@ -9,25 +10,30 @@ from __future__ import annotations
 import os
 import posixpath
 import shlex
+from collections.abc import Callable
 
 from sandboxer.backend import LaunchPlan
-from sandboxer.images import ROOTFS_DIRECTORIES, is_builtin
 
+from ._boot import Boot, Init
 from ._client import Incus
 from ._errors import incus_errors
 
 # Run by the built-in images' init at boot: how spec.command becomes the main service.
 COMMAND_SERVICE = "/etc/sandboxer/services/50-command"
+# Whether a directory exists in the image (as far as can be told before it runs).
+Exists = Callable[[str], bool]
 
 
-def mount_points(plan: LaunchPlan) -> list[tuple[str, bool]]:
-    """(path, is a file) for everything mounted over a read-only root; else nothing."""
-    if not plan.read_only_root:
-        return []
-    # The built-in images already have these directories: nothing to make for them.
-    present = ROOTFS_DIRECTORIES if is_builtin(plan.image) else frozenset()
-    points = [(t.path, False) for t in plan.tmpfs if t.path.rstrip("/") not in present]
-    points += [(m.target, not os.path.isdir(m.source)) for m in plan.mounts]
+def paths(plan: LaunchPlan, boot: Boot, exists: Exists) -> list[tuple[str, bool]]:
+    """(path, is a file) to make before the sandbox starts: what is mounted over a
+    read-only root (LXC's create=dir fails on it), and the helper init's working
+    directory (LXC fails to start in a missing one; Docker makes it too)."""
+    points = []
+    if plan.read_only_root:
+        points += [(t.path, False) for t in plan.tmpfs if not exists(t.path)]
+        points += [(m.target, not os.path.isdir(m.source)) for m in plan.mounts]
+    if boot.init is Init.HELPER and not exists(boot.workdir):
+        points.append((boot.workdir, False))
     return points
 
 
@@ -38,8 +44,11 @@ def command_script(argv: tuple[str, ...], workdir: str | None) -> bytes:
     return (script + f"exec {shlex.join(argv)}\n").encode()
 
 
-def needed(plan: LaunchPlan) -> bool:
-    return bool(plan.command or mount_points(plan))
+def service(plan: LaunchPlan, boot: Boot) -> bytes | None:
+    """The built-in init's service running spec.command (the helper init takes argv)."""
+    if boot.init is Init.BUILTIN and plan.command:
+        return command_script(plan.command, plan.workdir)
+    return None
 
 
 class Preparer:
@@ -72,9 +81,9 @@ class Preparer:
                     mode="0644" if is_file and last else "0755",
                 )
 
-    def run(self, plan: LaunchPlan) -> None:
+    def run(self, points: list[tuple[str, bool]], script: bytes | None) -> None:
         with incus_errors():
-            for path, is_file in mount_points(plan):
+            for path, is_file in points:
                 self.make_path(path, is_file)
-            if plan.command:
-                self._put(COMMAND_SERVICE, "file", command_script(plan.command, plan.workdir))
+            if script is not None:
+                self._put(COMMAND_SERVICE, "file", script)

@@ -4,10 +4,9 @@ engine object is made, never from inside `create`."""
 from __future__ import annotations
 
 from sandboxer.backend import LaunchPlan
-from sandboxer.images import is_builtin
 
+from ._boot import SYSTEMD_IMAGE, Boot, Init, boots_systemd
 from ._config import APPENDED, SAFE_TARGET, own_config
-from ._images import image_name
 
 # Keys Incus ignores once raw.seccomp is set.
 _VOIDED = (
@@ -20,10 +19,10 @@ _VOIDED = (
 
 def refusals(plan: LaunchPlan) -> list[str]:
     found = []
-    if plan.command and not is_builtin(image_name(plan)):
+    if boots_systemd(plan) and (plan.command or plan.entrypoint):
         found.append(
-            "incus runs spec.command as a service of the built-in images' init; "
-            f"{plan.image!r} has its own init: exec the command instead"
+            f"{SYSTEMD_IMAGE} with an init boots systemd as PID 1, which runs no "
+            "spec.command or spec.entrypoint: start it as a unit, or exec it"
         )
     found += [
         f"incus keeps the sandbox's environment in its config, which cannot hold a line "
@@ -49,7 +48,8 @@ def _extra_refusals(plan: LaunchPlan) -> list[str]:
     extras = plan.extras.get("incus", {})
     if not extras:
         return []
-    owned = set(own_config(plan, None)) - set(APPENDED)
+    every = Boot(Init.OWN, environment=dict(plan.env), user=plan.user or "")
+    owned = set(own_config(plan, None, every)) - set(APPENDED)
     found = [
         f"profile extra incus {key!r} would override what the profile's controls or the "
         "spec set: use the named control instead"

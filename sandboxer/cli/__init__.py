@@ -18,8 +18,21 @@ from types import FrameType
 
 from sandboxer import InvalidSpec, SandboxError, __version__
 
-from . import _completion, _engines, _images, _manage, _output, _profiles, _run
+from . import (
+    _completion,
+    _copy,
+    _engines,
+    _images,
+    _inspect,
+    _logs,
+    _manage,
+    _output,
+    _profiles,
+    _run,
+    _words,
+)
 from ._output import logger
+from ._run_argv import canonical_argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_run, _manage, _engines, _images, _profiles, _completion):
+    modules = (_run, _manage, _logs, _copy, _inspect, _engines, _images, _profiles, _completion)
+    for module in modules:
         module.register(commands)
     return parser
 
@@ -44,7 +58,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(canonical_argv(parser, sys.argv[1:] if argv is None else argv))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{_output.PROG}: %(levelname)s %(message)s"))
     logger.addHandler(handler)
@@ -83,4 +98,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(args: argparse.Namespace, exc: BaseException) -> None:
     if args.debug:
         logger.exception("%s failed", args.command)
-    _output.error(str(exc))
+    _output.error(_words.message(exc))

@@ -1,4 +1,4 @@
-"""`completion bash|zsh`: a completion script generated from the parser itself.
+"""`completion bash|zsh|fish`: a completion script generated from the parser itself.
 
 Commands, options and fixed choices come from argparse, so the script never drifts from
 the CLI; sandbox names, backends and profiles are looked up when completing.
@@ -13,14 +13,8 @@ from typing import Any
 import sandboxer
 from sandboxer import InvalidSpec
 
-# What a value of these destinations is; the script completes each kind its own way.
-_DYNAMIC = {
-    "backend": "@backends",
-    "backends": "@backends",
-    "profile": "@profiles",
-    "sandbox": "@sandboxes",
-    "sandboxes": "@sandboxes",
-}
+from . import _fish, _image_store
+from ._completion_model import is_completed_positional, subparsers, value_kind
 
 _FUNCTION = r"""
 _sandboxer_complete() {
@@ -51,6 +45,7 @@ _sandboxer_complete() {
         @backends) values="$(sandboxer completion --list backends 2>/dev/null)" ;;
         @profiles) values="$(sandboxer completion --list profiles 2>/dev/null)" ;;
         @sandboxes) values="$(sandboxer ls -q 2>/dev/null)" ;;
+        @images) values="$(sandboxer completion --list images 2>/dev/null)" ;;
     esac
     COMPREPLY=($(compgen -W "$values" -- "$cur"))
 }
@@ -63,46 +58,31 @@ def register(commands: Any) -> None:
         "completion",
         help="print a shell completion script",
         description='Print a completion script: add `eval "$(sandboxer completion bash)"` '
-        "to ~/.bashrc (zsh: the same with `zsh` in ~/.zshrc).",
+        "to ~/.bashrc (zsh: the same with `zsh` in ~/.zshrc; fish: `sandboxer completion "
+        "fish | source` in ~/.config/fish/config.fish).",
     )
-    completion.add_argument("shell", nargs="?", choices=("bash", "zsh"))
-    completion.add_argument("--list", choices=("backends", "profiles"), help=argparse.SUPPRESS)
+    completion.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"))
+    completion.add_argument(
+        "--list", choices=("backends", "profiles", "images"), help=argparse.SUPPRESS
+    )
     completion.set_defaults(handler=completion_command)
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def _walk(parser: argparse.ArgumentParser, path: str, tables: dict[str, dict[str, str]]) -> None:
     """Fill the script's tables (commands, options, values, positional) for `path`."""
-    children = _subparsers(parser)
+    children = subparsers(parser)
     if children:
         tables["commands"][path] = " ".join(children)
     options: list[str] = []
     for action in parser._actions:
-        if action.help == argparse.SUPPRESS:
-            continue
-        if not action.option_strings:
-            if (
-                not isinstance(action, argparse._SubParsersAction)
-                and action.nargs != argparse.REMAINDER
-            ):
-                kind = (
-                    _DYNAMIC.get(action.dest)
-                    or " ".join(map(str, action.choices or ()))
-                    or "@files"
-                )
-                tables["positional"][path] = kind
+        if is_completed_positional(action):
+            tables["positional"][path] = value_kind(action)
+        if not action.option_strings or action.help == argparse.SUPPRESS:
             continue
         options += action.option_strings
         if action.nargs != 0:
-            kind = " ".join(map(str, action.choices or ())) or _DYNAMIC.get(action.dest, "@files")
             for option in action.option_strings:
-                tables["values"][f"{path}|{option}"] = kind
+                tables["values"][f"{path}|{option}"] = value_kind(action)
     tables["options"][path] = " ".join(options)
     for name, child in children.items():
         _walk(child, f"{path} {name}", tables)
@@ -133,10 +113,16 @@ def completion_command(args: argparse.Namespace) -> int:
     if args.list == "profiles":
         print("\n".join(sandboxer.builtin_profiles()))
         return 0
+    if args.list == "images":
+        print("\n".join(_image_store.image_names()))
+        return 0
     if args.shell is None:
-        raise InvalidSpec("completion", "name the shell: bash or zsh")
+        raise InvalidSpec("completion", "name the shell: bash, zsh or fish")
     from . import build_parser  # the package imports this module: import it late
 
+    if args.shell == "fish":
+        print(_fish.script(build_parser()))
+        return 0
     script = bash_script(build_parser())
     if args.shell == "zsh":
         script = "autoload -U +X bashcompinit && bashcompinit\n" + script

@@ -60,6 +60,9 @@ def register(commands: Any) -> None:
     rm = commands.add_parser("rm", help="remove sandboxes by name, id or id prefix")
     rm.add_argument("sandboxes", nargs="+", metavar="ID_OR_NAME")
     rm.add_argument("-f", "--force", action="store_true", help="no error for missing sandboxes")
+    rm.add_argument(
+        "--json", action="store_true", help='print {"removed": [...], "failures": {NAME: why}}'
+    )
     rm.set_defaults(handler=rm_command)
 
     sweep = commands.add_parser(
@@ -68,7 +71,7 @@ def register(commands: Any) -> None:
         description="Remove our sandboxes whose owner process on this host has exited and, "
         "with --older-than, those older than that. With a session (--session, or "
         "$SANDBOXER_SESSION when set) only that session's sandboxes go, all of them. "
-        "Sandboxes made with `run --keep` stay unless --include-kept. "
+        "Sandboxes made with `run -d` stay unless --include-kept. "
         "Nothing without sandboxer's labels is ever touched.",
     )
     sweep.add_argument(
@@ -89,7 +92,7 @@ def register(commands: Any) -> None:
     )
     _label_filter(sweep)
     sweep.add_argument(
-        "--include-kept", action="store_true", help="also sandboxes made with `run --keep`"
+        "--include-kept", action="store_true", help="also sandboxes made with `run -d`"
     )
     sweep.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
     sweep.add_argument("--json", action="store_true", help="print JSON")
@@ -117,23 +120,28 @@ def ls_command(args: argparse.Namespace) -> int:
 
 def rm_command(args: argparse.Namespace) -> int:
     found = inventory()
-    failed = False
+    removed: list[str] = []
+    failures: dict[str, str] = {}
     for wanted in args.sandboxes:
         try:
             attach(found.find(wanted)).destroy()
         except SandboxNotFound as exc:
             if not args.force:
-                _output.error(str(exc))
-                failed = True
+                failures[wanted] = str(exc)
             continue
         except InvalidSpec:
             raise  # an ambiguous prefix: a usage error
         except SandboxError as exc:
-            _output.error(f"{wanted}: {exc}")
-            failed = True
+            failures[wanted] = f"{wanted}: {exc}"
             continue
-        print(wanted)
-    return _output.ENGINE_FAILURE if failed else 0
+        removed.append(wanted)
+        if not args.json:
+            print(wanted)
+    if args.json:
+        _output.print_json({"removed": removed, "failures": failures})
+    for why in failures.values():
+        _output.error(why)
+    return _output.ENGINE_FAILURE if failures else 0
 
 
 def gc_command(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sandboxer import SandboxInfo
+from sandboxer import ExecResult, Sandbox, SandboxInfo
 from sandboxer.ownership import created_at, owner_alive, owner_host, owner_pid, session
 
 PROG = "sandboxer"
@@ -99,6 +99,27 @@ def info_row(info: SandboxInfo, now: float) -> list[str]:
 
 
 INFO_HEADERS = ("BACKEND", "NAME", "ID", "STATE", "AGE", "OWNER", "SESSION")
+
+
+def launched_dict(sandbox: Sandbox) -> dict[str, Any]:
+    """A sandbox `run -d --json` launched."""
+    return {"name": sandbox.name, "id": sandbox.id, "backend": sandbox.backend}
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def result_dict(result: ExecResult) -> dict[str, Any]:
+    """A command's outcome as `exec --json` prints it (output decoded as UTF-8)."""
+    return {
+        "exit_code": result.exit_code,
+        "stdout": _text(result.stdout),
+        "stderr": _text(result.stderr),
+        "timed_out": result.timed_out,
+        "truncated": result.truncated,
+        "duration": round(result.duration, 3),
+    }
 
 
 @contextlib.contextmanager

@@ -1,4 +1,10 @@
-"""`run` (launch, run a command, remove) and `exec` (run a command in an existing sandbox)."""
+"""`run` (launch, run a command, remove; or launch detached) and `exec` (run a command in
+an existing sandbox), with `docker run` habits.
+
+A foreground `run` launches an idle sandbox and runs the command in it, so that its
+output streams here and its exit code comes back. A detached one (`-d`) makes the
+command the sandbox's main process, as Docker does: `sandboxer logs` shows its output.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,22 @@ from typing import Any
 from sandboxer import ExecStream, InvalidSpec, Sandbox, attach, launch
 
 from . import _output, _spec
+from ._run_argv import command_words
+
+RUN_USAGE = """\
+%(prog)s [OPTIONS] IMAGE [COMMAND [ARG...]]
+       %(prog)s [OPTIONS] -- COMMAND [ARG...]   (on --image, default sandboxer/minimal)"""
+
+# Docker flags that sandboxer does not do yet: accepted, then refused with the reason.
+NOT_YET = {
+    "tty": ("-t/--tty", "TTY sessions are not available yet; -i alone passes stdin"),
+    "publish_all": (
+        "-P/--publish-all",
+        "the image's exposed ports are not known to sandboxer yet; "
+        "publish each with -p GUEST (a free host port is picked)",
+    ),
+    "hostname": ("--hostname", "sandboxes cannot be given a host name yet"),
+}
 
 
 def _command_options(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +41,9 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
         help="pass our stdin (read to its end) to the command",
     )
     parser.add_argument(
+        "-t", "--tty", action="store_true", help="a terminal for the command (not available yet)"
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
@@ -26,83 +51,143 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
 def register(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         parents=[_spec.selection_options(), _spec.launch_options()],
+        usage=RUN_USAGE,
         help="launch a sandbox, run a command in it, remove it",
-        description="Launch a sandbox, run CMD in it with its output streamed here, then "
-        "remove the sandbox. The exit code is the command's (125: sandboxer failed).",
+        description="Launch a sandbox of IMAGE, run COMMAND in it with its output streamed "
+        "here, then remove the sandbox; the exit code is the command's (125: sandboxer "
+        "failed). Options go before IMAGE: every word after it belongs to COMMAND. With -d, "
+        "COMMAND (else the image's own) is the sandbox's main process and the sandbox stays.",
     )
-    run.add_argument(
+    lifetime = run.add_mutually_exclusive_group()
+    lifetime.add_argument(
+        "-d",
+        "--detach",
         "--keep",
+        dest="detach",
         action="store_true",
-        help="leave the sandbox running afterwards (its name goes to stderr)",
+        help="leave the sandbox running and print its name (gc keeps it until rm)",
+    )
+    lifetime.add_argument(
+        "--rm", action="store_true", help="remove the sandbox afterwards (the default)"
     )
     _command_options(run)
-    run.add_argument(
-        "argv",
-        nargs=argparse.REMAINDER,
-        metavar="-- CMD...",
-        help="the command (optional with --keep)",
-    )
+    run.add_argument("-P", "--publish-all", action="store_true", help="(not available yet)")
+    run.add_argument("--hostname", help="(not available yet)")
+    _json_option(run, "the detached sandbox (with -d)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=run_command)
 
     execute = commands.add_parser(
         "exec",
+        usage="%(prog)s [OPTIONS] NAME COMMAND [ARG...]",
         help="run a command in an existing sandbox",
-        description="Run CMD in one of our sandboxes, found by name, id or id prefix.",
+        description="Run COMMAND in one of our sandboxes, found by name, id or id prefix.",
     )
-    execute.add_argument("sandbox", metavar="ID_OR_NAME")
+    execute.add_argument("sandbox", metavar="NAME")
     _spec.env_option(execute)
     execute.add_argument("-w", "--workdir", metavar="DIR", help="working directory")
     execute.add_argument("-u", "--user", metavar="USER", help="user[:group] or uid[:gid]")
     _command_options(execute)
-    execute.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    _json_option(execute, "the exit code and the output (collected, not streamed)")
+    execute.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     execute.set_defaults(handler=exec_command)
 
 
-def _argv(raw: list[str]) -> list[str]:
-    return raw[1:] if raw[:1] == ["--"] else raw
+def refuse_unavailable(args: argparse.Namespace) -> None:
+    """A usage error for a Docker flag sandboxer cannot honour yet (never ignored)."""
+    for dest, (flags, why) in NOT_YET.items():
+        if getattr(args, dest, None):
+            raise InvalidSpec(flags, why)
 
 
-def exit_code(stream: ExecStream) -> int:
+def exit_code(code: int | None) -> int:
     """The shell's convention: a command killed by signal N (or a timeout) exits 128+N."""
-    code = stream.exit_code if stream.exit_code is not None else 1
+    code = code if code is not None else 1
     return 128 - code if code < 0 else code
 
 
-def stream_command(sandbox: Sandbox, args: argparse.Namespace, **options: Any) -> int:
+def _stdin(args: argparse.Namespace) -> bytes | None:
+    return sys.stdin.buffer.read() if args.interactive else None
+
+
+def stream_command(
+    sandbox: Sandbox, argv: list[str], args: argparse.Namespace, **options: Any
+) -> int:
     """Run the command with its output copied to ours as it arrives; its exit code."""
-    stdin = sys.stdin.buffer.read() if args.interactive else None
-    stream = sandbox.exec_stream(_argv(args.argv), timeout=args.timeout, stdin=stdin, **options)
+    stream: ExecStream = sandbox.exec_stream(
+        argv, timeout=args.timeout, stdin=_stdin(args), **options
+    )
     sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     for name, chunk in stream:
         sinks[name].write(chunk)
         sinks[name].flush()
     if stream.timed_out:
         _output.note(f"the command ran past --timeout {args.timeout:g}s and was killed")
-    return exit_code(stream)
+    return exit_code(stream.exit_code)
+
+
+def _entrypoint(args: argparse.Namespace) -> tuple[str, ...] | None:
+    # Docker's --entrypoint is one executable, never split; '' clears the image's.
+    if args.entrypoint is None:
+        return None
+    return (args.entrypoint,) if args.entrypoint else ()
 
 
 def run_command(args: argparse.Namespace) -> int:
-    spec = _spec.spec_from(args)
-    if not _argv(args.argv) and not args.keep:
-        raise InvalidSpec("run", "nothing to run: give a command after -- (or use --keep)")
+    refuse_unavailable(args)
+    command = command_words(args.argv)
+    if args.detach:
+        return _run_detached(args, command)
+    if args.json:
+        raise InvalidSpec("--json", "prints the detached sandbox: use it with -d")
+    argv = [*(_entrypoint(args) or ()), *command]
+    if not argv:
+        raise InvalidSpec(
+            "COMMAND",
+            "nothing to run: give a command after the image (or after --); "
+            "the image's own command runs with -d (see `sandboxer logs NAME`)",
+        )
+    # Idle (no entrypoint, no command): the command runs through exec, streamed here.
+    spec = _spec.spec_from(args, entrypoint=())
     with _output.progress(f"launching {spec.image}"):
-        sandbox = launch(spec, keep=args.keep)
-    if args.keep:
-        try:
-            return stream_command(sandbox, args) if _argv(args.argv) else 0
-        finally:
-            _output.note(f"kept {sandbox.name} on {sandbox.backend} (id {sandbox.id})")
+        sandbox = launch(spec)
     with sandbox:
-        return stream_command(sandbox, args)
+        return stream_command(sandbox, argv, args)
+
+
+def _run_detached(args: argparse.Namespace, command: list[str]) -> int:
+    if args.interactive:
+        raise InvalidSpec("-i", "a detached sandbox has no stdin to pass: drop -i or -d")
+    if args.timeout is not None:
+        raise InvalidSpec("--timeout", "applies to a foreground command: drop it or -d")
+    spec = _spec.spec_from(args, command=command or None, entrypoint=_entrypoint(args), keep=True)
+    with _output.progress(f"launching {spec.image}"):
+        sandbox = launch(spec)
+    if args.json:
+        _output.print_json(_output.launched_dict(sandbox))
+    else:
+        print(sandbox.name)
+    return 0
 
 
 def exec_command(args: argparse.Namespace) -> int:
-    if not _argv(args.argv):
-        raise InvalidSpec("exec", "give the command after --")
+    refuse_unavailable(args)
+    argv = command_words(args.argv)
+    if not argv:
+        raise InvalidSpec("COMMAND", "give the command after the sandbox's name")
     sandbox = attach(args.sandbox)
     env = _spec.pairs(args.env, "--env", from_environ=True)
-    return stream_command(sandbox, args, env=env, workdir=args.workdir, user=args.user)
+    options: dict[str, Any] = {"env": env, "workdir": args.workdir, "user": args.user}
+    if not args.json:
+        return stream_command(sandbox, argv, args, **options)
+    result = sandbox.exec(argv, timeout=args.timeout, stdin=_stdin(args), **options)
+    _output.print_json(_output.result_dict(result))
+    return exit_code(result.exit_code)

@@ -14,10 +14,15 @@ from sandboxer import (
     InvalidSpec,
     Mount,
     PortMapping,
+    Profile,
+    PullPolicy,
     Requirements,
     Resources,
     SandboxSpec,
+    load_profile,
 )
+
+from . import _envfile
 
 
 def selection_options() -> argparse.ArgumentParser:
@@ -35,7 +40,7 @@ def selection_options() -> argparse.ArgumentParser:
         "--image",
         metavar="I",
         default="sandboxer/minimal",
-        help="image (default: sandboxer/minimal)",
+        help="the image, as the IMAGE argument names it (default: sandboxer/minimal)",
     )
     group.add_argument(
         "-v",
@@ -84,6 +89,36 @@ def launch_options() -> argparse.ArgumentParser:
     group.add_argument("--name", help="sandbox name (default: sbx-<random>)")
     env_option(group)
     group.add_argument(
+        "--env-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="KEY=VALUE lines (# comments; a bare KEY copies ours); -e wins (repeatable)",
+    )
+    group.add_argument(
+        "--entrypoint",
+        metavar="CMD",
+        help="run CMD instead of the image's entrypoint ('' clears it)",
+    )
+    group.add_argument(
+        "--pull",
+        choices=[policy.value for policy in PullPolicy],
+        default=PullPolicy.MISSING.value,
+        help="when to fetch the image from its registry (default: missing)",
+    )
+    group.add_argument(
+        "--read-only",
+        action="store_true",
+        help="a read-only root file system (the profile's, tightened)",
+    )
+    group.add_argument(
+        "--cap-add",
+        metavar="CAP",
+        action="append",
+        default=[],
+        help="add a capability, as far as the profile allows (repeatable)",
+    )
+    group.add_argument(
         "-l",
         "--label",
         dest="labels",
@@ -125,11 +160,26 @@ def pairs(values: list[str], flag: str, *, from_environ: bool = False) -> dict[s
     return result
 
 
-def spec_from(args: argparse.Namespace) -> SandboxSpec:
-    """The SandboxSpec the parsed flags describe; invalid values raise InvalidSpec."""
+def profile_from(args: argparse.Namespace) -> str | Profile:
+    """--profile, derived with --read-only and --cap-add when given; the profile's own
+    rules refuse what it does not allow (cap_add_allowed)."""
+    if not getattr(args, "read_only", False) and not getattr(args, "cap_add", []):
+        return str(args.profile)
+    base = load_profile(args.profile)
+    changes: dict[str, Any] = {}
+    if args.read_only:
+        changes["read_only_root"] = True
+    if args.cap_add:
+        changes["cap_add"] = (*base.cap_add, *args.cap_add)
+    return base.derive(f"{base.name}+flags", **changes)
+
+
+def spec_from(args: argparse.Namespace, **process: Any) -> SandboxSpec:
+    """The SandboxSpec the parsed flags describe, with `process` (command, entrypoint,
+    keep) as `run` decides them; invalid values raise InvalidSpec."""
     fields: dict[str, Any] = {
         "image": args.image,
-        "profile": args.profile,
+        "profile": profile_from(args),
         "backend": args.backend,
         "network": args.network,
         "mounts": [Mount.parse(text) for text in args.mounts],
@@ -146,12 +196,17 @@ def spec_from(args: argparse.Namespace) -> SandboxSpec:
     if hasattr(args, "env"):  # the launch options are present
         fields.update(
             name=args.name,
-            env=pairs(args.env, "--env", from_environ=True),
+            env={
+                **_envfile.load(args.env_file),
+                **pairs(args.env, "--env", from_environ=True),
+            },
             labels=pairs(args.labels, "--label"),
             resources=Resources(cpus=args.cpus, memory=args.memory, pids=args.pids),
             workdir=args.workdir,
             user=args.user,
             allow_unenforced=args.allow_unenforced,
+            pull=args.pull,
+            **process,
         )
     return SandboxSpec(**fields)
 

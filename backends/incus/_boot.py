@@ -1,0 +1,192 @@
+"""Who PID 1 of a sandbox is, what it runs, and the defaults every exec inherits.
+
+Three kinds of init, by image:
+- BUILTIN: the busybox images' /sbin/init; it needs no root, so it runs as the plan's
+  user, and runs spec.command as a service (`_prepare`).
+- HELPER: images of the store (OCI) may hold no init or shell at all: sandboxer's static
+  helper is mounted read-only at /.sandboxer and its init is PID 1 (`lxc.init.cmd`), as
+  the image's effective user, in its working directory, with its environment. It runs
+  the image config's main process (Docker's rules, `ImageConfig`).
+- OWN: the image's own init (an image Incus already held, or `sandboxer/systemd` when an
+  init was asked for), which stays the container's root.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from sandboxer.backend import LaunchPlan, UnsupportedFeature
+from sandboxer.images import GROUP, PASSWD, ImageConfig
+from sandboxer.images.helper import MOUNT_POINT, helper_dir, init_command_line
+from sandboxer.images.store import LocalImage
+
+from ._users import Identity, is_numeric, resolve
+
+# An image's /etc/passwd and /etc/group are read on the host, bounded: real ones are KiB.
+_ACCOUNTS_MAX = 1024 * 1024
+HELPER_DEVICE = "sandboxer-helper"
+SYSTEMD_IMAGE = "sandboxer/systemd"
+# What systemd as PID 1 needs that a profile's controls take away: measured, it dies at
+# boot with either in place (no-new-privileges, a read-only root, limits and a non-root
+# exec user it survives). Reported unenforced, so refused unless the caller consents.
+SYSTEMD_LIFTS = {
+    "capabilities": "not applied: systemd as PID 1 needs capabilities to boot (CAP_SYS_ADMIN "
+    "to mount /run, /dev/shm and its cgroups, CAP_SETUID/CAP_SETGID and more to start "
+    "services as their users): the container keeps Incus' default set, inside its user "
+    "namespace",
+    "seccomp": "not applied: systemd as PID 1 mounts file systems and sets up namespaces and "
+    "keyrings for its services, which the profile's allowlist denies; Incus' default "
+    "denylist applies instead (kexec, kernel modules, open_by_handle_at, ...)",
+}
+
+
+def boots_systemd(plan: LaunchPlan) -> bool:
+    """`sandboxer/systemd` boots systemd where an init or a system container was asked for."""
+    requirements = plan.requirements
+    return plan.image == SYSTEMD_IMAGE and (requirements.init or requirements.kind == "system")
+
+
+class Init(enum.Enum):
+    BUILTIN = "the built-in images' init"
+    HELPER = "sandboxer's helper init"
+    OWN = "the image's own init"
+
+
+@attrs.frozen
+class Boot:
+    init: Init
+    identity: Identity | None = None  # who PID 1 runs as; None: the container's root
+    main: tuple[str, ...] | None = None  # the helper init's main process
+    environment: Mapping[str, str] = attrs.field(factory=dict)
+    workdir: str = "/"  # PID 1's and every exec's default
+    user: str | None = None  # every exec's default
+    helper: str | None = None  # the helper directory on the host
+
+    def lines(self) -> list[str]:
+        """raw.lxc lines: LXC switches to these ids and directory right before it execs
+        the init, so everything the init starts inherits them."""
+        lines = []
+        if self.init is Init.HELPER:
+            lines += [
+                f"lxc.init.cmd = {init_command_line(self.main)}",
+                f"lxc.init.cwd = {self.workdir}",
+            ]
+        if self.identity is not None:
+            lines += [f"lxc.init.uid = {self.identity.uid}", f"lxc.init.gid = {self.identity.gid}"]
+        return lines
+
+    def devices(self) -> dict[str, dict[str, str]]:
+        if self.helper is None:
+            return {}
+        return {
+            HELPER_DEVICE: {
+                "type": "disk", "source": self.helper, "path": MOUNT_POINT, "readonly": "true"
+            }
+        }  # fmt: skip
+
+
+def builtin(plan: LaunchPlan) -> Boot:
+    """The busybox images: PID 1 runs as the plan's user, resolved against their accounts."""
+    identity = None if plan.user is None else resolve(plan.user, PASSWD, GROUP)
+    return Boot(Init.BUILTIN, identity, None, dict(plan.env), plan.workdir or "/", plan.user)
+
+
+def own(plan: LaunchPlan, image: LocalImage | None) -> Boot:
+    """The image's own init; a store image's config still gives every exec its defaults."""
+    config = image.config if image is not None else ImageConfig()
+    return Boot(
+        Init.OWN,
+        environment=_checked(config.environment(plan.env)),
+        workdir=_checked_path(config.working_directory(plan.workdir)),
+        user=config.effective_user(plan.user),
+    )
+
+
+def helper(plan: LaunchPlan, image: LocalImage) -> Boot:
+    config = image.config
+    user = config.effective_user(plan.user)
+    return Boot(
+        Init.HELPER,
+        identity=None if user is None else _identity(user, image.rootfs),
+        main=config.main_process(plan.command, plan.entrypoint),
+        environment=_checked(config.environment(plan.env)),
+        workdir=_checked_path(config.working_directory(plan.workdir)),
+        user=user,
+        helper=str(helper_dir()),
+    )
+
+
+def _checked(environment: dict[str, str]) -> dict[str, str]:
+    """Incus keeps the environment in its config, one line per variable in LXC's."""
+    for key, value in environment.items():
+        if any(c in key + value for c in "\n\r\0") or not key:
+            raise UnsupportedFeature(
+                f"incus cannot pass the image's environment variable {key!r}: its name or "
+                "value holds a line break"
+            )
+    return environment
+
+
+def _checked_path(path: str) -> str:
+    if not path.startswith("/") or any(c in path for c in "\n\r\0"):
+        raise UnsupportedFeature(f"incus cannot use working directory {path!r} of the image")
+    return path
+
+
+def _identity(user: str, rootfs: Path) -> Identity:
+    if is_numeric(user):
+        uid, gid = (int(part) for part in user.split(":"))
+        return Identity(uid, gid)
+    return resolve(user, read_in_tree(rootfs, "/etc/passwd"), read_in_tree(rootfs, "/etc/group"))
+
+
+def _open_in_tree(rootfs: Path, path: str, flags: int) -> int:
+    """A descriptor of `path` inside the tree, opened without following any symlink: the
+    tree is image content, and its links point into the sandbox, not the host."""
+    descriptor = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        parts = [part for part in path.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise FileNotFoundError(errno.ENOENT, "no .. in an image path", path)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            mode = flags if last else os.O_RDONLY | os.O_DIRECTORY
+            following = os.open(part, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = following
+        return descriptor
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_in_tree(rootfs: Path, path: str) -> str:
+    """A small text file of the image (its accounts); "" if absent or reached through a
+    symlink; refused past _ACCOUNTS_MAX."""
+    try:
+        descriptor = _open_in_tree(rootfs, path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return ""
+        data = file.read(_ACCOUNTS_MAX + 1)
+    if len(data) > _ACCOUNTS_MAX:
+        raise UnsupportedFeature(f"the image's {path} is larger than {_ACCOUNTS_MAX} bytes")
+    return data.decode("utf-8", "replace")
+
+
+def is_directory_in_tree(rootfs: Path, path: str) -> bool:
+    """Whether `path` is a directory of the tree reached with no symlink on the way."""
+    try:
+        os.close(_open_in_tree(rootfs, path, os.O_RDONLY | os.O_DIRECTORY))
+    except OSError:
+        return False
+    return True
