@@ -23,7 +23,7 @@ if [ ${#need[@]} -gt 0 ] && ! usable >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # scripts/test.sh lints the VM guest's shell scripts with it.
-# shellcheck lints the VM guest's scripts; fish runs the fish completion's test.
+# The linter of the VM guest's scripts, and fish for the fish completion's test.
 for tool in shellcheck fish; do
     command -v "$tool" >/dev/null || { log "apt-get install $tool"; apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
 done
@@ -35,5 +35,5 @@ fi
 log "installing sandboxer and its SDKs into $venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >&2
-"$venv/bin/pip" install -q -e "$root[all,test]" >&2
+"$venv/bin/pip" install -q -e "${root}[all,test]" >&2
 echo "$want" >"$stamp"
