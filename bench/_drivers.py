@@ -36,11 +36,12 @@ class Driver(Protocol):
 class SandboxerDriver:
     """sandboxer's public API with its defaults: the hardened profile, selection included."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, image: str = IMAGE) -> None:
         self.backend = backend
+        self.image = image
 
     def launch(self) -> sandboxer.Sandbox:
-        return sandboxer.launch(image=IMAGE, backend=self.backend)
+        return sandboxer.launch(image=self.image, backend=self.backend)
 
     def exec(self, box: sandboxer.Sandbox, argv: list[str]) -> bytes:
         result = box.exec(argv)
@@ -64,8 +65,8 @@ class SandboxerDriver:
         return f"sandboxer {sandboxer.__version__}"
 
 
-def raw_driver(backend: str) -> Driver:
-    """The by-hand driver for `backend` (bench/_raw_<backend>.py)."""
+def raw_driver(backend: str, **options: Any) -> Driver:
+    """The by-hand driver for `backend` (bench/_raw_<backend>.py), with its `options`."""
     module = importlib.import_module(f"_raw_{backend}")
-    driver: Driver = module.RawDriver()
+    driver: Driver = module.RawDriver(**options)
     return driver

@@ -24,14 +24,15 @@ _MIB = 1024 * 1024
 
 
 class RawDriver:
-    def __init__(self) -> None:
+    def __init__(self, image: str = f"sandboxer/minimal:{IMAGE_VERSION}") -> None:
         self.client = docker.from_env(max_pool_size=64)
         self.seccomp = _SECCOMP.read_text()
+        self.image = image
 
     def launch(self) -> Any:
         name = f"sbx-rawbench-{uuid.uuid4().hex[:12]}"
         return self.client.containers.run(
-            f"sandboxer/minimal:{IMAGE_VERSION}",
+            self.image,
             ["sleep", "2147483647"],
             name=name,
             hostname=name,

@@ -57,22 +57,27 @@ def policy_lines(policy: dict[str, Any]) -> Iterator[str]:
 
 
 class RawDriver:
-    def __init__(self) -> None:
+    """`alias`: the image's alias prefix (the built-in sandboxer imported, by default);
+    `init`: PID 1 for an image without an init of its own (raw.lxc lxc.init.cmd)."""
+
+    def __init__(self, alias: str = f"{IMAGE}:{IMAGE_VERSION}", init: str | None = None) -> None:
         self.client = pylxd.Client(endpoint=_SOCKET)
         self.pool = self.client.profiles.get("default").devices["root"]["pool"]
         self.seccomp = "\n".join(policy_lines(json.loads(_SECCOMP.read_text()))) + "\n"
+        self.alias = alias
+        self.raw_lxc = _RAW_LXC + (f"\nlxc.init.cmd = {init}" if init else "")
         self._image: str | None = None
 
     def image(self) -> str:
-        """The built-in image sandboxer imported (the bench launches through sandboxer first)."""
+        """The image imported under `alias` (the bench launches through sandboxer first)."""
         if self._image is None:
             ours = [
                 image
                 for image in self.client.images.all()
-                if any(a["name"].startswith(f"{IMAGE}:{IMAGE_VERSION}") for a in image.aliases)
+                if any(a["name"].startswith(self.alias) for a in image.aliases)
             ]
             if not ours:
-                raise RuntimeError(f"no {IMAGE}:{IMAGE_VERSION}* image on Incus yet")
+                raise RuntimeError(f"no {self.alias}* image on Incus yet")
             self._image = str(max(ours, key=lambda image: image.uploaded_at).fingerprint)
         return self._image
 
@@ -93,7 +98,7 @@ class RawDriver:
                     "security.idmap.isolated": "true",
                     "security.nesting": "false",
                     "raw.seccomp": self.seccomp,
-                    "raw.lxc": _RAW_LXC,
+                    "raw.lxc": self.raw_lxc,
                 },
                 "devices": {
                     "root": {"type": "disk", "path": "/", "pool": self.pool, "readonly": "true"}

@@ -1,11 +1,13 @@
 """sandboxer against the raw engine SDKs, measured in one run, interleaved.
 
-    python bench/run.py [--backend docker,incus,libvirt] [--quick] [--json PATH]
+    python bench/run.py [--backend docker,incus,libvirt] [--quick] [--images] [--json PATH]
 
 For each available backend: launch+exec+destroy (and, inside it, launch to exec-ready),
 the exec round trip, a 1 MiB write_file+read_file, N concurrent launches, pool acquire
 latency and refill time, and 50 concurrent execs across sandboxes through sandboxer.aio
-(raw side: the same execs from 50 threads). Prints medians, min-max and sandboxer/raw,
+(raw side: the same execs from 50 threads); with --images, sandboxer/debian's first use
+and cached launch beside each engine's own path, and against the built-in image
+(bench/_images.py). Prints medians, min-max and sandboxer/raw,
 and writes JSON (default bench/results/latest.json). It never asserts a timing: --quick
 (a couple of minutes for all three engines) is for CI logs. A measurement whose engine
 calls fail is reported, the others still run, and the exit status is 1.
@@ -28,6 +30,7 @@ from typing import Any
 
 import attrs
 from _drivers import Driver, SandboxerDriver, raw_driver
+from _images import IMAGE_FULL, IMAGE_QUICK, ImageReps, image_results
 from _stats import Result, Summary, interleave, result, table, timed
 
 import sandboxer
@@ -301,7 +304,7 @@ class Run:
     engine: str = ""
 
 
-def bench_backend(backend: str, reps: Reps) -> Run:
+def bench_backend(backend: str, reps: Reps, images: ImageReps | None = None) -> Run:
     raw = raw_driver(backend)
     sides: Sides = {"sandboxer": SandboxerDriver(backend), "raw": raw}
     run = Run()
@@ -346,6 +349,8 @@ def bench_backend(backend: str, reps: Reps) -> Run:
             step("pool refill", lambda: pool_refill(backend, raw, reps.pool_refill, reps.pool_size))
         if reps.aio:
             step("asyncio execs", lambda: aio_execs(backend, raw, reps.aio))
+        if images is not None:
+            step("images (sandboxer/debian)", lambda: image_results(backend, images))
         run.engine = raw.version()
         return run
     finally:
@@ -383,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=",".join(BACKENDS), help="comma-separated engines")
     parser.add_argument("--quick", action="store_true", help="few repetitions, for CI logs")
+    parser.add_argument(
+        "--images", action="store_true", help="also measure sandboxer/debian (bench/_images.py)"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backend.split(",") if n.strip()]
@@ -390,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
     plans = QUICK if args.quick else FULL
+    image_plans = (IMAGE_QUICK if args.quick else IMAGE_FULL) if args.images else None
 
     started = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -405,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{backend}: measuring ...", file=sys.stderr, flush=True)
         backend_started = time.monotonic()
-        run = bench_backend(backend, plans[backend])
+        images = image_plans[backend] if image_plans is not None else None
+        run = bench_backend(backend, plans[backend], images)
         results += run.results
         failures.update(run.failures)
         engines[backend] = run.engine

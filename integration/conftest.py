@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # integration/helpers, imported as `helpers`
+from helpers.images import PushedImages, prepare
+from helpers.registry import Registry, proxy_registry
 
 ALL_BACKENDS = ("docker", "incus", "libvirt")
 PROBE_SOURCE = Path(__file__).parent / "helpers" / "probe.c"
@@ -50,3 +57,28 @@ def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
         capture_output=True,
     )
     return out.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def local_registry() -> Registry:
+    """The registry scripts/setup-engines.sh starts on 127.0.0.1:5000."""
+    return Registry()
+
+
+@pytest.fixture(scope="session")
+def pushed_images(local_registry: Registry, request: pytest.FixtureRequest) -> PushedImages:
+    """The test images in the local registry: built and pushed on a fresh machine, found
+    there (by the hash of what they are built from) on every later run."""
+    started = time.monotonic()
+    images = prepare(local_registry)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"test images ready in {time.monotonic() - started:.1f}s")
+    return images
+
+
+@pytest.fixture(scope="session")
+def mismatching_registry(local_registry: Registry, pushed_images: PushedImages) -> Iterator[str]:
+    """host:port of a loopback registry whose manifests never match the digest asked for."""
+    with proxy_registry(local_registry, lie=("sandboxer-test/app", "1")) as host:
+        yield host

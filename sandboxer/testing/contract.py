@@ -9,7 +9,9 @@
 `SharedSandboxContract`, is the part one running sandbox shows (one launch per class,
 for images that take a minute to boot); `EngineContract` adds what only a real kernel
 can show (limits felt from inside). A subclass may override the `image` fixture.
-Commands stay within busybox sh so that every built-in image runs them.
+Commands stay within busybox sh so that every built-in image runs them; an HTTP server
+and client come from `serve_http` and `fetch_command`, which also work on images with
+python3 and no busybox.
 """
 
 from __future__ import annotations
@@ -44,6 +46,39 @@ def http_get(url: str, wait: float = 60.0) -> bytes:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+# Waits until something listens on 127.0.0.1:argv[1] (python3's server starts late).
+_WAIT_FOR_PORT = """import socket, sys, time
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+"""
+
+
+def serve_http(sandbox: Sandbox, port: int, root: str) -> None:
+    """Serve the directory `root` over HTTP on `port` in the background, with what the
+    image has: busybox `httpd`, else python3's http.server (sandboxer/debian)."""
+    if sandbox.exec(["httpd", "-p", str(port), "-h", root]).exit_code == 0:
+        return  # busybox httpd puts itself in the background
+    script = (
+        f"setsid -f python3 -m http.server -b 0.0.0.0 -d {root} {port} "
+        f'</dev/null >/dev/null 2>&1 && python3 -c "$WAIT" {port}'
+    )
+    result = sandbox.exec(["sh", "-c", script], env={"WAIT": _WAIT_FOR_PORT}, timeout=60)
+    assert result.exit_code == 0, result
+
+
+def fetch_command(address: str, port: int, path: str) -> list[str]:
+    """argv that prints the body at http://address:port/path from inside a sandbox (busybox
+    nc, not wget: the static wget crashes in its resolver; else python3)."""
+    url = f"http://{address}:{port}{path}"
+    nc = f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {address} {port}"
+    python = f"import urllib.request as u; print(u.urlopen('{url}', timeout=3).read())"
+    return ["sh", "-c", f'if command -v nc >/dev/null; then {nc}; else python3 -c "{python}"; fi']
 
 
 def _names(backend: str) -> set[str]:
@@ -237,7 +272,7 @@ class SandboxContract(SharedSandboxContract):
         assert host_ip == "127.0.0.1" and host_port > 0
         sb.exec(["mkdir", "-p", "/tmp/www"])
         sb.write_file("/tmp/www/index.html", b"hello over http")
-        assert sb.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
+        serve_http(sb, 8080, "/tmp/www")
         body = http_get(f"http://{host_ip}:{host_port}/index.html", wait=30)
         assert body == b"hello over http"
 
@@ -253,11 +288,9 @@ class EngineContract(SandboxContract):
         client = make(network="isolated")
         server.exec(["mkdir", "-p", "/tmp/www"])
         server.write_file("/tmp/www/index.html", b"private")
-        assert server.exec(["httpd", "-p", "8080", "-h", "/tmp/www"]).exit_code == 0
+        serve_http(server, 8080, "/tmp/www")
         address = server.exec(["hostname", "-i"]).stdout.split()[0].decode()
-        # busybox nc, not wget: the static wget crashes in its resolver.
-        request = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n'"
-        fetch = ["sh", "-c", f"{request} | nc -w 3 {address} 8080"]
+        fetch = fetch_command(address, 8080, "/index.html")
         assert b"private" in server.exec(fetch, timeout=30).stdout  # it does serve
         assert b"private" not in client.exec(fetch, timeout=30).stdout
 

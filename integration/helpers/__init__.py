@@ -1,0 +1,1 @@
+"""Test set-up helpers: the local registry's HTTP API and the test images pushed to it."""
