@@ -44,7 +44,8 @@ from sandboxer.testing.contract import _names
 
 # Paths an engine provides itself, not the image: mount points and the files engines
 # write (Docker's /etc/hosts, /etc/mtab and docker-init, mke2fs's lost+found, the helper
-# tree at /.sandboxer).
+# tree at /.sandboxer, the VM guest's files-only /etc/nsswitch.conf: its root-run steps
+# must never load the image's NSS modules).
 ENGINE_OWNED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/.sandboxer", "/lost+found")
 ENGINE_FILES = {
     "/",
@@ -53,6 +54,7 @@ ENGINE_FILES = {
     "/etc/hostname",
     "/etc/resolv.conf",
     "/etc/mtab",
+    "/etc/nsswitch.conf",
     "/usr/sbin/docker-init",
 }
 FIND = (

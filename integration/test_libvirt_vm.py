@@ -1,5 +1,6 @@
 """What only the libvirt backend promises: its own kernel, shares read-only at every layer,
-nothing left on the host afterwards, and the user network kept away from the host.
+nothing left on the host afterwards, the user network kept away from the host, and OCI
+images booted from a cached disk under sandboxer's own kernel and init.
 
 Runs on the real libvirtd (qemu:///system or SANDBOXER_LIBVIRT_URI); nothing here skips.
 """
@@ -17,12 +18,39 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from helpers.images import (
+    APP_ENV,
+    APP_UID,
+    APP_WORKDIR,
+    MARKER,
+    SETUID_ID,
+    PushedImages,
+    base_in_docker,
+    build_and_push,
+)
+from helpers.registry import Registry
 
 import sandboxer
 from sandboxer import Mount, PortMapping, SandboxState
 from sandboxer._registry import get_backend
 from sandboxer.backends.libvirt._backend import state_dir, uri
 from sandboxer.testing.contract import http_get
+
+# An image with symlinks planted where a sandbox writes (absolute and relative ones that
+# lead out of /srv/drop, one at a file the guest's init writes) and where the guest mounts
+# its own file systems (/run at sandboxer's settings).
+LINKS_DOCKERFILE = """FROM {base} AS tree
+RUN mkdir -p /var/lib/planted /srv/drop && chmod 1777 /var/lib/planted /srv/drop \\
+ && ln -s /var/lib/planted /srv/drop/abs && ln -s ../../../../../var/lib/planted /srv/drop/rel \\
+ && ln -s /etc/hostname /srv/drop/hostname && rm -rf /run && ln -s /.sandboxer/etc /run
+FROM scratch
+COPY --from=tree / /
+"""
+# ... and one whose /tmp (a tmpfs path of the hardened profile) leads to the cgroups' parent.
+TMP_LINK_DOCKERFILE = """FROM {base}
+RUN rm -rf /tmp && ln -s /sys/fs /tmp
+"""
+HOST_PLANTED = Path("/var/lib/planted")
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +191,102 @@ def test_doctor_says_which_accelerator_is_used() -> None:
     assert checks["accelerator"].ok
     assert checks["accelerator"].detail.startswith(("KVM", "TCG"))
     assert all(check.ok for check in checks.values()), checks
+
+
+# OCI images -------------------------------------------------------------------------------
+def _wait_for_file(sb: sandboxer.Sandbox, path: str) -> bytes:
+    deadline = time.monotonic() + 60
+    while True:
+        result = sb.exec(["cat", path], user="0")
+        if result.exit_code == 0:
+            return result.stdout
+        assert time.monotonic() < deadline, sb.logs()
+        time.sleep(0.2)
+
+
+def test_sandboxer_debian_runs_python3_as_the_sandbox_user_on_a_read_only_root(
+    conn: libvirt.virConnect,
+) -> None:
+    with sandboxer.launch(image="sandboxer/debian", backend="libvirt") as sb:  # hardened
+        result = sb.exec(["python3", "-c", "import os; print(1, os.getuid(), os.getgid())"])
+        assert (result.exit_code, result.stdout) == (0, b"1 1000 1000\n"), result.stderr
+        assert b"Debian GNU/Linux 12" in sb.read_file("/usr/lib/os-release")
+        assert sb.exec(["uname", "-r"]).stdout.decode().strip() != os.uname().release
+        for user in (None, "0"):
+            denied = sb.exec(["sh", "-c", "touch /usr/new || touch /new"], user=user)
+            assert denied.exit_code != 0 and b"Read-only file system" in denied.stderr
+        sb.write_file("/tmp/note", b"writable tmpfs")
+        assert sb.read_file("/tmp/note") == b"writable tmpfs"
+        assert all(status.enforced for status in sb.enforcement.values()), sb.enforcement
+        # The disk is the image store's, read-only for the guest and shared between guests.
+        xml = ET.fromstring(conn.lookupByName(sb.name).XMLDesc(0))
+        disks = list(xml.iter("disk"))
+        assert len(disks) == 1 and disks[0].find("readonly") is not None
+        # Sandboxer's own tools sit read-only beside the image, never in it.
+        tools = sb.exec(["sh", "-c", "touch /.sandboxer/x"], user="0")
+        assert tools.exit_code != 0
+
+
+def _push(registry: Registry, repository: str, dockerfile: str) -> str:
+    base, _ = base_in_docker()
+    files = {"Dockerfile": dockerfile.format(base=base)}
+    digest = build_and_push(registry, repository, "1", files)
+    return f"{registry.host}/{repository}@{digest}"
+
+
+def test_a_write_through_a_link_planted_in_the_image_stays_in_the_image(
+    local_registry: Registry,
+) -> None:
+    image = _push(local_registry, "sandboxer-test/libvirt-links", LINKS_DOCKERFILE)
+    assert not HOST_PLANTED.exists()
+    with sandboxer.launch(
+        image=image, backend="libvirt", profile="default", user="1000:1000"
+    ) as sb:
+        sb.write_file("/srv/drop/abs/through-abs", b"A")
+        sb.write_file("/srv/drop/rel/through-rel", b"R")
+        listing = sb.exec(["ls", "/var/lib/planted"]).stdout.decode().split()
+        assert sorted(listing) == ["through-abs", "through-rel"]
+        # A link at a file the guest's init writes reads the guest's own, not the host's.
+        assert sb.exec(["cat", "/srv/drop/hostname"]).stdout.decode().strip() == sb.name
+    assert not HOST_PLANTED.exists()
+    # The image's /run link did not lead the guest's /run over sandboxer's settings:
+    # hardened holds in full.
+    with sandboxer.launch(image=image, backend="libvirt") as sb:
+        status = sb.exec(["grep", "-E", "^(Uid|NoNewPrivs|Seccomp|CapBnd):", "/proc/self/status"])
+        fields = dict(line.split(":\t", 1) for line in status.stdout.decode().splitlines())
+        assert fields["Uid"].split()[0] == "1000" and fields["NoNewPrivs"] == "1"
+        assert fields["Seccomp"] == "2" and int(fields["CapBnd"], 16) == 0
+
+
+def test_a_tmpfs_path_the_image_links_to_a_system_path_is_refused(
+    local_registry: Registry,
+) -> None:
+    image = _push(local_registry, "sandboxer-test/libvirt-tmp-link", TMP_LINK_DOCKERFILE)
+    labels = {"test": "tmp-link-refused"}
+    with pytest.raises(sandboxer.EngineError, match="refusing to mount on /tmp"):
+        sandboxer.launch(image=image, backend="libvirt", labels=labels)
+    left = get_backend("libvirt").list_sandboxes()
+    assert not [info for info in left if info.labels.get("test") == labels["test"]]
+
+
+def test_entrypoint_cmd_env_workdir_and_user_of_an_image_are_honoured(
+    pushed_images: PushedImages,
+) -> None:
+    with sandboxer.launch(image=pushed_images.app, backend="libvirt", profile="default") as sb:
+        # ENTRYPOINT with CMD as its arguments, as the image's User in its WorkingDir.
+        marker = _wait_for_file(sb, MARKER).decode()
+        assert marker == f"args=sleep infinity uid={APP_UID} pwd={APP_WORKDIR} mode=test\n"
+        probe = "echo $(id -u) $(pwd) $APP_MODE; echo $APP_NOTE"
+        result = sb.exec(["sh", "-c", probe])
+        assert result.stdout.decode() == f"{APP_UID} {APP_WORKDIR} test\n{APP_ENV['APP_NOTE']}\n"
+        # The caller's settings win over the image's.
+        own = sb.exec(["sh", "-c", probe], env={"APP_MODE": "mine"}, workdir="/", user="0")
+        assert own.stdout.decode().splitlines()[0] == "0 / mine"
+        # The setuid bit survived the conversion to a disk (no no_new_privs here) ...
+        assert sb.exec([SETUID_ID, "-u"]).stdout == b"0\n"
+    # ... and under hardened no_new_privs keeps it from raising anything.
+    with sandboxer.launch(image=pushed_images.app, backend="libvirt") as sb:
+        assert sb.exec([SETUID_ID, "-u"]).stdout == b"1000\n"
+        assert (
+            sb.exec(["sh", "-c", "echo $(id -u) $(pwd)"]).stdout == f"1000 {APP_WORKDIR}\n".encode()
+        )

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import inspect
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,8 @@ import sandboxer
 from sandboxer import Mount, PortMapping, SandboxSpec
 from sandboxer._launch import make_plan
 from sandboxer.backend import Handle
-from sandboxer.backends.docker import DockerBackend, _config
-from sandboxer.backends.docker._config import IDLE, KEEPALIVE, create_arguments
+from sandboxer.backends.docker import DockerBackend, _accounts, _config
+from sandboxer.backends.docker._config import KEEPALIVE, create_arguments
 from sandboxer.backends.docker._errors import MAPPING, translate
 from sandboxer.backends.docker._images import ReadyImage
 from sandboxer.images import ImageConfig
@@ -134,13 +136,17 @@ def test_an_image_with_nothing_to_run_idles_on_the_helpers_busybox(helper: Path)
         (BARE, {}),
         (SERVER, {"entrypoint": []}),  # the image's Cmd goes with its Entrypoint
     ]
+    targets = set()
     for image, fields in cases:
         process = _process(image, **fields)
-        assert process["entrypoint"] == [""] and process["command"] == list(IDLE)
         [mount] = process["mounts"]
-        assert (mount["Source"], mount["Target"]) == (str(helper), "/.sandboxer")
+        assert mount["Source"] == str(helper) and mount["Target"].startswith("/.sandboxer-")
         assert mount["ReadOnly"] is True and mount["Type"] == "bind"
-    assert ("/.sandboxer/busybox", *KEEPALIVE) == IDLE
+        assert process["entrypoint"] == [""]
+        assert process["command"] == [f"{mount['Target']}/busybox", *KEEPALIVE]
+        targets.add(mount["Target"])
+    # A fresh mount point each time: an image cannot plant a symlink where it goes.
+    assert len(targets) == len(cases)
 
 
 def test_a_builtin_idles_on_its_own_sleep_whatever_its_cmd(helper: Path) -> None:
@@ -150,7 +156,7 @@ def test_a_builtin_idles_on_its_own_sleep_whatever_its_cmd(helper: Path) -> None
 
 def test_the_helper_joins_the_specs_mounts(helper: Path, tmp_path: Path) -> None:
     process = _process(BARE, mounts=[Mount(str(tmp_path), "/data")])
-    assert [m["Target"] for m in process["mounts"]] == ["/data", "/.sandboxer"]
+    assert [m["Target"][:12] for m in process["mounts"]] == ["/data", "/.sandboxer-"]
 
 
 def test_unset_user_and_workdir_leave_the_images() -> None:
@@ -183,3 +189,65 @@ def test_logs_read_what_is_there_and_never_follow() -> None:
     backend._api = API()
     assert backend.logs(Handle("id", "name")) == "one\ntwo\n"
     assert asked["follow"] is False and asked["stream"] is True
+
+
+# a user name the image makes root -----------------------------------------------------
+class _Archives:
+    """get_archive of a created container: each path a tar of one member."""
+
+    def __init__(self, files: dict[str, tarfile.TarInfo | bytes]) -> None:
+        self.files = files
+
+    def get_archive(self, container: str, path: str) -> tuple[list[bytes], dict[str, Any]]:
+        if path not in self.files:
+            raise docker.errors.NotFound("no such file")
+        entry, buffer = self.files[path], io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            if isinstance(entry, tarfile.TarInfo):
+                tar.addfile(entry)
+            else:
+                info = tarfile.TarInfo(path.rsplit("/", 1)[-1])
+                info.size = len(entry)
+                tar.addfile(info, io.BytesIO(entry))
+        return [buffer.getvalue()], {}
+
+
+def _link(target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("passwd")
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+ROOT_APP = b"root:x:0:0::/root:/bin/sh\napp:x:0:0::/:/bin/sh\n"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"/etc/passwd": ROOT_APP},
+        {"/etc/passwd": _link("../usr/passwd"), "/usr/passwd": ROOT_APP},  # followed
+    ],
+)
+def test_a_named_user_the_image_makes_root_is_refused(files: dict[str, Any]) -> None:
+    named = sandboxer.load_profile("default").derive("named-user", user="app")
+    with pytest.raises(sandboxer.InvalidSpec, match="uid 0"):
+        _accounts.check_user(_Archives(files), "c", make_plan(SandboxSpec(profile=named)))
+
+
+def test_numbers_root_asked_for_and_unknown_names_read_or_refuse_nothing() -> None:
+    archives = _Archives({"/etc/passwd": ROOT_APP})
+    named = sandboxer.load_profile("default").derive("named-user", user="app")
+    for spec in (
+        SandboxSpec(profile="hardened"),  # 1000:1000: no file read
+        SandboxSpec(profile=named, user="root"),  # asked for: reported relaxed
+        SandboxSpec(profile=named, user="ghost"),  # Docker's start says it is unknown
+        SandboxSpec(profile="default", user="app"),  # no non_root_user control
+    ):
+        _accounts.check_user(archives, "c", make_plan(spec))
+    _accounts.check_user(_Archives({}), "c", make_plan(SandboxSpec(profile=named)))
+
+
+def test_uid_0_spelled_otherwise_is_refused_under_non_root_user() -> None:
+    """The plan reports only "0" and "root" as relaxed; "00" is uid 0 to runc too."""
+    with pytest.raises(sandboxer.InvalidSpec, match="'00' is uid 0,"):
+        _accounts.check_user(_Archives({}), "c", make_plan(SandboxSpec(user="00:1000")))

@@ -200,6 +200,41 @@ def test_an_opaque_directory_hides_the_lower_layers_only(layers: Layers) -> None
     assert (rootfs / "keep").exists()
 
 
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_a_whited_out_directory_keeps_this_layers_entries_only(
+    layers: Layers, whiteout_first: bool
+) -> None:
+    """Lower content under the name goes, this layer's stays, whatever the tar's order:
+    under a directory it listed (srv/a) or one its deeper paths imply (srv/b)."""
+    marker = f("srv/.wh.a"), f("srv/.wh.b")
+    entries = d("srv/a"), f("srv/a/new"), f("srv/b/c/new")
+    rootfs = layers.unpack(
+        layers.layer(d("srv/a"), f("srv/a/old"), d("srv/b/c"), f("srv/b/c/old"), f("srv/b/x")),
+        layers.layer(*(marker + entries if whiteout_first else entries + marker)),
+    )
+    assert os.listdir(rootfs / "srv/a") == ["new"]
+    assert os.listdir(rootfs / "srv/b") == ["c"]
+    assert os.listdir(rootfs / "srv/b/c") == ["new"]
+
+
+@pytest.mark.parametrize("mtime", [2**40, -(2**40), 2**70])
+def test_an_mtime_out_of_range_is_refused(layers: Layers, mtime: int) -> None:
+    """Also in the header's base-256 field, which holds any integer."""
+    info = member("f", mtime=0)
+    info.mtime = mtime
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UnsafeImage, match="invalid mtime"):
+        layers.unpack(layers.blob(raw.getvalue(), PLAIN))
+    assert os.listdir(layers.parent) == []
+
+
+def test_mtimes_before_1970_are_kept(layers: Layers) -> None:
+    rootfs = layers.unpack(layers.layer((member("f", mtime=-86400), b"x")))
+    assert os.lstat(rootfs / "f").st_mtime == -86400
+
+
 @pytest.mark.parametrize(
     "entries",
     [

@@ -3,6 +3,7 @@ root with no shell of its own (checked in a chroot, in its own PID namespace).""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import stat
@@ -76,8 +77,11 @@ def test_a_dynamic_or_missing_busybox_is_refused_with_the_fix(
 def test_command_line_words_hold_no_space_and_decode_back() -> None:
     argv = ["sh", "-c", "echo 'a b'\n", ""]
     line = helper.init_command_line(argv)
-    words = line.split(" ")
+    words = line.split()  # as LXC splits it: runs of spaces, no empty words
     assert words[:2] == [helper.INIT, "--base64"] and len(words) == 2 + len(argv)
+    decoded = [base64.b64decode(word.removeprefix("_"), validate=True) for word in words[2:]]
+    assert [word[0] for word in words[2:]] == ["_"] * len(argv)
+    assert [data.decode() for data in decoded] == argv
     assert helper.init_command_line(None) == helper.INIT
     assert helper.init_argv(["x"]) == [helper.INIT, "--", "x"]
     assert helper.init_argv(None) == [helper.INIT]
@@ -95,7 +99,7 @@ def _run_init(tree: Path, made: Path, argv: list[str], wait_for: Path | None) ->
     try:
         process = subprocess.Popen(
             ["unshare", "--fork", "--pid", "--mount", "chroot", str(tree),
-             *helper.init_command_line(argv).split(" ")],
+             *helper.init_command_line(argv).split()],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"PATH": "/usr/sbin:/usr/bin"},
         )  # fmt: skip
         if wait_for is None:
@@ -124,15 +128,16 @@ def test_init_runs_the_main_process_from_path_and_stops_on_sigterm(
     # The image's own `sh` (a busybox copy here), found in PATH; no /bin/sh exists.
     shutil.copy(helper.helper_dir() / "busybox", tree / "usr/bin/sh")
     script = (
-        'echo "$$ [$0] [$1]" > /out/main; (trap "" TERM; sleep 60) & '
+        'echo "$$ [$0] [$1] [$2]" > /out/main; (trap "" TERM; sleep 60) & '
         "ls /proc > /out/proc; touch /out/ready"
     )
     output, took = _run_init(
-        tree, helper.helper_dir(), ["sh", "-c", script, "a b\n", "x y"], tree / "out/ready"
+        tree, helper.helper_dir(), ["sh", "-c", script, "a b\n", "", "x y"], tree / "out/ready"
     )
     pid, arguments = (tree / "out/main").read_text().split(" ", 1)
     assert int(pid) > 1  # a child of the init, which stays PID 1
-    assert arguments == "[a b\n] [x y]\n"  # every argument whole, trailing newline kept
+    # Every argument whole (an empty one too), trailing newline kept.
+    assert arguments == "[a b\n] [] [x y]\n"
     assert "1" in (tree / "out/proc").read_text().split()  # the init mounted /proc
     assert took < 5  # the orphan that ignores SIGTERM is killed within the bound
     assert "not found" not in output

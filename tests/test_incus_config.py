@@ -389,6 +389,21 @@ def test_unknown_users_are_refused(user: str) -> None:
 def test_numeric_users_need_no_lookup() -> None:
     assert _users.is_numeric("1000:1000")
     assert not _users.is_numeric("1000") and not _users.is_numeric("sandbox:1000")
+    assert not _users.is_numeric("\u0661:0")  # ARABIC-INDIC ONE: isdigit, yet no uid
+
+
+@pytest.mark.parametrize(
+    "user", ["4294967295", "0:4294967295", "99999999999999999999", "sandbox:\u00b2"]
+)
+def test_ids_out_of_range_are_refused(user: str) -> None:
+    """(uid_t)-1 is LXC's "leave as is": root."""
+    with pytest.raises(sandboxer.InvalidSpec, match="user"):
+        _users.resolve(user, PASSWD, GROUP)
+
+
+def test_a_group_with_a_garbage_id_is_refused() -> None:
+    with pytest.raises(sandboxer.InvalidSpec, match="gid of group 'bad'"):
+        _users.resolve("sandbox:bad", PASSWD, "bad:x:-5:\n")
 
 
 # errors ------------------------------------------------------------------------------

@@ -81,9 +81,9 @@ def test_names_that_only_the_store_can_mean(name: str, expected: bool) -> None:
 
 # what PID 1 runs --------------------------------------------------------------------
 def _decoded(line: str) -> list[str]:
-    words = line.removeprefix("lxc.init.cmd = ").split(" ")
-    assert words[:2] == [INIT, "--base64"]
-    return [base64.b64decode(word).decode() for word in words[2:]]
+    words = line.removeprefix("lxc.init.cmd = ").split()  # as LXC splits it
+    assert words[:2] == [INIT, "--base64"] and all(word[0] == "_" for word in words[2:])
+    return [base64.b64decode(word[1:], validate=True).decode() for word in words[2:]]
 
 
 def test_the_helper_init_runs_the_image_config_as_its_user(tmp_path: Path, helper: None) -> None:
@@ -246,3 +246,97 @@ def test_a_failing_tar_is_an_engine_error(tmp_path: Path) -> None:
 def test_aliases_name_the_digest() -> None:
     assert _oci.alias(DIGEST) == "sandboxer/oci/" + "ab" * 8
     assert subprocess.run(["tar", "--version"], capture_output=True).stdout.startswith(b"tar (GNU")
+
+
+# the converted copy: found by its alias, trusted by its properties -----------------------
+class _Node:
+    def __init__(self, incus: _FakeIncus, path: tuple[str, ...]) -> None:
+        self.incus, self.path = incus, path
+
+    def __getitem__(self, name: str) -> _Node:
+        return _Node(self.incus, (*self.path, name))
+
+    def __getattr__(self, name: str) -> _Node:
+        return self[name]
+
+    def get(self) -> Any:
+        table: dict[str, Any] = self.incus.aliases if "aliases" in self.path else self.incus.images
+        metadata = table.get(self.path[-1])
+        if metadata is None:
+            raise _oci.pylxd.exceptions.NotFound(None)
+        return type("Response", (), {"json": lambda _: {"metadata": metadata}})()
+
+    def post(self, **request: Any) -> Any:
+        if "aliases" in self.path:  # an alias
+            name = request["json"]["name"]
+            if name in self.incus.aliases:
+                raise sandboxer.EngineError("alias already exists")
+            self.incus.aliases[name] = {"target": request["json"]["target"]}
+            return None
+        self.incus.images["new"] = {"properties": {_oci.DIGEST_PROPERTY: DIGEST}}
+        return {"metadata": {"fingerprint": "new"}}
+
+    def put(self, json: dict[str, str]) -> None:
+        self.incus.aliases[self.path[-1]] = {"target": json["target"]}
+
+
+class _FakeIncus:
+    def __init__(self) -> None:
+        self.images: dict[str, dict[str, Any]] = {}
+        self.aliases: dict[str, dict[str, str]] = {}
+        self.api = _Node(self, ())
+
+    def wait(self, response: Any, timeout: float = 0) -> Any:
+        return response
+
+
+@pytest.mark.parametrize("planted", [{}, {"sandboxer.digest": "sha256:" + "cd" * 32}])
+def test_an_alias_to_another_image_is_never_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: dict[str, str]
+) -> None:
+    """A stale or planted sandboxer/oci/<digest> alias: converted again, and the alias
+    names the verified copy from then on."""
+    monkeypatch.setenv("SANDBOXER_IMAGE_DIR", str(tmp_path / "store"))
+    incus = _FakeIncus()
+    incus.images["other"] = {"properties": planted}
+    incus.aliases[_oci.alias(DIGEST)] = {"target": "other"}
+    converter = _oci.Converter(incus)  # type: ignore[arg-type]
+    assert converter.fingerprint(image(tmp_path)) == "new"
+    assert incus.aliases[_oci.alias(DIGEST)] == {"target": "new"}
+    assert converter.fingerprint(image(tmp_path)) == "new"  # found, not converted again
+
+
+# environment variables set to "" -----------------------------------------------------
+def test_an_empty_variable_reaches_pid_1_and_exec(tmp_path: Path, helper: None) -> None:
+    """Incus reads an `environment.KEY` of "" as unset."""
+    config = ImageConfig(env=(("EMPTY", ""), ("PATH", "/bin")))
+    launch = plan(profile="default", env={"ALSO": ""})
+    boot = _boot.helper(launch, image(tree(tmp_path), config))
+    assert boot.empty_environment == ("ALSO", "EMPTY")
+    assert boot.lines()[-2:] == ["lxc.environment = ALSO=", "lxc.environment = EMPTY="]
+    keys = _config.instance_request(launch, "f" * 64, "default", None, True, boot)["config"]
+    assert "environment.EMPTY" not in keys and keys["environment.PATH"] == "/bin"
+    assert _config.empty_environment(keys) == ("ALSO", "EMPTY")
+    assert _config.empty_environment({_config.EMPTY_ENV_KEY: "garbled"}) == ()
+
+
+def test_a_named_user_the_image_makes_root_is_refused_under_non_root_user(
+    tmp_path: Path, helper: None
+) -> None:
+    rootfs = tree(tmp_path)
+    (rootfs / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:0:0::/:/bin/sh\n")
+    named = sandboxer.load_profile("default").derive("named-user", user="app")
+    with pytest.raises(sandboxer.InvalidSpec, match="uid 0 in the image's /etc/passwd"):
+        _boot.helper(plan(profile=named), image(rootfs))
+    # Root asked for by name is the spec's choice, reported relaxed: it runs.
+    assert _boot.helper(plan(profile=named, user="root"), image(rootfs)).identity == (
+        _boot.Identity(0, 0, "/root")
+    )
+    assert _boot.helper(plan(profile="default", user="app"), image(rootfs)).identity is not None
+
+
+def test_uid_0_spelled_otherwise_is_refused_under_non_root_user(
+    tmp_path: Path, helper: None
+) -> None:
+    with pytest.raises(sandboxer.InvalidSpec, match="'00' is uid 0,"):
+        _boot.helper(plan(user="00"), image(tree(tmp_path)))

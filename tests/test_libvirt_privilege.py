@@ -42,7 +42,7 @@ def test_a_command_env_would_read_as_a_variable_goes_through_a_shell() -> None:
 def test_the_wrapper_is_valid_shell_and_applies_the_environment_after_setpriv() -> None:
     subprocess.run(["sh", "-n"], input=EXEC.encode(), check=True)
     script = EXEC.splitlines()
-    assert script[1] == "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+    assert script[1] == "export PATH=/usr/sbin:/usr/bin:/sbin:/bin"
     assert script[2] == "unset IFS ENV BASH_ENV CDPATH"
     assert 'set -- -- /usr/bin/env -i "$@"' in script
     assert script[-1] == 'exec /usr/bin/setpriv "$@"'

@@ -31,6 +31,7 @@ from sandboxer.backend import (
 from sandboxer.images.store import Progress
 
 from . import _doctor
+from ._accounts import check_user
 from ._build import build_stream
 from ._config import create_arguments
 from ._endpoint import socket_path
@@ -173,6 +174,7 @@ class DockerBackend(Backend):
                 network = self._engine_networks.bridge()
             self._networks[plan.name] = plan.network == "isolated"
             container = self._client.containers.create(**create_arguments(plan, image, network))
+            check_user(self._api, container.id, plan)
             container.start()
         return Handle(container.id, plan.name, container)
 

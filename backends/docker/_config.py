@@ -3,6 +3,7 @@ helper's directory is made on the host the first time an idle OCI image needs it
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from sandboxer.backend import LaunchPlan
@@ -14,8 +15,6 @@ from ._sdk import docker
 # The main process of a sandbox that runs nothing of its own: docker-init (tini, PID 1)
 # reaps and forwards signals, and a long sleep keeps the container up for exec.
 KEEPALIVE = ("sleep", "2147483647")
-# The same for an image that may hold no `sleep`: sandboxer's static busybox, mounted.
-IDLE = (f"{MOUNT_POINT}/busybox", *KEEPALIVE)
 LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 
 
@@ -38,12 +37,23 @@ def _idles(plan: LaunchPlan, image: ReadyImage) -> bool:
     return image.config.main_process(plan.command, plan.entrypoint) is None
 
 
-def main_process(plan: LaunchPlan, image: ReadyImage) -> dict[str, list[str]]:
+def helper_mount_point() -> str:
+    """Where an idle sandbox gets the helper: a fresh name, which no image can hold. runc
+    follows an image's symlink at a mount point (/.sandboxer -> /etc: over its /etc)."""
+    return f"{MOUNT_POINT}-{secrets.token_hex(8)}"
+
+
+def idle(helper: str) -> tuple[str, ...]:
+    """KEEPALIVE for an image that may hold no `sleep`: the helper's static busybox."""
+    return (f"{helper}/busybox", *KEEPALIVE)
+
+
+def main_process(plan: LaunchPlan, image: ReadyImage, helper: str) -> dict[str, list[str]]:
     """`entrypoint` and `command`: the main process under Docker's rules (the same as
     `ImageConfig.main_process`), or an idle one when those leave nothing to run."""
     if _idles(plan, image):
         # [""] clears an Entrypoint the image may have (the spec's `entrypoint=()`).
-        return {"entrypoint": [""], "command": list(KEEPALIVE if image.builtin else IDLE)}
+        return {"entrypoint": [""], "command": list(KEEPALIVE if image.builtin else idle(helper))}
     # Docker merges the image's Entrypoint and Cmd in itself, by the same rules.
     arguments = {}
     if plan.entrypoint is not None:
@@ -53,20 +63,22 @@ def main_process(plan: LaunchPlan, image: ReadyImage) -> dict[str, list[str]]:
     return arguments
 
 
-def helper_mounts(plan: LaunchPlan, image: ReadyImage) -> list[docker.types.Mount]:
-    """sandboxer's helper, read-only, for an idle sandbox whose image may lack `sleep`."""
+def helper_mounts(plan: LaunchPlan, image: ReadyImage, helper: str) -> list[docker.types.Mount]:
+    """sandboxer's helper at `helper`, read-only, for an idle sandbox whose image may lack
+    `sleep`."""
     if image.builtin or not _idles(plan, image):
         return []
-    return [docker.types.Mount(MOUNT_POINT, str(helper_dir()), type="bind", read_only=True)]
+    return [docker.types.Mount(helper, str(helper_dir()), type="bind", read_only=True)]
 
 
 def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -> dict[str, Any]:
     """Keyword arguments for `DockerClient.containers.create` that honour every plan field.
 
     Env, WorkingDir and User the plan leaves unset are the image's: Docker applies them."""
+    helper = helper_mount_point()
     arguments: dict[str, Any] = {
         "image": image.reference,
-        **main_process(plan, image),
+        **main_process(plan, image, helper),
         "name": plan.name,
         "hostname": plan.name,
         "labels": dict(plan.labels),
@@ -86,7 +98,7 @@ def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
             for m in plan.mounts
         ]
-        + helper_mounts(plan, image)
+        + helper_mounts(plan, image, helper)
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}
         or None,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sandboxer.backend import ImagePullFailed, logger
 from sandboxer.images import ImageReference
+from sandboxer.images.reference import printable
 from sandboxer.images.store import Progress
 
 from ._sdk import docker
@@ -172,4 +173,6 @@ class _PullReport:
 
 
 def _bounded(text: str) -> str:
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+    """The registry's words as logs and messages show them: bounded, no terminal escapes."""
+    text = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+    return printable(text)

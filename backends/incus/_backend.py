@@ -47,6 +47,7 @@ from ._config import (
     LABEL_PREFIX,
     WORKDIR_KEY,
     Nic,
+    empty_environment,
     enforcement_overrides,
     instance_request,
     labels_from_config,
@@ -81,6 +82,7 @@ class _Known:
     isolated: bool = True  # may have a private network to remove (unknown: assume so)
     accounts: tuple[str, str] | None = None  # its /etc/passwd and /etc/group
     workdirs: set[str] = attrs.Factory(lambda: {"/"})  # directories seen to exist
+    empty_env: tuple[str, ...] = ()  # variables set to "", which exec must add itself
 
 
 class IncusBackend(Backend):
@@ -192,7 +194,9 @@ class IncusBackend(Backend):
             if type(exc) is not EngineError or "forkstart" not in str(exc):
                 raise
             raise EngineError(f"{exc}\n{self._start_errors(plan.name)}") from exc
-        self._known[plan.name] = _Known(boot.user, boot.workdir, plan.network == "isolated")
+        self._known[plan.name] = _Known(
+            boot.user, boot.workdir, plan.network == "isolated", empty_env=boot.empty_environment
+        )
         return Handle(identity, plan.name)
 
     def _post(
@@ -246,14 +250,17 @@ class IncusBackend(Backend):
             with incus_errors():
                 config = self._incus.api.instances[quote(name, safe="")].get().json()
             settings = config["metadata"]["config"]
-            known = _Known(settings.get(LABEL_PREFIX + EXEC_USER), settings.get(WORKDIR_KEY, "/"))
+            known = _Known(
+                settings.get(LABEL_PREFIX + EXEC_USER),
+                settings.get(WORKDIR_KEY, "/"),
+                empty_env=empty_environment(settings),
+            )
             self._known[name] = known
         return known
 
     def _identity(self, name: str, user: str) -> Identity:
-        if is_numeric(user):
-            uid, gid = (int(part) for part in user.split(":"))
-            return Identity(uid, gid)
+        if is_numeric(user):  # "uid:gid" needs no account file
+            return resolve(user, "", "")
         known = self._sandbox(name)
         if known.accounts is None:
             known.accounts = (self._read(name, "/etc/passwd"), self._read(name, "/etc/group"))
@@ -295,6 +302,8 @@ class IncusBackend(Backend):
         workdir = request.workdir or self._sandbox(handle.name).workdir
         self._check_workdir(handle.name, workdir)
         environment = dict(request.env)
+        for key in self._sandbox(handle.name).empty_env:  # Incus' config could not hold them
+            environment.setdefault(key, "")
         if identity.home and "HOME" not in environment:
             environment["HOME"] = identity.home
         # Every exec is marked, so a kill can tell its processes from another exec's.

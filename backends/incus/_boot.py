@@ -24,6 +24,7 @@ import attrs
 
 from sandboxer.backend import LaunchPlan, UnsupportedFeature
 from sandboxer.images import GROUP, PASSWD, ImageConfig
+from sandboxer.images.accounts import check_not_root, user_to_check
 from sandboxer.images.helper import MOUNT_POINT, helper_dir, init_command_line
 from sandboxer.images.store import LocalImage
 
@@ -80,7 +81,14 @@ class Boot:
             ]
         if self.identity is not None:
             lines += [f"lxc.init.uid = {self.identity.uid}", f"lxc.init.gid = {self.identity.gid}"]
+        # Incus drops an `environment.KEY` of "" (unset, to it): LXC's own line keeps it.
+        lines += [f"lxc.environment = {key}=" for key in self.empty_environment]
         return lines
+
+    @property
+    def empty_environment(self) -> tuple[str, ...]:
+        """The variables set to "", which Incus' config cannot hold."""
+        return tuple(sorted(key for key, value in self.environment.items() if not value))
 
     def devices(self) -> dict[str, dict[str, str]]:
         if self.helper is None:
@@ -112,9 +120,13 @@ def own(plan: LaunchPlan, image: LocalImage | None) -> Boot:
 def helper(plan: LaunchPlan, image: LocalImage) -> Boot:
     config = image.config
     user = config.effective_user(plan.user)
+    identity = None if user is None else _identity(user, image.rootfs)
+    checked = user_to_check(plan)
+    if checked is not None and identity is not None:
+        check_not_root(checked, identity)
     return Boot(
         Init.HELPER,
-        identity=None if user is None else _identity(user, image.rootfs),
+        identity=identity,
         main=config.main_process(plan.command, plan.entrypoint),
         environment=_checked(config.environment(plan.env)),
         workdir=_checked_path(config.working_directory(plan.workdir)),
@@ -141,9 +153,8 @@ def _checked_path(path: str) -> str:
 
 
 def _identity(user: str, rootfs: Path) -> Identity:
-    if is_numeric(user):
-        uid, gid = (int(part) for part in user.split(":"))
-        return Identity(uid, gid)
+    if is_numeric(user):  # "uid:gid" needs no account file
+        return resolve(user, "", "")
     return resolve(user, read_in_tree(rootfs, "/etc/passwd"), read_in_tree(rootfs, "/etc/group"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -45,6 +46,8 @@ LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 ENV_PREFIX = "environment."
 WORKDIR_KEY = "user.sandboxer.workdir"
+# The names of the variables set to "" (a JSON list): exec adds them, Incus would not.
+EMPTY_ENV_KEY = "user.sandboxer.empty-env"
 
 
 @attrs.frozen
@@ -55,6 +58,15 @@ class Nic:
     address: str  # "10.213.4.7/16", configured by LXC before init
     gateway: str | None = None  # a default route, only where there is a way out
     reserved: bool = False  # Incus knows the subnet: it reserves and filters the address
+
+
+def empty_environment(settings: Mapping[str, str]) -> tuple[str, ...]:
+    """The names `own_config` kept under EMPTY_ENV_KEY (none if it is absent or garbled)."""
+    try:
+        names = json.loads(settings.get(EMPTY_ENV_KEY, "[]"))
+    except ValueError:
+        return ()
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
 
 
 def labels_config(labels: Mapping[str, str]) -> dict[str, str]:
@@ -195,7 +207,7 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
     """The keys the profile's controls and the spec set: no extra may override one."""
     result = {
         **labels_config(plan.labels),
-        **{ENV_PREFIX + key: value for key, value in boot.environment.items()},
+        **{ENV_PREFIX + key: value for key, value in boot.environment.items() if value},
         # What exec defaults to, also for a process that finds the sandbox later.
         WORKDIR_KEY: boot.workdir,
         **limits(plan),
@@ -209,6 +221,8 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
     }
     if boot.user is not None:
         result[LABEL_PREFIX + EXEC_USER] = boot.user
+    if boot.empty_environment:
+        result[EMPTY_ENV_KEY] = json.dumps(boot.empty_environment)
     if plan.isolated_ids:
         result["security.idmap.isolated"] = "true"
     return result

@@ -8,10 +8,10 @@ sandboxer/debian on a dir pool). GNU tar writes the tree: symlinks
 stay symlinks (the tree is image content, never followed on the host), hard links stay
 links, owners are numeric, and modes, setuid bits and file capabilities (xattrs) are kept.
 The image is aliased `sandboxer/oci/<digest hex[:16]>` and records its digest in its
-properties: a second launch finds it and converts nothing, and `converted()` and
-`remove(digest)` find every copy. A lock (in-process and on the host) makes concurrent
-first launches convert once; another host racing us is settled by the alias, as for
-the built-in images.
+properties: a second launch finds it by the alias, trusts it only if that digest is the
+one asked for, and converts nothing; `converted()` and `remove(digest)` find every
+copy. A lock (in-process and on the host) makes concurrent first launches convert once;
+another host racing us is settled by the alias, as for the built-in images.
 """
 
 from __future__ import annotations
@@ -144,11 +144,28 @@ class Converter:
     def fingerprint(self, image: LocalImage) -> str:
         """The fingerprint of `image`'s Incus copy, converted first if missing."""
         name = alias(image.digest)
-        found = self._lookup(name)
+        found = self._verified(name, image.digest)
         if found is not None:
             return found
         with self._lock, _host_lock(image.digest):
-            return self._lookup(name) or self._import(image, name)
+            return self._verified(name, image.digest) or self._import(image, name)
+
+    def _verified(self, name: str, digest: str) -> str | None:
+        """The image the alias `name` points to, if it is a copy of `digest`: an alias is
+        only a name (stale, or made by anyone who may make aliases); the copy's properties
+        say which image it is."""
+        target = self._lookup(name)
+        if target is None:
+            return None
+        with incus_errors():
+            try:
+                metadata = self._incus.api.images[target].get().json()["metadata"]
+            except pylxd.exceptions.NotFound:
+                return None
+        if (metadata.get("properties") or {}).get(DIGEST_PROPERTY) == digest:
+            return target
+        logger.warning("Incus alias %s names an image other than %s: not used", name, digest)
+        return None
 
     def _lookup(self, name: str) -> str | None:
         with incus_errors():
@@ -176,13 +193,18 @@ class Converter:
                     json={"name": name, "target": fingerprint, "description": image.reference}
                 )
         except EngineError as exc:
-            theirs = self._lookup(name)
-            if "already exists" not in str(exc) or theirs is None:
+            if "already exists" not in str(exc):
                 raise
-            if theirs != fingerprint:  # another host imported first: use theirs, drop ours
+            theirs = self._verified(name, image.digest)
+            if theirs is None:  # a name for another image: it names ours from now on
+                with incus_errors():
+                    self._incus.api.images.aliases[name].put(
+                        json={"target": fingerprint, "description": image.reference}
+                    )
+            elif theirs != fingerprint:  # another host imported first: use theirs, drop ours
                 with incus_errors():
                     self._incus.wait(self._incus.api.images[fingerprint].delete())
-            return theirs
+                return theirs
         return fingerprint
 
     def converted(self) -> list[str]:

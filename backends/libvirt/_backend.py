@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from sandboxer.backend import (
     EngineError,
     ExecGenerator,
     ExecRequest,
+    ExecTimeout,
     Handle,
     ImageNotFound,
     LaunchPlan,
@@ -37,12 +39,13 @@ from sandboxer.backend import (
     SandboxState,
     archive_chunks,
     check_packing,
+    drain,
     is_ours,
     logger,
     tar_request,
     timed,
 )
-from sandboxer.images import is_builtin, is_disk_image
+from sandboxer.images import ImageConfig, is_disk_image
 
 from . import _diagnose, _shares
 from ._accel import AcceleratorChooser
@@ -53,8 +56,9 @@ from ._domain import NAMESPACE, Boot, Disk, domain_xml, parse_labels
 from ._errors import libvirt_errors
 from ._exec import WRAPPER_ENV, exec_command, run_to_end, wrapper_args
 from ._guest_config import check_mount_targets, config_archive, guest_files, shares
-from ._guest_scripts import EXEC_PATH, STAGING_DIR
+from ._guest_scripts import BUILTIN, OCI, STAGING_DIR, GuestLayout
 from ._image import ImageStore
+from ._oci import OciDisk, exec_request, image_disk, is_oci_image, main_request
 from ._refusals import refusals
 from ._sdk import libvirt
 from ._seccomp import guest_program
@@ -66,6 +70,9 @@ READY_SECONDS = 180.0  # a TCG guest on a busy host can take a while; KVM needs 
 # A user's image boots systemd and cloud-init (Python): about a minute under TCG.
 DISK_READY_SECONDS = 600.0
 FAILED_CAP = 64 * 1024  # of the guest's set-up failure reason
+# In the run directory of a sandbox that boots an OCI image: the image config its execs
+# follow, and the image's disk (a hard link to the store's: it stays while the VM runs).
+IMAGE_CONFIG_FILE, IMAGE_DISK_FILE = "image-config.json", "rootfs.ext4"
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: SandboxState.UNKNOWN,
@@ -179,16 +186,18 @@ class LibvirtBackend(Backend):
         return self._root / "run" / name
 
     def _user_disk(self, image: str) -> UserDisk | None:
-        """The user's disk image `image` names; None for a built-in image."""
+        """The user's disk image `image` names; None for any other image."""
         if is_disk_image(image):
             return user_disk(image, _shares.qemu_users(self._connection()))
-        if not is_builtin(image):
-            raise ImageNotFound(
-                f"no VM image {image!r}: VMs run the built-in images (sandboxer/minimal, "
-                "sandboxer/system) or a disk image given by its absolute path (.qcow2, .img, "
-                ".raw) with cloud-init"
-            )
         return None
+
+    def _guest(self, handle: Handle) -> tuple[GuestLayout, ImageConfig | None]:
+        """How the sandbox's guest is laid out, and the config of the OCI image it boots."""
+        try:
+            document = json.loads((self._run_dir(handle.name) / IMAGE_CONFIG_FILE).read_text())
+        except FileNotFoundError:
+            return BUILTIN, None
+        return OCI, ImageConfig.from_oci({"config": document})
 
     # lifecycle ----------------------------------------------------------------------
     @classmethod
@@ -198,6 +207,7 @@ class LibvirtBackend(Backend):
     def create(self, plan: LaunchPlan) -> Handle:
         check_mount_targets(plan)
         disk = self._user_disk(plan.image)
+        oci = image_disk(plan) if is_oci_image(plan.image) else None
         # The built-in guest also serves the KVM check, whatever this sandbox boots.
         image = self._images.ensure()
         loader = QBOOT if os.path.exists(QBOOT) else None
@@ -211,9 +221,10 @@ class LibvirtBackend(Backend):
             bpf = guest_program(plan.seccomp, plan.seccomp_target)
             if disk is None:
                 initrd = run / "initrd.img"
-                config = config_archive(guest_files(plan, bpf))
+                config = config_archive(guest_files(plan, bpf, None if oci is None else oci.config))
                 _write_initrd(initrd, image.initrd, config, qemu_gid)
-                boot, disks = Boot(str(image.kernel), str(initrd), loader), []
+                boot = Boot(str(image.kernel), str(initrd), loader)
+                disks = [] if oci is None else [_attach_image(oci, run, qemu_gid)]
             else:
                 boot, disks = None, _prepare_disks(plan, disk, run, bpf, qemu_gid)
             xml = domain_xml(
@@ -233,8 +244,9 @@ class LibvirtBackend(Backend):
         handle = Handle(domain.UUIDString(), plan.name, domain)
         with timed("guest agent ready", sandbox=plan.name):
             self._wait_ready(handle, run, set_up=disk is not None)
-        if plan.command:
-            self._start_main(handle, plan)
+        main = plan_main(plan, oci)
+        if main is not None:
+            self._start_main(handle, main)
         return handle
 
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
@@ -309,51 +321,73 @@ class LibvirtBackend(Backend):
                 return False
             raise
 
-    def _start_main(self, handle: Handle, plan: LaunchPlan) -> None:
-        """The spec's command, detached, its output on the console (see logs())."""
-        request = ExecRequest(
-            argv=plan.command or (),
-            env=plan.env,
-            workdir=plan.workdir,
-            user=plan.user,
-            stdin=None,
-            timeout=None,
-        )
+    def _start_main(self, handle: Handle, request: ExecRequest) -> None:
+        """The main process, detached, its output on the console (see logs())."""
+        layout, _ = self._guest(handle)
         args = wrapper_args(uuid.uuid4().hex[:12], request, "", "/dev/console", "/dev/console")
-        Agent(handle.native).spawn(EXEC_PATH, args, WRAPPER_ENV, capture=False)
+        path, args = layout.command(layout.exec_path, args)
+        Agent(handle.native).spawn(path, args, WRAPPER_ENV, capture=False)
+
+    def _exec(self, handle: Handle, request: ExecRequest, stdout_file: str = "") -> ExecGenerator:
+        layout, config = self._guest(handle)
+        if config is not None:
+            request = exec_request(config, request)
+        return exec_command(Agent(self._domain(handle)), request, stdout_file, layout)
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
-        return exec_command(Agent(self._domain(handle)), request)
+        return self._exec(handle, request)
+
+    def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
+        layout, _ = self._guest(handle)
+        if layout is BUILTIN:
+            super().put_archive(handle, directory, data, timeout)
+            return
+        # The core's tar-through-exec, with the OCI guest's own tar (see GuestLayout.tar).
+        argv = (layout.tar, "-x", "-f", "-", "-C", directory)
+        request = ExecRequest(
+            argv=argv, env={}, workdir=None, user=None, stdin=data, timeout=timeout
+        )
+        status, _, err = drain(self._exec(handle, request))
+        if status.timed_out:
+            raise ExecTimeout(argv, timeout, b"", err)
+        if status.exit_code != 0:
+            text = err.decode("utf-8", "replace").strip()
+            raise EngineError(f"unpacking into {directory} failed: {text}")
 
     def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
         # The tar goes to a guest file and comes back in chunks: a reply through libvirt
         # is limited to 4 MiB. `ulimit -f` bounds the staged file (512-byte blocks in
         # dash, 1024 in bash: at most twice the limit); tar dies of SIGXFSZ past it.
         agent = Agent(self._domain(handle))
+        layout, _ = self._guest(handle)
         staged = f"{STAGING_DIR}/out-{uuid.uuid4().hex[:12]}"
         tar = tar_request(path, timeout)
         script = 'ulimit -f "$1" && shift && exec "$@"'
         blocks = str(-(-limit // 512) + 64)
-        request = attrs.evolve(tar, argv=("/bin/sh", "-c", script, "sh", blocks, *tar.argv))
+        argv = (layout.sh, "-c", script, "sh", blocks, layout.tar, *tar.argv[1:])
+        request = attrs.evolve(tar, argv=argv)
         try:
-            status, err = yield from archive_chunks(
-                exec_command(agent, request, stdout_file=staged)
-            )
+            status, err = yield from archive_chunks(self._exec(handle, request, staged))
             if status.exit_code == 128 + signal.SIGXFSZ:
                 raise OutputTooLarge(f"the archive of {path}", limit, "pass max_size= a bigger cap")
             check_packing(path, status, timeout, err)
             yield from agent.read_chunks(staged)
         finally:
-            run_to_end(agent, "/bin/rm", ["-f", staged])
+            run_to_end(agent, layout.rm, ["-f", staged])
 
     def stop(self, handle: Handle, timeout: float) -> None:
         try:
             domain = self._domain(handle)
         except SandboxNotFound:
             return  # already ended
-        with contextlib.suppress(libvirt.libvirtError):
-            # qemu-ga runs /sbin/shutdown, which asks the guest init to end everything.
-            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+        layout, _ = self._guest(handle)
+        with contextlib.suppress(libvirt.libvirtError, EngineError):
+            if layout is BUILTIN:
+                # qemu-ga runs /sbin/shutdown, which asks the guest init to end everything.
+                domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+            else:
+                # An OCI image's /sbin/shutdown is the image's: ours, by its own path.
+                Agent(domain).spawn(*layout.command(layout.shutdown_path, []), capture=False)
         deadline = time.monotonic() + timeout
         with libvirt_errors():
             while self._alive(domain):
@@ -461,6 +495,42 @@ def _write_initrd(path: Path, base: Path, config: bytes, qemu_gid: int | None) -
         target.write(b"\0" * (-target.tell() % 4))  # the kernel skips zero padding
         target.write(config)
     _shares.close_to_others(path, qemu_gid, 0o640)
+
+
+def plan_main(plan: LaunchPlan, oci: OciDisk | None) -> ExecRequest | None:
+    """The sandbox's main process: the spec's command, or on an OCI image the image
+    config's (Entrypoint, Cmd) under Docker's rules; None: the sandbox idles."""
+    if oci is not None:
+        return main_request(oci.config, plan)
+    if not plan.command:
+        return None
+    return ExecRequest(
+        argv=plan.command, env=plan.env, workdir=plan.workdir, user=plan.user, stdin=None,
+        timeout=None,
+    )  # fmt: skip
+
+
+def _attach_image(oci: OciDisk, run: Path, qemu_gid: int | None) -> Disk:
+    """The OCI image's cached disk, read-only for the guest, readable by QEMU's group.
+
+    A hard link in the sandbox's directory keeps the file while the VM runs, whatever
+    the store evicts meanwhile; on another file system the store's own path serves."""
+    (run / IMAGE_CONFIG_FILE).write_text(json.dumps(oci.config.to_json()) + "\n")
+    path = run / IMAGE_DISK_FILE
+    try:
+        os.link(oci.path, path)
+    except FileNotFoundError:
+        # Evicted or removed from the store since image_disk() found it.
+        raise ImageNotFound(
+            f"the disk of {oci.path.parent.parent.name} was removed from the image store "
+            "while this sandbox launched; launch again"
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        path = oci.path
+    _shares.close_to_others(path, qemu_gid, 0o640)
+    return Disk(str(path), format="raw", read_only=True, shared=True)
 
 
 def _prepare_disks(

@@ -73,6 +73,9 @@ class Disk:
     path: str
     format: str = "qcow2"
     read_only: bool = False
+    # One file many guests read at once (an OCI image's cached disk): shareable, and
+    # never relabelled, since libvirt would hand it back to root when any of them stops.
+    shared: bool = False
 
 
 def guest_memory(memory: int | None, disk_boot: bool = False) -> int:
@@ -157,10 +160,14 @@ def _devices(
     for index, disk in enumerate(disks):
         element = _sub(devices, "disk", type="file", device="disk")
         _sub(element, "driver", name="qemu", type=disk.format)
-        _sub(element, "source", file=disk.path)
+        source = _sub(element, "source", file=disk.path)
+        if disk.shared:
+            _sub(source, "seclabel", model="dac", relabel="no")
         _sub(element, "target", dev="vd" + "abcdefgh"[index], bus="virtio")
         if disk.read_only:
             _sub(element, "readonly")
+        if disk.shared:
+            _sub(element, "shareable")
     for share in shares:
         # squash: QEMU runs unprivileged, so it cannot chown what the guest creates;
         # it creates files as itself and ignores ownership changes.

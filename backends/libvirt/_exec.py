@@ -24,7 +24,7 @@ from sandboxer.backend import (
 )
 
 from ._agent import WRITE_CHUNK, Agent
-from ._guest_scripts import EXEC_PATH, KILL_PATH, STAGING_DIR
+from ._guest_scripts import BUILTIN, STAGING_DIR, GuestLayout
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INLINE_STDIN_MAX = WRITE_CHUNK
@@ -79,7 +79,7 @@ def run_to_end(agent: Agent, path: str, args: list[str]) -> None:
 
 
 def _wait(
-    agent: Agent, pid: int, exec_id: str, timeout: float | None
+    agent: Agent, pid: int, exec_id: str, timeout: float | None, layout: GuestLayout
 ) -> tuple[dict[str, Any], bool]:
     deadline = None if timeout is None else time.monotonic() + timeout
     pause, timed_out = 0.0, False
@@ -92,7 +92,7 @@ def _wait(
             if timed_out:
                 raise EngineError(f"exec {exec_id} survived SIGKILL for {KILL_GRACE:.0f} s")
             # Everything the command started is in its own cgroup: kill all of it.
-            run_to_end(agent, KILL_PATH, [exec_id])
+            run_to_end(agent, *layout.command(layout.kill_path, [exec_id]))
             timed_out, deadline = True, now + KILL_GRACE
             continue
         pause = min(MAX_PAUSE, pause * 2 or FIRST_PAUSE)
@@ -106,7 +106,9 @@ def exit_code(status: Mapping[str, Any]) -> int:
     return int(status.get("exitcode", -1))
 
 
-def exec_command(agent: Agent, request: ExecRequest, stdout_file: str = "") -> ExecGenerator:
+def exec_command(
+    agent: Agent, request: ExecRequest, stdout_file: str = "", layout: GuestLayout = BUILTIN
+) -> ExecGenerator:
     """Run `request` through the wrapper; stdout goes to a guest file when one is given."""
     exec_id = uuid.uuid4().hex[:12]
     stdin = request.stdin
@@ -115,14 +117,12 @@ def exec_command(agent: Agent, request: ExecRequest, stdout_file: str = "") -> E
         stdin_file = f"{STAGING_DIR}/in-{exec_id}"
         agent.write_file(stdin_file, stdin)
         stdin = None
-    pid = agent.spawn(
-        EXEC_PATH,
-        wrapper_args(exec_id, request, stdin_file, stdout_file),
-        WRAPPER_ENV,
-        stdin,
+    path, args = layout.command(
+        layout.exec_path, wrapper_args(exec_id, request, stdin_file, stdout_file)
     )
+    pid = agent.spawn(path, args, WRAPPER_ENV, stdin)
     try:
-        status, timed_out = _wait(agent, pid, exec_id, request.timeout)
+        status, timed_out = _wait(agent, pid, exec_id, request.timeout, layout)
     except EngineError as exc:
         if "encode message" in str(exc) or "No complete agent response" in str(exc):
             # The command ended (or was killed); its output stays with qemu-ga.

@@ -13,8 +13,10 @@ import shlex
 import attrs
 
 from sandboxer.backend import InvalidSpec, LaunchPlan
+from sandboxer.images import ImageConfig
 
 from ._cpio import CpioWriter
+from ._guest_scripts import SYSTEM_PATHS
 
 CPU_PERIOD_US = 100_000
 
@@ -40,14 +42,6 @@ def nics(plan: LaunchPlan) -> tuple[bool, bool]:
     """
     inbound = plan.network == "isolated" or (plan.network == "bridge" and bool(plan.ports))
     return inbound, plan.network == "bridge"
-
-
-# The guest's own system paths: root-run steps (init, agent, exec wrapper, setpriv, their
-# libraries and settings; a disk image's systemd, cron and cloud-init) read or run what is
-# there, so a mount at or above one would hand the sandbox those steps.
-SYSTEM_PATHS = (
-    "/bin", "/boot", "/dev", "/etc", "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var",
-)  # fmt: skip
 
 
 def _is_system_path(target: str) -> bool:
@@ -88,8 +82,11 @@ def capability_sets(plan: LaunchPlan) -> tuple[str, str]:
     return ",".join(f"-{cap}" for cap in _cap_names(drop)), ""
 
 
-def sandbox_conf(plan: LaunchPlan) -> str:
+def sandbox_conf(plan: LaunchPlan, image: ImageConfig | None = None) -> str:
+    """Shell variables for the guest's scripts; `image`: the config of the OCI image the
+    guest boots (its User is then the default user)."""
     bounding, ambient = capability_sets(plan)
+    user = plan.user if image is None else image.effective_user(plan.user)
     inbound, outbound = nics(plan)
     cpu_max = ""
     if plan.cpus is not None:
@@ -104,7 +101,10 @@ def sandbox_conf(plan: LaunchPlan) -> str:
         "SBX_ROOT_RO": "1" if plan.read_only_root else "0",
         "SBX_SECCOMP": "1" if plan.seccomp is not None else "0",
         "SBX_NNP": "1" if plan.no_new_privileges else "0",
-        "SBX_USER": plan.user or "",
+        "SBX_USER": user or "",
+        "SBX_IMAGE_DISK": "0" if image is None else "1",
+        # Created at boot if the image lacks it, as Docker does.
+        "SBX_WORKDIR": "" if image is None else image.working_directory(plan.workdir),
         "SBX_BOUNDING": bounding,
         "SBX_AMBIENT": ambient,
     }
@@ -124,10 +124,12 @@ def tmpfs_file(plan: LaunchPlan) -> str:
     return "".join(f"{tmpfs.size} {tmpfs.path}\n" for tmpfs in plan.tmpfs)
 
 
-def guest_files(plan: LaunchPlan, seccomp_bpf: bytes) -> dict[str, bytes]:
+def guest_files(
+    plan: LaunchPlan, seccomp_bpf: bytes, image: ImageConfig | None = None
+) -> dict[str, bytes]:
     """Path inside the guest -> content, for everything that differs between sandboxes."""
     return {
-        "etc/sandboxer/sandbox.conf": sandbox_conf(plan).encode(),
+        "etc/sandboxer/sandbox.conf": sandbox_conf(plan, image).encode(),
         "etc/sandboxer/mounts": mounts_file(plan).encode(),
         "etc/sandboxer/tmpfs": tmpfs_file(plan).encode(),
         "etc/sandboxer/seccomp.bpf": seccomp_bpf,

@@ -42,6 +42,9 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "agent": ("virtio_pci", "virtio_console"),
     "9p": ("9pnet_virtio", "9p"),
     "net": ("virtio_net",),
+    # An OCI image's root: its ext4 disk under an overlay (see guest-scripts/init.sh).
+    # ext4 asks the crypto API for crc32c at every mount, whatever the file system's features.
+    "disk": ("virtio_blk", "crc32c_generic", "ext4", "overlay"),
 }
 # Host binaries copied into the guest, and the Debian package that provides each.
 GUEST_BINARIES: dict[str, str] = {
@@ -53,7 +56,7 @@ GUEST_BINARIES: dict[str, str] = {
     "/usr/bin/env": "coreutils",
 }
 _LDD_PATH = re.compile(r"(/\S+) \(0x[0-9a-f]+\)$")
-_FORMAT = "3"  # bump when the layout built here changes in a way the key cannot see
+_FORMAT = "4"  # bump when the layout built here changes in a way the key cannot see
 
 
 @attrs.frozen
@@ -70,7 +73,9 @@ def build_key() -> str:
         _FORMAT,
         IMAGE_VERSION,
         scripts.init_script(),
+        scripts.init_script(scripts.OCI),
         scripts.EXEC,
+        scripts.exec_script(scripts.OCI),
         scripts.KILL,
         scripts.SHUTDOWN,
         json.dumps(MODULE_GROUPS),
@@ -232,10 +237,14 @@ def _write_initramfs(stream: BinaryIO, modules_dir: Path) -> None:
         if not cpio.has(path):
             cpio.file(path, Path(path).read_bytes(), mode)  # follows symlinks to the library
 
+    tools = []  # what stage 1 copies to /.sandboxer of an OCI image: "DIRECTORY PATH"
     for binary in GUEST_BINARIES:
         add_host_file(binary, 0o755)
+        tools.append(f"libexec {binary}")
         for library in shared_libraries(binary):
             add_host_file(library, 0o755)
+            tools.append(f"lib {library}")
+    _add_oci_tools(cpio, sorted(set(tools)))
 
     for parent in (*_parents(scripts.MODULE_DIR), scripts.MODULE_DIR):
         if not cpio.has(parent):
@@ -249,3 +258,27 @@ def _write_initramfs(stream: BinaryIO, modules_dir: Path) -> None:
         listing = "".join(module.name.removesuffix(".ko") + "\n" for module in ordered)
         cpio.file(f"{scripts.MODULE_DIR}/{group}.list", listing.encode())
     cpio.close()
+
+
+def _add_oci_tools(cpio: CpioWriter, tools: list[str]) -> None:
+    """The OCI guest's /.sandboxer but for the files already in the initramfs, which
+    tools.list names for stage 1 to copy (the host's programs, their libraries and loader,
+    the static busybox): a link per busybox applet, the OCI layout's init and scripts."""
+    layout = scripts.OCI
+    cpio.directory(scripts.OCI_DIR)
+    for directory in ("bin", "lib", "libexec"):
+        cpio.directory(f"{scripts.OCI_DIR}/{directory}")
+    # The busybox of the root file system (/bin/busybox) goes with the other tools.
+    tools = [*tools, "bin /bin/busybox"]
+    for applet in _run([shutil.which("busybox") or "/bin/busybox", "--list"]).split():
+        if applet != "busybox":
+            cpio.symlink(f"{scripts.OCI_DIR}/bin/{applet}", "busybox")
+    for path, text in (
+        ("init", scripts.init_script(layout)),
+        (layout.exec_path, scripts.exec_script(layout)),
+        (layout.kill_path, scripts.KILL),
+        (layout.shutdown_path, scripts.SHUTDOWN),
+    ):
+        name = path.removeprefix(scripts.OCI_ROOT + "/")
+        cpio.file(f"{scripts.OCI_DIR}/{name}", text.encode(), 0o755)
+    cpio.file(f"{scripts.OCI_DIR}/tools.list", "".join(f"{t}\n" for t in tools).encode())

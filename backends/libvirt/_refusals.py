@@ -8,6 +8,8 @@ import ipaddress
 from sandboxer.backend import LaunchPlan
 from sandboxer.images.disk import is_disk_image
 
+SYSTEMD_IMAGE = "sandboxer/systemd"
+
 
 def refusals(plan: LaunchPlan) -> list[str]:
     found = [
@@ -23,6 +25,11 @@ def refusals(plan: LaunchPlan) -> list[str]:
         for field, path in paths
         if "\n" in path or "\\" in path
     ]
+    if plan.image == SYSTEMD_IMAGE:
+        found.append(
+            f"{SYSTEMD_IMAGE} needs its systemd as PID 1, and VMs boot OCI images with "
+            "sandboxer's own init; run it on incus"
+        )
     if is_disk_image(plan.image) and plan.read_only_root:
         # A disk image's agent unit names the writable paths, double-quoted.
         found += [

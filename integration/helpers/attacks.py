@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 import subprocess
 import sys
 import tarfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,15 @@ PLANTED_PROGRAMS = ("busybox", "init", "bin/sh", "sbx-exec", "sbx-kill")
 ALIAS_LINE = b"1000:x:0:0:root:/root:/bin/sh\n"
 
 
-def _request(registry: Registry, method: str, path: str) -> None:
-    request = urllib.request.Request(f"http://{registry.host}/v2/{path}", method=method)
-    with urllib.request.urlopen(request, timeout=30):
-        pass
+def _delete(registry: Registry, path: str) -> None:
+    """DELETE on the registry; what is gone already (another module's clean) is fine."""
+    request = urllib.request.Request(f"http://{registry.host}/v2/{path}", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
 
 
 class AttackImages:
@@ -57,6 +64,9 @@ class AttackImages:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.pushed: list[str] = []
+        # Digests never repeat between runs: the registry's cache answers "manifest
+        # unknown" for one pushed again after a DELETE.
+        self.nonce = secrets.token_hex(8)
         base_name, _ = base_in_docker()
         if registry.manifest(REPOSITORY, "base") is None:
             name = f"{registry.host}/{REPOSITORY}:base"
@@ -73,6 +83,8 @@ class AttackImages:
         document = self.base.document()
         image = self.registry.config(REPOSITORY, self.base)
         image["config"] = {**(image.get("config") or {}), **(config or {})}
+        labels = image["config"].get("Labels") or {}
+        image["config"]["Labels"] = {**labels, "org.sandboxer.test.nonce": self.nonce}
         if layer is not None:
             compressed = gzip.compress(layer, mtime=0)
             image["rootfs"]["diff_ids"].append(digest_of(layer))
@@ -99,13 +111,13 @@ class AttackImages:
         return _tar([_entry("etc/passwd", data=passwd)])
 
     def clean(self) -> None:
-        """Delete what was pushed from the registry, and every local copy of it."""
-        assert self.base is not None
-        for digest in {*self.pushed, self.base.digest}:
+        """Delete what was pushed from the registry, and every local copy of it (the base
+        stays: pushed again after a DELETE, the registry would not serve it)."""
+        for digest in set(self.pushed):
             reference = f"{self.registry.host}/{REPOSITORY}@{digest}"
             subprocess.run([CLI, "images", "rm", digest], capture_output=True, timeout=300)
             subprocess.run(["docker", "rmi", "-f", reference], capture_output=True, timeout=300)
-            _request(self.registry, "DELETE", f"{REPOSITORY}/manifests/{digest}")
+            _delete(self.registry, f"{REPOSITORY}/manifests/{digest}")
 
 
 def program(name: str) -> tuple[tarfile.TarInfo, bytes | None]:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from .._errors import ImagePullFailed
 from ._oci import MAX_DOCUMENT
-from .reference import ImageReference
+from .reference import ImageReference, printable
 
 _INSPECT_TIMEOUT = 120.0
 _COPY_TIMEOUT = 3600.0
@@ -228,8 +228,9 @@ def pull_failed(reference: ImageReference, stderr: str) -> ImagePullFailed:
 
 
 def _message(stderr: str) -> str:
-    """The gist of skopeo's last complaint: its log line's msg, without the noise."""
+    """The gist of skopeo's last complaint: its log line's msg, without the noise; it
+    quotes the registry, which may send terminal escapes."""
     lines = stderr.strip().splitlines() or [""]
     match = _LOG_MESSAGE.search(lines[-1])
     text = match.group(1).replace('\\"', '"') if match else lines[-1]
-    return text.removeprefix("Error parsing image name ")[-500:]
+    return printable(text.removeprefix("Error parsing image name ")[-500:])

@@ -51,6 +51,7 @@ PLAIN_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar"})
 ZSTD_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
 _CHUNK = 1024 * 1024
 _MAX_ID = 2**32 - 2  # chown takes -1 (2**32 - 1) as "leave as is"
+_MAX_MTIME = 2**34  # seconds either side of 1970 (to year 2514): past any real image
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAPABILITY_RECORD = "SCHILY.xattr.security.capability"
@@ -216,16 +217,20 @@ class _Tree:
         # Directory metadata is set last: adding entries changes mtimes.
         self.dirs: dict[tuple[str, ...], tuple[int, float]] = {(): (0o755, time.time())}
         self.what = ""
+        # This layer's entries and the directories their paths imply: its whiteouts hide
+        # lower layers only, whatever their order in the tar (OCI image spec).
         self.this_layer: set[tuple[str, ...]] = set()
+        self.implied: set[tuple[str, ...]] = set()
 
     def apply(self, layer: Layer) -> None:
         self.what = f"layer {layer.digest}"
-        self.this_layer = set()
+        self.this_layer, self.implied = set(), set()
         stream = TarStream(_chunks(layer), self.what)
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in members(tar, stream):
                     self._count(member)
+                    self._check_mtime(member)
                     self._add(tar, member)
             stream.drain()
         except tarfile.TarError as exc:
@@ -256,6 +261,15 @@ class _Tree:
             raise UnsafeImage(
                 f"{self.what}: the image unpacks to over {self.limits.max_bytes} bytes "
                 "(raise SANDBOXER_IMAGE_MAX_SIZE to allow more)"
+            )
+
+    def _check_mtime(self, member: tarfile.TarInfo) -> None:
+        """A pax mtime is any decimal (tarfile reads "1e400" as inf, "nan" as nan) and a
+        base-256 one any integer: refused past what utime and ext4 take, never an
+        OverflowError or ValueError out of the unpacker."""
+        if not -_MAX_MTIME <= member.mtime <= _MAX_MTIME:  # False for nan too
+            raise UnsafeImage(
+                f"{self.what}: {member.name[:100]!r} has an invalid mtime {member.mtime!r}"
             )
 
     @contextlib.contextmanager
@@ -317,6 +331,10 @@ class _Tree:
             if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
                 _remove(fd, name, existing)
             self.this_layer.add(parts)
+            for depth in range(len(parts) - 1, 0, -1):  # deepest first: stop at a known one
+                if parts[:depth] in self.implied:
+                    break
+                self.implied.add(parts[:depth])
             if member.isdir():
                 self._directory(member, fd, name, parts)
             elif member.isreg():
@@ -414,9 +432,7 @@ class _Tree:
             if fd is None:
                 return  # nothing below to hide
             if name == _OPAQUE:
-                for child in os.listdir(fd):
-                    if (*parts[:-1], child) not in self.this_layer:
-                        _remove(fd, child, os.lstat(child, dir_fd=fd))
+                self._hide_children(fd, parts[:-1])
                 return
             hidden = name[len(_WHITEOUT) :]
             if hidden.startswith(_WHITEOUT):  # aufs metadata (.wh..wh.plnk): nothing to do
@@ -424,11 +440,30 @@ class _Tree:
                 return
             if hidden in ("", ".", ".."):
                 raise UnsafeImage(f"{self.what}: the whiteout {'/'.join(parts)!r} names no entry")
-            if (*parts[:-1], hidden) in self.this_layer:
-                return
-            existing = _lstat(fd, hidden)
-            if existing is not None:
-                _remove(fd, hidden, existing)
+            self._hide(fd, hidden, (*parts[:-1], hidden))
+
+    def _hide(self, fd: int, name: str, parts: tuple[str, ...]) -> None:
+        """Remove the lower layers' entry `parts` (named `name` in `fd`); a directory that
+        this layer listed, or implied by an entry under it, keeps this layer's entries."""
+        existing = _lstat(fd, name)
+        if existing is None:
+            return
+        if not stat.S_ISDIR(existing.st_mode):
+            if parts not in self.this_layer:
+                _remove(fd, name, existing)
+            return
+        if parts not in self.this_layer and parts not in self.implied:
+            _remove(fd, name, existing)
+            return
+        child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            self._hide_children(child_fd, parts)
+        finally:
+            os.close(child_fd)
+
+    def _hide_children(self, fd: int, parts: tuple[str, ...]) -> None:
+        for child in os.listdir(fd):
+            self._hide(fd, child, (*parts, child))
 
     def finish(self) -> None:
         """Directory modes and mtimes, deepest first (a read-only directory is filled first)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from .._errors import ImagePullFailed
 from ._layers import GZIP_TYPES, PLAIN_TYPES, ZSTD_TYPES
+from .reference import printable
 
 MAX_DOCUMENT = 4 * 1024 * 1024
 MAX_LAYERS = 128
@@ -93,13 +94,15 @@ def select_amd64(index: dict[str, Any], name: str) -> str:
         platform = item.get("platform") if isinstance(item, dict) else None
         if not isinstance(platform, dict):
             continue
-        platforms.append(f"{platform.get('os')}/{platform.get('architecture')}")
+        # Shown in the error: the registry's text, bounded and with no terminal escapes.
+        platforms.append(printable(f"{platform.get('os')}/{platform.get('architecture')}"[:64]))
         if (platform.get("os"), platform.get("architecture")) == ("linux", "amd64"):
             digest = item.get("digest")
             if isinstance(digest, str) and DIGEST.fullmatch(digest):
                 return digest
     raise ImagePullFailed(
-        f"cannot pull {name}: it has no linux/amd64 image (only {', '.join(platforms) or 'none'})"
+        f"cannot pull {name}: it has no linux/amd64 image (only "
+        f"{', '.join(platforms[:16]) or 'none'}{', ...' if len(platforms) > 16 else ''})"
         "\n  fix: push a linux/amd64 image under this name"
     )
 

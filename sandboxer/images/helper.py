@@ -9,8 +9,9 @@ built once per content (the directory's name is a digest of both files), atomica
 How PID 1 is told what to run (`init_argv`, `init_command_line`):
 - `/.sandboxer/init`: no main process, the sandbox idles ready for exec;
 - `/.sandboxer/init -- ARGV...`: ARGV is the main process;
-- `/.sandboxer/init --base64 WORD...`: each WORD is one argument, base64-encoded, for
-  engines that split the init's command line on spaces (LXC's `lxc.init.cmd`).
+- `/.sandboxer/init --base64 WORD...`: each WORD is one argument, base64-encoded behind
+  a `_` (so that "" is a word too), for engines that split the init's command line on
+  runs of spaces, dropping empty words (LXC's `lxc.init.cmd`).
 The main process inherits the init's environment, working directory and ids: the
 engine sets those (the image config's rules, `sandboxer.images.ImageConfig`).
 """
@@ -23,12 +24,13 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._errors import ImageNotFound
+from .._errors import EngineError, ImageNotFound
 from .rootfs import BUSYBOX_FIX
 
 MOUNT_POINT = "/.sandboxer"
@@ -67,8 +69,9 @@ case $1 in
     # `for` walks the words as they were; each pass swaps the first for its decoding.
     for word do
         shift
-        # The x keeps trailing newlines, which $(...) would strip.
-        arg=$(printf %s "$word" | $bb base64 -d && echo x) || {
+        # A word is _ then base64; the x keeps trailing newlines, which $(...) would strip.
+        case $word in _*) ;; *) false ;; esac &&
+            arg=$(printf %s "${word#_}" | $bb base64 -d && echo x) || {
             echo "sandboxer init: a main-process argument is not base64" >&2
             set --
             break
@@ -120,7 +123,8 @@ def init_command_line(main: Sequence[str] | None) -> str:
     """The same as one line without spaces inside an argument (LXC's `lxc.init.cmd`)."""
     if not main:
         return INIT
-    words = [base64.b64encode(arg.encode()).decode() for arg in main]
+    # The _ keeps an empty argument a word: LXC drops empty ones, moving the rest up.
+    words = ["_" + base64.b64encode(arg.encode()).decode() for arg in main]
     return " ".join([INIT, "--base64", *words])
 
 
@@ -172,17 +176,46 @@ def helper_root() -> Path:
     return Path(os.environ.get(HELPER_DIR_ENV) or DEFAULT_ROOT)
 
 
+def _trusted(path: Path, kind: int) -> bool:
+    """Whether `path` exists, as a `kind` (stat.S_IFDIR, S_IFREG) of this user or root that
+    no one else may write to. Its init is PID 1 of every OCI sandbox and Docker bind-mounts
+    the directory: one someone else made or may change (or a symlink, to /etc say) is an
+    error, never used."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if (
+        stat.S_IFMT(info.st_mode) != kind
+        or info.st_uid not in (0, os.geteuid())
+        or info.st_mode & 0o022
+    ):
+        raise EngineError(
+            f"sandboxer's helper {path} is not a {'directory' if kind == stat.S_IFDIR else 'file'}"
+            " of this user or root that only its owner may change: someone else may have "
+            f"planted it\n  fix: remove it, or set {HELPER_DIR_ENV} to a directory of yours"
+        )
+    return True
+
+
+def _ready(final: Path) -> bool:
+    return _trusted(final, stat.S_IFDIR) and all(
+        _trusted(final / name, stat.S_IFREG) for name in ("busybox", "init")
+    )
+
+
 def helper_dir() -> Path:
     """The helper directory for this host's busybox and this init, made if missing."""
     busybox, key = _static_busybox()
     root = helper_root()
-    final = root / key
-    if final.is_dir():
-        return final
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _trusted(root, stat.S_IFDIR)  # else others could plant <key> or swap it later
+    final = root / key
+    if _ready(final):
+        return final
     with open(root / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir():  # made by another process while we waited
+        if _ready(final):  # made by another process while we waited
             return final
         temporary = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         try:

@@ -61,6 +61,12 @@ class ImageReference:
             return False
 
 
+def printable(text: str) -> str:
+    """Registry or image text made safe to show on a terminal inside a message: control and
+    format characters (escape sequences, bidi overrides) are spelled as repr() spells them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def parse_reference(text: str) -> ImageReference:
     """Parse `text` as Docker does; ValueError says what is wrong with it."""
     if not text or len(text) > _MAX_LENGTH:

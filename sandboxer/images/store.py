@@ -39,7 +39,7 @@ from . import _cache, _oci
 from ._fetch import Fetcher, Skopeo
 from ._layers import Layer, Limits, remove_scratch, unpack
 from .config import ImageConfig
-from .reference import ImageReference, parse_reference
+from .reference import ImageReference, parse_reference, printable
 
 logger = logging.getLogger("sandboxer")
 
@@ -446,7 +446,8 @@ class ImageStore:
         platform = (document.get("os"), document.get("architecture"))
         if platform != ("linux", "amd64"):
             raise ImagePullFailed(
-                f"cannot use {name}: it is built for {platform[0]}/{platform[1]}; only "
+                f"cannot use {name}: it is built for "
+                f"{printable(f'{platform[0]}/{platform[1]}')}; only "
                 "linux/amd64 images run here\n  fix: push a linux/amd64 image"
             )
         try:
@@ -463,9 +464,9 @@ class ImageStore:
     # -- the index, locks and eviction -----------------------------------------------------
 
     def _prepare(self) -> None:
-        for folder, mode in ((self.root, 0o711), (self.root / "locks", 0o700)):
-            folder.mkdir(mode=mode, parents=True, exist_ok=True)
-        # Others able to write here could plant links where the store writes as root.
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        # Checked before anything is made in it: others able to write here (or choose where
+        # a symlinked root points) could plant links where the store writes as root.
         info = os.lstat(self.root)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
             raise EngineError(
@@ -474,6 +475,7 @@ class ImageStore:
                 f"{os.geteuid()} {self.root} && chmod go-w {self.root}, or set "
                 "SANDBOXER_IMAGE_DIR to another directory"
             )
+        (self.root / "locks").mkdir(mode=0o700, exist_ok=True)
         (self.root / "images").mkdir(mode=0o711, exist_ok=True)
         self.layout.mkdir(mode=0o700, exist_ok=True)
 

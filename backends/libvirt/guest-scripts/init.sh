@@ -1,15 +1,72 @@
 #!/bin/sh
 # sandboxer VM guest init (PID 1).
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=@TOOLS_PATH@
 log() { echo "sandboxer-init: $*" >/dev/console; }
-if [ ! -e /.sandboxer-root ]; then
+# The host sees the VM stop while booting, with this on the console.
+fail() { log "$*"; poweroff -f; }
+load() {  # load a module group in the order the host listed it (stage 1 or the built-in root)
+    [ -e "/@MODULE_DIR@/$1.list" ] || return 0
+    while read -r module; do
+        [ -d "/sys/module/$module" ] && continue
+        insmod "/@MODULE_DIR@/$module.ko" || log "insmod $module failed"
+    done < "/@MODULE_DIR@/$1.list"
+}
+if [ "$1" != switched ]; then
     # Stage 1, in the initramfs. The kernel's rootfs can never be pivoted away from, and
-    # bwrap pivots, so the root moves to a tmpfs and this script starts again from there.
+    # bwrap pivots, so the root moves elsewhere and stage 2 starts there.
     mount -t proc proc /proc
     # The KVM check boots this guest with @PROBE_ARGUMENT@: getting here is all it needs.
     if grep -qw @PROBE_ARGUMENT@ /proc/cmdline; then
         echo "@PROBE_MARKER@" >/dev/console
         reboot -f
+    fi
+    . /etc/sandboxer/sandbox.conf
+    if [ "$SBX_IMAGE_DISK" = 1 ]; then
+        # An OCI image: its ext4 disk (read-only, shared by every sandbox of the image)
+        # under a tmpfs overlay becomes the root. Sandboxer's own programs go to a
+        # read-only tmpfs at /.sandboxer in it, with their libraries and loader, so the
+        # image's libc never matters; every root-run step from here on runs from there.
+        mount -t devtmpfs devtmpfs /dev
+        mount -t sysfs sysfs /sys
+        load agent
+        load disk
+        [ "$SBX_NET_IN" = 1 ] || [ "$SBX_NET_OUT" = 1 ] && load net
+        [ -s @CONF@/mounts ] && load 9p
+        mkdir -p /image/lower /image/layer /newroot
+        tries=0
+        while [ ! -b /dev/vda ] && [ $tries -lt 500 ]; do  # virtio_blk probes asynchronously
+            sleep 0.01
+            tries=$((tries + 1))
+        done
+        mount -t ext4 -o ro,nodev /dev/vda /image/lower || log "cannot mount the image's disk"
+        mount -t tmpfs -o mode=755 layer /image/layer
+        mkdir /image/layer/upper /image/layer/work
+        mount -t overlay -o nodev,lowerdir=/image/lower,upperdir=/image/layer/upper,workdir=/image/layer/work \
+            overlay /newroot
+        # Where stage 2 mounts and writes its own things, whatever the image has (a
+        # symlink would lead those mounts elsewhere, over sandboxer's own files) goes.
+        rm -rf /newroot/.sandboxer
+        mkdir -m 755 /newroot/.sandboxer
+        for path in /proc /sys /dev /run /etc; do
+            [ -L "/newroot$path" ] && rm -f "/newroot$path"
+            mkdir -p "/newroot$path"
+        done
+        # Root-run steps (setpriv) look names up through NSS: with the image's own
+        # nsswitch.conf, glibc would load the image's libnss_*.so into them, as root. The
+        # modules that files and dns need are inside glibc: nothing is loaded from the image.
+        rm -rf /newroot/etc/nsswitch.conf
+        printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' \
+            > /newroot/etc/nsswitch.conf
+        mount -t tmpfs -o mode=755,nodev tools /newroot/.sandboxer
+        cp -a /@OCI_DIR@/. /newroot/.sandboxer/
+        while read -r kind path; do
+            cp "$path" "/newroot/.sandboxer/$kind/"
+        done < /@OCI_DIR@/tools.list
+        mkdir /newroot/.sandboxer/etc
+        cp -a /etc/sandboxer/. /newroot/.sandboxer/etc/
+        mount -o remount,ro /newroot/.sandboxer
+        umount /sys /dev /proc
+        exec switch_root /newroot /.sandboxer/bin/sh /.sandboxer/init switched
     fi
     umount /proc
     mount -t tmpfs -o mode=755 guestroot /mnt
@@ -19,9 +76,9 @@ if [ ! -e /.sandboxer-root ]; then
             *) cp -a "$entry" /mnt/ ;;
         esac
     done
-    : > /mnt/.sandboxer-root
-    exec switch_root /mnt /init
+    exec switch_root /mnt /init switched
 fi
+mkdir -p /proc /sys /dev /run
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev
@@ -31,14 +88,7 @@ mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 mkdir -m 700 /run/sandboxer /run/qga
 mkfifo -m 600 /run/initctl
-. /etc/sandboxer/sandbox.conf
-
-load() {  # load a module group in the order the host listed it
-    while read -r module; do
-        [ -d "/sys/module/$module" ] && continue
-        insmod "/@MODULE_DIR@/$module.ko" || log "insmod $module failed"
-    done < "/@MODULE_DIR@/$1.list"
-}
+. @CONF@/sandbox.conf
 load agent
 
 hostname "$SBX_HOSTNAME"
@@ -60,6 +110,7 @@ if [ "$SBX_NET_OUT" = 1 ]; then
     nic @OUTBOUND_MAC@ @OUTBOUND_NET@
     ip route add default via @OUTBOUND_NET@.2
     ip route add prohibit @OUTBOUND_NET@.2/32
+    rm -f /etc/resolv.conf
     echo "nameserver @OUTBOUND_NET@.3" > /etc/resolv.conf
     address=@OUTBOUND_NET@.15
 fi
@@ -68,9 +119,17 @@ if [ "$SBX_NET_IN" = 1 ]; then
     nic @INBOUND_MAC@ @INBOUND_NET@
     address=@INBOUND_NET@.15
 fi
+if [ "$SBX_IMAGE_DISK" = 1 ]; then
+    # The image's own files would be kept (or, as symlinks, followed): fresh ones.
+    mkdir -p /etc
+    rm -f /etc/hosts /etc/hostname
+    printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' > /etc/hosts
+    echo "$SBX_HOSTNAME" > /etc/hostname
+    mkdir -p "$SBX_WORKDIR"
+fi
 echo "$address $SBX_HOSTNAME" >> /etc/hosts
 
-[ -s /etc/sandboxer/mounts ] && load 9p
+[ -s @CONF@/mounts ] && load 9p
 @MOUNTS@
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 mkdir /sys/fs/cgroup/agent
@@ -86,20 +145,20 @@ done
 [ -n "$port" ] || log "no guest agent channel found"
 # The agent, and so every command, lives in a PID namespace of its own: commands see
 # their own processes, not init or the kernel's threads.
-agent="/usr/sbin/qemu-ga -m virtio-serial -p $port -t /run/qga -f /run/qga/pid"
+agent="@QEMU_GA@ -m virtio-serial -p $port -t /run/qga -f /run/qga/pid"
 if [ "$SBX_SECCOMP" = 1 ]; then
     # bwrap also loads the profile's filter and sets no_new_privs on the agent; both are
     # inherited by every process the agent starts.
-    agent="/usr/bin/bwrap --unshare-pid --dev-bind / / --proc /proc --seccomp 9 -- $agent"
+    agent="@BWRAP@ --unshare-pid --dev-bind / / --proc /proc --seccomp 9 -- $agent"
 else
-    [ "$SBX_NNP" = 1 ] && agent="/usr/bin/setpriv --nnp -- $agent"
+    [ "$SBX_NNP" = 1 ] && agent="@SETPRIV@ --nnp -- $agent"
     agent="unshare -p -f --mount-proc $agent"
 fi
 (
     while :; do
         # shellcheck disable=SC2086 # $agent is the command line built above: split on purpose
         sh -c 'echo $$ > /sys/fs/cgroup/agent/cgroup.procs && exec "$@"' agent $agent \
-            9< /etc/sandboxer/seccomp.bpf
+            9< @CONF@/seccomp.bpf
         log "guest agent exited ($?), restarting"
         sleep 1
     done
