@@ -25,6 +25,7 @@ from sandboxer.backends.incus import _boot, _config, _images, _oci, _prepare, _r
 from sandboxer.images import ImageConfig
 from sandboxer.images.helper import INIT, MOUNT_POINT
 from sandboxer.images.store import LocalImage
+from sandboxer.images.tree import read_in_tree
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -131,8 +132,8 @@ def test_a_user_name_is_looked_up_without_following_the_image_links(
     (rootfs / "etc/passwd").unlink()
     os.rename(rootfs / "etc", rootfs / "real-etc")
     (rootfs / "etc").symlink_to("real-etc")  # even a link inside the tree is not followed
-    assert _boot.read_in_tree(rootfs, "/etc/group") == ""
-    assert _boot.read_in_tree(rootfs, "/../rootfs/real-etc/group") == ""
+    assert read_in_tree(rootfs, "/etc/group") == ""
+    assert read_in_tree(rootfs, "/../rootfs/real-etc/group") == ""
 
 
 def test_an_image_environment_with_a_line_break_is_refused(tmp_path: Path, helper: None) -> None:

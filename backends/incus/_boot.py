@@ -14,11 +14,7 @@ Three kinds of init, by image:
 from __future__ import annotations
 
 import enum
-import errno
-import os
-import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 import attrs
 
@@ -27,11 +23,11 @@ from sandboxer.images import GROUP, PASSWD, ImageConfig
 from sandboxer.images.accounts import check_not_root, user_to_check
 from sandboxer.images.helper import MOUNT_POINT, helper_dir, init_command_line
 from sandboxer.images.store import LocalImage
+from sandboxer.images.tree import identity_in_tree
 
-from ._users import Identity, is_numeric, resolve
+from ._users import Identity, resolve
 
 # An image's /etc/passwd and /etc/group are read on the host, bounded: real ones are KiB.
-_ACCOUNTS_MAX = 1024 * 1024
 HELPER_DEVICE = "sandboxer-helper"
 SYSTEMD_IMAGE = "sandboxer/systemd"
 # What systemd as PID 1 needs that a profile's controls take away: measured, it dies at
@@ -120,7 +116,7 @@ def own(plan: LaunchPlan, image: LocalImage | None) -> Boot:
 def helper(plan: LaunchPlan, image: LocalImage) -> Boot:
     config = image.config
     user = config.effective_user(plan.user)
-    identity = None if user is None else _identity(user, image.rootfs)
+    identity = None if user is None else identity_in_tree(user, image.rootfs)
     checked = user_to_check(plan)
     if checked is not None and identity is not None:
         check_not_root(checked, identity)
@@ -150,54 +146,3 @@ def _checked_path(path: str) -> str:
     if not path.startswith("/") or any(c in path for c in "\n\r\0"):
         raise UnsupportedFeature(f"incus cannot use working directory {path!r} of the image")
     return path
-
-
-def _identity(user: str, rootfs: Path) -> Identity:
-    if is_numeric(user):  # "uid:gid" needs no account file
-        return resolve(user, "", "")
-    return resolve(user, read_in_tree(rootfs, "/etc/passwd"), read_in_tree(rootfs, "/etc/group"))
-
-
-def _open_in_tree(rootfs: Path, path: str, flags: int) -> int:
-    """A descriptor of `path` inside the tree, opened without following any symlink: the
-    tree is image content, and its links point into the sandbox, not the host."""
-    descriptor = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        parts = [part for part in path.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise FileNotFoundError(errno.ENOENT, "no .. in an image path", path)
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            mode = flags if last else os.O_RDONLY | os.O_DIRECTORY
-            following = os.open(part, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=descriptor)
-            os.close(descriptor)
-            descriptor = following
-        return descriptor
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
-def read_in_tree(rootfs: Path, path: str) -> str:
-    """A small text file of the image (its accounts); "" if absent or reached through a
-    symlink; refused past _ACCOUNTS_MAX."""
-    try:
-        descriptor = _open_in_tree(rootfs, path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            return ""
-        data = file.read(_ACCOUNTS_MAX + 1)
-    if len(data) > _ACCOUNTS_MAX:
-        raise UnsupportedFeature(f"the image's {path} is larger than {_ACCOUNTS_MAX} bytes")
-    return data.decode("utf-8", "replace")
-
-
-def is_directory_in_tree(rootfs: Path, path: str) -> bool:
-    """Whether `path` is a directory of the tree reached with no symlink on the way."""
-    try:
-        os.close(_open_in_tree(rootfs, path, os.O_RDONLY | os.O_DIRECTORY))
-    except OSError:
-        return False
-    return True

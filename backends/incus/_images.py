@@ -36,9 +36,10 @@ from sandboxer.images import (
 )
 from sandboxer.images.debian import BUILTIN_OCI_IMAGES
 from sandboxer.images.store import LocalImage, default_store
+from sandboxer.images.tree import is_directory_in_tree
 
 from . import _boot, _metadata
-from ._boot import Boot, Init, boots_systemd, is_directory_in_tree
+from ._boot import Boot, Init, boots_systemd
 from ._client import Incus
 from ._errors import incus_errors
 from ._oci import Converter
