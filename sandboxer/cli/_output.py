@@ -23,12 +23,20 @@ USAGE = 2
 ENGINE_FAILURE = 125
 
 
+def shown(message: str) -> str:
+    """A message as a terminal may show it: each line without control or format
+    characters (an error may quote a registry, an image or a sandbox)."""
+    return "\n".join(
+        "".join(c if c.isprintable() else "?" for c in line) for line in message.split("\n")
+    )
+
+
 def error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {shown(message)}", file=sys.stderr)
 
 
 def note(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {shown(message)}", file=sys.stderr)
 
 
 def print_json(data: Any) -> None:
