@@ -17,7 +17,13 @@ from ._decide import Capabilities as Capabilities  # adapters import these from 
 from ._decide import ControlStatus as ControlStatus
 from ._decide import Verdict as Verdict
 from ._decide import decide, static_enforcement
-from ._errors import EngineError, ExecTimeout, OutputTooLarge, SandboxFileNotFound
+from ._errors import (
+    EngineError,
+    ExecTimeout,
+    OutputTooLarge,
+    SandboxFileNotFound,
+    UnsupportedFeature,
+)
 from ._output import DEFAULT_MAX_OUTPUT, Collector
 from ._plan import LaunchPlan as LaunchPlan  # adapters import it from here
 from ._plan import Tmpfs as Tmpfs
@@ -102,6 +108,51 @@ class SandboxInfo:
 ExecGenerator = Generator[tuple[str, bytes], None, ExitStatus]
 
 
+@attrs.frozen
+class TerminalSize:
+    rows: int
+    cols: int
+
+
+@attrs.frozen(kw_only=True)
+class ProcessRequest:
+    """A command whose stdin stays open (`ExecRequest.stdin` is unused: bytes go through
+    `ProcessChannel.write`); with `terminal` it runs on a pseudo-terminal of that size,
+    its stdout and stderr both arriving as "stdout"."""
+
+    exec: ExecRequest
+    terminal: TerminalSize | None = None
+
+
+class ProcessChannel(abc.ABC):
+    """One running command with its streams open, as an adapter hands it to the core.
+
+    `output` yields ("stdout" | "stderr", chunk) as it arrives and returns the
+    `ExitStatus`; the core reads it from one thread while other threads call the methods
+    below. Closing `output` before it ends kills the command and what it started, as for
+    `exec`. Every method may be called after the command ended and then does nothing.
+    """
+
+    output: ExecGenerator
+    # The command's pid as the sandbox sees it (its own PID namespace), if the engine tells.
+    pid: int | None = None
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin (the terminal's input with a terminal)."""
+
+    @abc.abstractmethod
+    def close_stdin(self) -> None:
+        """End of input: the command reads EOF (with a terminal: no effect)."""
+
+    @abc.abstractmethod
+    def signal(self, signum: int) -> None:
+        """Deliver `signum` to the command; SIGKILL kills it and everything it started."""
+
+    def resize(self, size: TerminalSize) -> None:  # noqa: B027 - no terminal, nothing to do
+        """Set the terminal's size (the command gets SIGWINCH); no-op without a terminal."""
+
+
 class Backend(abc.ABC):
     """One engine adapter. Instances are long-lived and shared: keep a client, not a sandbox."""
 
@@ -139,6 +190,11 @@ class Backend(abc.ABC):
         Closing the generator before it ends kills the command too: that is how a caller
         that stops reading (or passes a cap) stops it.
         """
+
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        """Start a command whose stdin stays open, on a terminal if the request has one,
+        under the same user, limits and profile as `exec`; return once it started."""
+        raise UnsupportedFeature(f"{self.name} cannot run background or terminal processes")
 
     @abc.abstractmethod
     def stop(self, handle: Handle, timeout: float) -> None:
