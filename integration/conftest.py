@@ -45,6 +45,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", requested_backends(metafunc.config), scope="class")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under xdist (`-n N --dist loadgroup`) each engine's tests run in one worker, in
+    # order: engines run side by side (a VM boot under TCG beside Docker's waits), while
+    # class-scoped sandboxes stay shared and no two tests race on one engine's state.
+    # A module named after an engine (test_libvirt_vm.py) goes with that engine's tests.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend is None:
+            module = item.path.stem
+            backend = next((name for name in ALL_BACKENDS if name in module), "any")
+        item.add_marker(pytest.mark.xdist_group(str(backend)))
+
+
 @pytest.fixture(scope="session")
 def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """helpers/probe.c built static: the built-in images have no compiler and no libc."""

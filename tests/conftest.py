@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/kits, imported as `kits`
+from kits.layers import LayerKit
 
 import sandboxer
 from sandboxer.testing import FakeBackend
@@ -20,3 +25,9 @@ def fake_backend() -> Iterator[type[FakeBackend]]:
 @pytest.fixture(scope="class")
 def backend() -> str:
     return "fake"
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> LayerKit:
+    """Layer blobs for a test, and the tree they unpack into."""
+    return LayerKit(tmp_path)

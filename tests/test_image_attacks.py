@@ -8,8 +8,6 @@ tree changes and that the refusal is an `ImagePullFailed` naming the problem.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import os
 import stat
@@ -19,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kits.layers import GZIP, Entry, LayerKit
 
 from sandboxer import EngineError, ImagePullFailed, InvalidSpec, SandboxError
 from sandboxer.backends.incus._users import Identity, resolve
 from sandboxer.backends.libvirt._guest_scripts import read
 from sandboxer.images import ImageConfig, helper
-from sandboxer.images._layers import GZIP_TYPES, Layer, Limits, UnsafeImage, unpack
+from sandboxer.images._layers import Limits, UnsafeImage
 from sandboxer.images._oci import MAX_LAYERS, image_manifest, select_amd64
 from sandboxer.images.helper import _INIT, INIT, init_command_line
 from sandboxer.images.reference import parse_reference
-
-GZIP = sorted(GZIP_TYPES)[0]
-Entry = tuple[tarfile.TarInfo, bytes]
 
 
 def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", **fields: Any) -> Entry:
@@ -53,59 +49,8 @@ def directory(name: str, **fields: Any) -> Entry:
     return entry(name, tarfile.DIRTYPE, **fields)
 
 
-class Unpacker:
-    """Layer blobs written to disk, unpacked into tree/rootfs."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.blobs = tmp_path / "blobs"
-        self.blobs.mkdir()
-        self.parent = tmp_path / "tree"
-        self.parent.mkdir()
-        self.rootfs = self.parent / "rootfs"
-        self.outside = tmp_path / "outside"
-        self.outside.mkdir()
-        (self.outside / "passwd").write_text("host\n")
-
-    def raw(self, data: bytes) -> Layer:
-        blob = gzip.compress(data, mtime=0)
-        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        path = self.blobs / digest[7:]
-        path.write_bytes(blob)
-        return Layer(path=path, digest=digest, size=len(blob), media_type=GZIP)
-
-    def layer(self, *entries: Entry) -> Layer:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for info, data in entries:
-                if info.isreg():
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                else:
-                    tar.addfile(info)
-        return self.raw(buffer.getvalue())
-
-    def unpack(self, *layers: Layer, limits: Limits | None = None) -> Path:
-        unpack(layers, self.parent, "rootfs", limits or Limits(max_bytes=1 << 30))
-        return self.rootfs
-
-    def refused(self, *layers: Layer, match: str) -> None:
-        with pytest.raises(UnsafeImage, match=match):
-            self.unpack(*layers)
-        assert os.listdir(self.parent) == [], "a refused image left a tree behind"
-
-    def outside_untouched(self) -> None:
-        assert os.listdir(self.outside) == ["passwd"]
-        assert (self.outside / "passwd").read_text() == "host\n"
-        assert (self.outside / "passwd").stat().st_nlink == 1
-
-
-@pytest.fixture
-def layers(tmp_path: Path) -> Unpacker:
-    return Unpacker(tmp_path)
-
-
 # --- hard links ------------------------------------------------------------------------
-def test_writing_over_a_hard_link_never_writes_into_its_target(layers: Unpacker) -> None:
+def test_writing_over_a_hard_link_never_writes_into_its_target(layers: LayerKit) -> None:
     """The same layer and a later one: the name is replaced, the linked inode kept."""
     rootfs = layers.unpack(
         layers.layer(entry("etc/shadow", data=b"secret"), hardlink("copy", "etc/shadow")),
@@ -115,13 +60,13 @@ def test_writing_over_a_hard_link_never_writes_into_its_target(layers: Unpacker)
     assert (rootfs / "copy").read_bytes() == b"overwritten"
 
 
-def test_a_hard_link_rewritten_in_its_own_layer_keeps_its_target(layers: Unpacker) -> None:
+def test_a_hard_link_rewritten_in_its_own_layer_keeps_its_target(layers: LayerKit) -> None:
     shared = layers.layer(entry("a", data=b"one"), hardlink("b", "a"), entry("b", data=b"two"))
     rootfs = layers.unpack(shared)
     assert (rootfs / "a").read_bytes() == b"one" and (rootfs / "b").read_bytes() == b"two"
 
 
-def test_a_hard_link_to_a_symlink_links_the_symlink_never_its_target(layers: Unpacker) -> None:
+def test_a_hard_link_to_a_symlink_links_the_symlink_never_its_target(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(symlink("out", str(layers.outside / "passwd")), hardlink("also-out", "out"))
     )
@@ -131,7 +76,7 @@ def test_a_hard_link_to_a_symlink_links_the_symlink_never_its_target(layers: Unp
 
 
 def test_a_hard_link_to_a_symlinked_directory_cannot_be_written_through(
-    layers: Unpacker,
+    layers: LayerKit,
 ) -> None:
     layers.refused(
         layers.layer(
@@ -148,20 +93,20 @@ def test_a_hard_link_to_a_symlinked_directory_cannot_be_written_through(
     "target",
     ["/proc/self/root/etc/passwd", "//etc/passwd", "./../etc/passwd", "a/./../../x", ""],
 )
-def test_hard_links_out_of_the_tree_are_refused(layers: Unpacker, target: str) -> None:
+def test_hard_links_out_of_the_tree_are_refused(layers: LayerKit, target: str) -> None:
     with pytest.raises(UnsafeImage):
         layers.unpack(layers.layer(hardlink("x", target)))
     assert os.listdir(layers.parent) == []
 
 
-def test_a_hard_link_to_a_skipped_device_node_is_refused(layers: Unpacker) -> None:
+def test_a_hard_link_to_a_skipped_device_node_is_refused(layers: LayerKit) -> None:
     node = entry("dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)
     layers.refused(layers.layer(node, hardlink("disk", "dev/sda")), match="not in the tree")
 
 
 # --- symlinks, replaced directories, whiteouts --------------------------------------------
 def test_a_directory_turned_symlink_in_a_later_layer_is_not_written_through(
-    layers: Unpacker,
+    layers: LayerKit,
 ) -> None:
     layers.refused(
         layers.layer(directory("etc"), entry("etc/passwd")),
@@ -172,7 +117,7 @@ def test_a_directory_turned_symlink_in_a_later_layer_is_not_written_through(
     layers.outside_untouched()
 
 
-def test_a_directory_over_a_lower_symlink_replaces_the_link_only(layers: Unpacker) -> None:
+def test_a_directory_over_a_lower_symlink_replaces_the_link_only(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(symlink("etc", str(layers.outside))),
         layers.layer(directory("etc", mode=0o700), entry("etc/passwd", data=b"image")),
@@ -183,7 +128,7 @@ def test_a_directory_over_a_lower_symlink_replaces_the_link_only(layers: Unpacke
 
 @pytest.mark.parametrize("whiteout", [".wh.link", ".wh..wh..opq"])
 def test_whiting_out_a_symlink_removes_the_link_never_its_target(
-    layers: Unpacker, whiteout: str
+    layers: LayerKit, whiteout: str
 ) -> None:
     rootfs = layers.unpack(
         layers.layer(symlink("link", str(layers.outside)), symlink("rel", "../../outside")),
@@ -198,7 +143,7 @@ def test_whiting_out_a_symlink_removes_the_link_never_its_target(
     [".wh..", ".wh...", ".wh.", "a/.wh..", "a/.wh..."],
     ids=["wh-dot", "wh-dotdot", "wh-empty", "nested-dot", "nested-dotdot"],
 )
-def test_whiteouts_that_name_no_entry_remove_nothing(layers: Unpacker, name: str) -> None:
+def test_whiteouts_that_name_no_entry_remove_nothing(layers: LayerKit, name: str) -> None:
     lower = layers.layer(directory("a"), entry("a/keep"), entry("keep"))
     try:
         rootfs = layers.unpack(lower, layers.layer(entry(name, data=b"")))
@@ -208,7 +153,7 @@ def test_whiteouts_that_name_no_entry_remove_nothing(layers: Unpacker, name: str
     assert (rootfs / "keep").exists() and (rootfs / "a" / "keep").exists()
 
 
-def test_a_file_under_a_file_is_refused(layers: Unpacker) -> None:
+def test_a_file_under_a_file_is_refused(layers: LayerKit) -> None:
     layers.refused(
         layers.layer(entry("a", data=b"file"), entry("a/b", data=b"below a file")),
         match="not a directory of the tree",
@@ -229,12 +174,12 @@ def _pax(name: str, records: dict[str, str], data: bytes = b"x") -> Entry:
         {"path": "a/../../../escape-pax"},
     ],
 )
-def test_a_pax_path_record_cannot_climb_out(layers: Unpacker, records: dict[str, str]) -> None:
+def test_a_pax_path_record_cannot_climb_out(layers: LayerKit, records: dict[str, str]) -> None:
     layers.refused(layers.layer(_pax("innocent", records)), match="'..' component")
     assert not (layers.parent.parent / "escape-pax").exists()
 
 
-def test_a_pax_linkpath_record_cannot_hard_link_out(layers: Unpacker) -> None:
+def test_a_pax_linkpath_record_cannot_hard_link_out(layers: LayerKit) -> None:
     info, _ = hardlink("innocent", "elsewhere")
     info.pax_headers = {"linkpath": str(layers.outside / "passwd")}
     with pytest.raises(UnsafeImage):
@@ -243,7 +188,7 @@ def test_a_pax_linkpath_record_cannot_hard_link_out(layers: Unpacker) -> None:
 
 
 @pytest.mark.parametrize("size", ["-1000000", "-1"])
-def test_a_negative_pax_size_cannot_shrink_the_bound(layers: Unpacker, size: str) -> None:
+def test_a_negative_pax_size_cannot_shrink_the_bound(layers: LayerKit, size: str) -> None:
     """A negative size would lower the running total, so later files could pass the bound."""
     small, big = _pax("credit", {"size": size}, b""), entry("big", data=b"y" * 4096)
     with pytest.raises(ImagePullFailed):
@@ -251,7 +196,7 @@ def test_a_negative_pax_size_cannot_shrink_the_bound(layers: Unpacker, size: str
     assert os.listdir(layers.parent) == []
 
 
-def test_only_the_capability_xattr_is_kept(layers: Unpacker) -> None:
+def test_only_the_capability_xattr_is_kept(layers: LayerKit) -> None:
     """trusted.* / security.selinux from an image would steer the host's overlayfs or LSM."""
     records = {
         "SCHILY.xattr.trusted.overlay.opaque": "y",
@@ -263,24 +208,24 @@ def test_only_the_capability_xattr_is_kept(layers: Unpacker) -> None:
 
 
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE])
-def test_device_nodes_never_reach_the_host(layers: Unpacker, kind: bytes) -> None:
+def test_device_nodes_never_reach_the_host(layers: LayerKit, kind: bytes) -> None:
     mem = entry("dev/mem", kind, devmajor=1, devminor=1, mode=0o666)
     rootfs = layers.unpack(layers.layer(directory("dev"), mem))
     assert os.listdir(rootfs / "dev") == []
 
 
-def test_a_name_with_a_newline_stays_one_entry(layers: Unpacker) -> None:
+def test_a_name_with_a_newline_stays_one_entry(layers: LayerKit) -> None:
     rootfs = layers.unpack(layers.layer(entry("etc/evil\nname", data=b"n")))
     assert os.listdir(rootfs / "etc") == ["evil\nname"]
 
 
-def test_an_overlong_symlink_target_is_refused_cleanly(layers: Unpacker) -> None:
+def test_an_overlong_symlink_target_is_refused_cleanly(layers: LayerKit) -> None:
     with pytest.raises(UnsafeImage):
         layers.unpack(layers.layer(symlink("l", "x" * 5000)))
     assert os.listdir(layers.parent) == []
 
 
-def test_trailing_garbage_after_the_archive_is_bounded(layers: Unpacker) -> None:
+def test_trailing_garbage_after_the_archive_is_bounded(layers: LayerKit) -> None:
     """A few KiB of tar, then 64 MiB of zeros (64 KiB compressed): refused, not read on."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -461,7 +406,7 @@ def test_incus_ids_from_the_images_passwd_are_checked(passwd: str) -> None:
 
 
 @pytest.mark.parametrize("mtime", ["1e400", "-1e30", "nan", "99999999999999999999"])
-def test_an_absurd_pax_mtime_is_refused_as_an_unsafe_image(layers: Unpacker, mtime: str) -> None:
+def test_an_absurd_pax_mtime_is_refused_as_an_unsafe_image(layers: LayerKit, mtime: str) -> None:
     """It escaped as OverflowError/ValueError (the CLI said "internal error")."""
     with pytest.raises(UnsafeImage, match="mtime"):
         layers.unpack(layers.layer(_pax("f", {"mtime": mtime})))
@@ -470,7 +415,7 @@ def test_an_absurd_pax_mtime_is_refused_as_an_unsafe_image(layers: Unpacker, mti
 
 @pytest.mark.parametrize("marker", ["srv/.wh..wh..opq", "srv/.wh.sub"])
 def test_a_whiteout_never_hides_its_own_layers_entries_in_implied_directories(
-    layers: Unpacker, marker: str
+    layers: LayerKit, marker: str
 ) -> None:
     """OCI: whiteouts hide lower layers only, whatever their order in the layer; a file of
     this layer under a directory it did not list (srv/sub) was removed with it."""

@@ -4,7 +4,6 @@ opaque directories work as OCI says, and ownership, modes and links are kept."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import stat
@@ -13,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kits.layers import GZIP, PLAIN, LayerKit
 
-from sandboxer.images._layers import GZIP_TYPES, Layer, Limits, UnsafeImage, unpack
+from sandboxer.images._layers import Layer, Limits, UnsafeImage
 
-GZIP = next(iter(sorted(GZIP_TYPES)))
-PLAIN = "application/vnd.oci.image.layer.v1.tar"
 MTIME = 1_600_000_000
 
 
@@ -41,63 +39,10 @@ def member(name: str, kind: str = "file", data: object = b"", **fields: int) -> 
     return info
 
 
-def tar_bytes(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            if info.isreg():
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
-
-
-class Layers:
-    """Writes layer blobs into a folder and unpacks them into another."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.blobs = tmp_path / "blobs"
-        self.blobs.mkdir()
-        self.parent = tmp_path / "tree"
-        self.parent.mkdir()
-        self.rootfs = self.parent / "rootfs"
-
-    def layer(self, *entries: tuple[tarfile.TarInfo, bytes], compress: bool = True) -> Layer:
-        data = tar_bytes(*entries)
-        if compress:
-            data = gzip.compress(data, mtime=0)
-        return self.blob(data, GZIP if compress else PLAIN)
-
-    def blob(self, data: bytes, media_type: str) -> Layer:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        path = self.blobs / digest[7:]
-        path.write_bytes(data)
-        return Layer(path=path, digest=digest, size=len(data), media_type=media_type)
-
-    def unpack(self, *layers: Layer, limits: Limits | None = None) -> Path:
-        unpack(layers, self.parent, "rootfs", limits or Limits(max_bytes=1 << 30))
-        return self.rootfs
-
-    def refused(self, *layers: Layer, match: str, limits: Limits | None = None) -> None:
-        """The unpack fails and leaves nothing behind in the parent."""
-        with pytest.raises(UnsafeImage, match=match):
-            self.unpack(*layers, limits=limits)
-        assert os.listdir(self.parent) == []
-
-
 @pytest.fixture
-def layers(tmp_path: Path) -> Layers:
-    return Layers(tmp_path)
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
+def outside(layers: LayerKit) -> Path:
     """A directory outside the tree that hostile layers aim at."""
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "passwd").write_text("host\n")
-    return folder
+    return layers.outside
 
 
 def f(name: str, data: bytes = b"x", **fields: int) -> tuple[tarfile.TarInfo, bytes]:
@@ -112,7 +57,7 @@ def link(name: str, kind: str, target: str) -> tuple[tarfile.TarInfo, bytes]:
     return member(name, kind, target), b""
 
 
-def test_files_directories_links_and_fifos_are_made_as_the_image_says(layers: Layers) -> None:
+def test_files_directories_links_and_fifos_are_made_as_the_image_says(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(
             d("usr", uid=0),
@@ -146,18 +91,18 @@ def test_files_directories_links_and_fifos_are_made_as_the_image_says(layers: La
     assert stat.S_IMODE(rootfs.lstat().st_mode) == 0o755
 
 
-def test_uncompressed_layers_and_a_leading_slash_as_docker_strips_it(layers: Layers) -> None:
+def test_uncompressed_layers_and_a_leading_slash_as_docker_strips_it(layers: LayerKit) -> None:
     rootfs = layers.unpack(layers.layer(f("/etc/hostname", b"box"), compress=False))
     assert (rootfs / "etc/hostname").read_bytes() == b"box"
 
 
-def test_device_nodes_are_skipped(layers: Layers, caplog: pytest.LogCaptureFixture) -> None:
+def test_device_nodes_are_skipped(layers: LayerKit, caplog: pytest.LogCaptureFixture) -> None:
     rootfs = layers.unpack(layers.layer(d("dev"), (member("dev/sda", "chr"), b"")))
     assert os.listdir(rootfs / "dev") == []
     assert "device node" in caplog.text
 
 
-def test_later_layers_replace_entries(layers: Layers) -> None:
+def test_later_layers_replace_entries(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(f("a", b"old"), d("b"), f("b/x"), link("c", "symlink", "a")),
         layers.layer(d("a"), f("b", b"file now"), f("c", b"real")),
@@ -167,7 +112,7 @@ def test_later_layers_replace_entries(layers: Layers) -> None:
     assert not (rootfs / "c").is_symlink() and (rootfs / "c").read_bytes() == b"real"
 
 
-def test_a_hard_link_keeps_its_content_when_its_target_is_replaced(layers: Layers) -> None:
+def test_a_hard_link_keeps_its_content_when_its_target_is_replaced(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(f("a", b"one"), link("b", "link", "a")),
         layers.layer(f("a", b"two")),
@@ -175,7 +120,7 @@ def test_a_hard_link_keeps_its_content_when_its_target_is_replaced(layers: Layer
     assert (rootfs / "b").read_bytes() == b"one" and (rootfs / "a").read_bytes() == b"two"
 
 
-def test_whiteouts_remove_entries_of_lower_layers(layers: Layers) -> None:
+def test_whiteouts_remove_entries_of_lower_layers(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(d("etc"), f("etc/a"), f("etc/b"), d("var/cache"), f("var/cache/x")),
         layers.layer(f("etc/.wh.a"), f("var/.wh.cache"), f(".wh.missing"), f("nope/.wh.x")),
@@ -186,12 +131,12 @@ def test_whiteouts_remove_entries_of_lower_layers(layers: Layers) -> None:
     assert not (rootfs / ".wh.missing").exists()
 
 
-def test_a_whiteout_does_not_hide_its_own_layers_entry(layers: Layers) -> None:
+def test_a_whiteout_does_not_hide_its_own_layers_entry(layers: LayerKit) -> None:
     rootfs = layers.unpack(layers.layer(f("a", b"kept"), f(".wh.a")))
     assert (rootfs / "a").read_bytes() == b"kept"
 
 
-def test_an_opaque_directory_hides_the_lower_layers_only(layers: Layers) -> None:
+def test_an_opaque_directory_hides_the_lower_layers_only(layers: LayerKit) -> None:
     rootfs = layers.unpack(
         layers.layer(d("srv"), f("srv/old"), d("srv/olddir"), f("srv/olddir/x"), f("keep")),
         layers.layer(d("srv"), f("srv/before"), f("srv/.wh..wh..opq"), f("srv/after")),
@@ -202,7 +147,7 @@ def test_an_opaque_directory_hides_the_lower_layers_only(layers: Layers) -> None
 
 @pytest.mark.parametrize("whiteout_first", [True, False])
 def test_a_whited_out_directory_keeps_this_layers_entries_only(
-    layers: Layers, whiteout_first: bool
+    layers: LayerKit, whiteout_first: bool
 ) -> None:
     """Lower content under the name goes, this layer's stays, whatever the tar's order:
     under a directory it listed (srv/a) or one its deeper paths imply (srv/b)."""
@@ -218,7 +163,7 @@ def test_a_whited_out_directory_keeps_this_layers_entries_only(
 
 
 @pytest.mark.parametrize("mtime", [2**40, -(2**40), 2**70])
-def test_an_mtime_out_of_range_is_refused(layers: Layers, mtime: int) -> None:
+def test_an_mtime_out_of_range_is_refused(layers: LayerKit, mtime: int) -> None:
     """Also in the header's base-256 field, which holds any integer."""
     info = member("f", mtime=0)
     info.mtime = mtime
@@ -230,7 +175,7 @@ def test_an_mtime_out_of_range_is_refused(layers: Layers, mtime: int) -> None:
     assert os.listdir(layers.parent) == []
 
 
-def test_mtimes_before_1970_are_kept(layers: Layers) -> None:
+def test_mtimes_before_1970_are_kept(layers: LayerKit) -> None:
     rootfs = layers.unpack(layers.layer((member("f", mtime=-86400), b"x")))
     assert os.lstat(rootfs / "f").st_mtime == -86400
 
@@ -246,13 +191,13 @@ def test_mtimes_before_1970_are_kept(layers: Layers) -> None:
     ids=["dotdot", "nested-dotdot", "dotdot-under-dir", "hardlink-dotdot"],
 )
 def test_names_with_dotdot_are_refused(
-    layers: Layers, entries: list[tuple[tarfile.TarInfo, bytes]]
+    layers: LayerKit, entries: list[tuple[tarfile.TarInfo, bytes]]
 ) -> None:
     layers.refused(layers.layer(*entries), match="'..' component")
     assert not (layers.parent.parent / "escape").exists()
 
 
-def test_a_symlink_then_a_write_through_it_is_refused(layers: Layers, outside: Path) -> None:
+def test_a_symlink_then_a_write_through_it_is_refused(layers: LayerKit, outside: Path) -> None:
     layers.refused(
         layers.layer(link("a", "symlink", str(outside)), f("a/passwd", b"owned")),
         match="not a directory of the tree",
@@ -260,7 +205,7 @@ def test_a_symlink_then_a_write_through_it_is_refused(layers: Layers, outside: P
     assert (outside / "passwd").read_text() == "host\n"
 
 
-def test_a_symlink_from_a_lower_layer_is_not_followed(layers: Layers, outside: Path) -> None:
+def test_a_symlink_from_a_lower_layer_is_not_followed(layers: LayerKit, outside: Path) -> None:
     layers.refused(
         layers.layer(link("etc", "symlink", str(outside))),
         layers.layer(f("etc/passwd", b"owned"), d("etc/new")),
@@ -270,7 +215,7 @@ def test_a_symlink_from_a_lower_layer_is_not_followed(layers: Layers, outside: P
     assert (outside / "passwd").read_text() == "host\n"
 
 
-def test_a_relative_symlink_climbing_out_is_not_followed(layers: Layers, outside: Path) -> None:
+def test_a_relative_symlink_climbing_out_is_not_followed(layers: LayerKit, outside: Path) -> None:
     layers.refused(
         layers.layer(link("up", "symlink", "../../outside"), f("up/passwd", b"owned")),
         match="not a directory of the tree",
@@ -278,7 +223,7 @@ def test_a_relative_symlink_climbing_out_is_not_followed(layers: Layers, outside
     assert (outside / "passwd").read_text() == "host\n"
 
 
-def test_hard_links_reach_only_entries_in_the_tree(layers: Layers, outside: Path) -> None:
+def test_hard_links_reach_only_entries_in_the_tree(layers: LayerKit, outside: Path) -> None:
     layers.refused(
         layers.layer(link("p", "link", str(outside / "passwd"))), match="not in the tree"
     )
@@ -290,7 +235,7 @@ def test_hard_links_reach_only_entries_in_the_tree(layers: Layers, outside: Path
     assert (outside / "passwd").stat().st_nlink == 1
 
 
-def test_whiteouts_cannot_remove_anything_outside(layers: Layers, outside: Path) -> None:
+def test_whiteouts_cannot_remove_anything_outside(layers: LayerKit, outside: Path) -> None:
     layers.refused(layers.layer(f(".wh..."), f("x")), match="names no entry")
     layers.refused(
         layers.layer(link("a", "symlink", str(outside))),
@@ -305,7 +250,9 @@ def test_whiteouts_cannot_remove_anything_outside(layers: Layers, outside: Path)
     assert (outside / "passwd").exists()
 
 
-def test_a_symlinked_tree_root_entry_changes_nothing_outside(layers: Layers, outside: Path) -> None:
+def test_a_symlinked_tree_root_entry_changes_nothing_outside(
+    layers: LayerKit, outside: Path
+) -> None:
     """A `.` entry describes the tree's root: it never becomes a link to elsewhere."""
     rootfs = layers.unpack(layers.layer(d(".", mode=0o750), link("./", "symlink", str(outside))))
     assert stat.S_IMODE(rootfs.lstat().st_mode) == 0o750 and not rootfs.is_symlink()
@@ -324,7 +271,7 @@ def test_a_symlinked_tree_root_entry_changes_nothing_outside(layers: Layers, out
     ids=["total", "one-member", "sum", "members", "depth", "long-but-fine"],
 )
 def test_bounds(
-    layers: Layers,
+    layers: LayerKit,
     limits: Limits,
     entries: list[tuple[tarfile.TarInfo, bytes]],
     match: str | None,
@@ -336,7 +283,7 @@ def test_bounds(
         layers.refused(layer, match=match, limits=limits)
 
 
-def test_the_bounds_count_every_layer(layers: Layers) -> None:
+def test_the_bounds_count_every_layer(layers: LayerKit) -> None:
     layers.refused(
         layers.layer(f("a", b"x" * 600)),
         layers.layer(f("a", b"x" * 600)),
@@ -345,11 +292,11 @@ def test_the_bounds_count_every_layer(layers: Layers) -> None:
     )
 
 
-def test_a_path_over_the_length_bound_is_refused(layers: Layers) -> None:
+def test_a_path_over_the_length_bound_is_refused(layers: LayerKit) -> None:
     layers.refused(layers.layer(f("/".join(["n" * 200] * 21))), match="bytes long")
 
 
-def test_a_gzip_bomb_stops_at_the_size_bound(layers: Layers) -> None:
+def test_a_gzip_bomb_stops_at_the_size_bound(layers: LayerKit) -> None:
     """A tiny blob whose one member declares 1 GiB: refused from its header, unread."""
     info = member("bomb")
     info.size = 1 << 30
@@ -358,7 +305,7 @@ def test_a_gzip_bomb_stops_at_the_size_bound(layers: Layers) -> None:
     layers.refused(layers.blob(stream, GZIP), match="over the bound", limits=Limits(1 << 20))
 
 
-def test_a_huge_header_is_refused_before_it_is_read(layers: Layers) -> None:
+def test_a_huge_header_is_refused_before_it_is_read(layers: LayerKit) -> None:
     info = member("x")
     info.pax_headers = {"comment": "c" * (9 << 20)}
     layers.refused(layers.layer((info, b"data")), match="header")
@@ -368,37 +315,37 @@ def _corrupt(layer: Layer, change: Callable[[bytes], bytes]) -> None:
     layer.path.write_bytes(change(layer.path.read_bytes()))
 
 
-def test_a_blob_that_does_not_match_its_digest_is_refused(layers: Layers) -> None:
+def test_a_blob_that_does_not_match_its_digest_is_refused(layers: LayerKit) -> None:
     layer = layers.layer(f("a", b"good"), compress=False)
     _corrupt(layer, lambda data: data.replace(b"good", b"evil"))
     layers.refused(layer, match="does not match its digest")
 
 
-def test_a_blob_longer_than_its_manifest_says_is_refused(layers: Layers) -> None:
+def test_a_blob_longer_than_its_manifest_says_is_refused(layers: LayerKit) -> None:
     layer = layers.layer(f("a", b"good"))
     _corrupt(layer, lambda data: data + b"\0" * 1024)
     layers.refused(layer, match="longer than its manifest says|does not match")
 
 
-def test_a_broken_gzip_stream_is_refused(layers: Layers) -> None:
+def test_a_broken_gzip_stream_is_refused(layers: LayerKit) -> None:
     layers.refused(layers.blob(b"\x1f\x8bnot gzip at all", GZIP), match="gzip|tar")
 
 
-def test_zstd_layers_are_refused_with_the_fix(layers: Layers) -> None:
+def test_zstd_layers_are_refused_with_the_fix(layers: LayerKit) -> None:
     blob = layers.blob(b"zstd", "application/vnd.oci.image.layer.v1.tar+zstd")
     with pytest.raises(Exception, match=r"zstd.*--dest-compress-format gzip"):
         layers.unpack(blob)
     assert os.listdir(layers.parent) == []
 
 
-def test_the_tree_appears_only_when_every_layer_is_in(layers: Layers) -> None:
+def test_the_tree_appears_only_when_every_layer_is_in(layers: LayerKit) -> None:
     good = layers.layer(f("a"))
     bad = layers.layer(f("../x"))
     layers.refused(good, bad, match="'..'")
     assert not layers.rootfs.exists()
 
 
-def test_file_capabilities_are_kept(layers: Layers) -> None:
+def test_file_capabilities_are_kept(layers: LayerKit) -> None:
     """cap_net_raw+ep, as `setcap` writes it for ping (vfs_cap_data revision 2)."""
     capability = bytes.fromhex("0100000200200000000000000000000000000000")
     info, data = f("usr/bin/ping", b"ping", mode=0o755)
@@ -408,7 +355,7 @@ def test_file_capabilities_are_kept(layers: Layers) -> None:
     assert os.getxattr(rootfs / "usr/bin/ping", "security.capability") == capability
 
 
-def test_malformed_file_capabilities_are_refused(layers: Layers) -> None:
+def test_malformed_file_capabilities_are_refused(layers: LayerKit) -> None:
     info, data = f("usr/bin/ping")
     info.pax_headers = {"SCHILY.xattr.security.capability": "nonsense"}
     layers.refused(layers.layer((info, data)), match="invalid capabilities")
