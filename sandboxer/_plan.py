@@ -150,5 +150,9 @@ def _relaxed(spec: SandboxSpec, network: NetworkMode, user: str | None) -> tuple
 
 
 def _is_root(user: str | None) -> bool:
-    """Whether `user` ('name', 'uid' or 'uid:gid') names the root user."""
-    return user is not None and user.split(":", 1)[0].strip() in ("0", "root")
+    """Whether `user` ('name', 'uid' or 'uid:gid') names the root user: "root", or uid 0
+    however it is spelled ("00" is uid 0 to every engine)."""
+    if user is None:
+        return False
+    name = user.split(":", 1)[0].strip()
+    return name == "root" or (name.isascii() and name.isdigit() and int(name) == 0)

@@ -139,8 +139,9 @@ def test_select_and_launch_both_ask_check(refusing: type[_Refusing]) -> None:
     assert FakeBackend.sandboxes == before
 
 
-def test_check_reports_statuses_and_relaxed_controls() -> None:
-    spec = SandboxSpec(backend="fake", network="bridge", user="root")
+@pytest.mark.parametrize("root", ["root", "0", "00", "000:1000"])
+def test_check_reports_statuses_and_relaxed_controls(root: str) -> None:
+    spec = SandboxSpec(backend="fake", network="bridge", user=root)
     verdict = sandboxer.get_backend("fake").check(make_plan(spec))
     assert verdict.ok
     assert not verdict.statuses["network"].enforced

@@ -245,9 +245,3 @@ def test_numbers_root_asked_for_and_unknown_names_read_or_refuse_nothing() -> No
     ):
         _accounts.check_user(archives, "c", make_plan(spec))
     _accounts.check_user(_Archives({}), "c", make_plan(SandboxSpec(profile=named)))
-
-
-def test_uid_0_spelled_otherwise_is_refused_under_non_root_user() -> None:
-    """The plan reports only "0" and "root" as relaxed; "00" is uid 0 to runc too."""
-    with pytest.raises(sandboxer.InvalidSpec, match="'00' is uid 0,"):
-        _accounts.check_user(_Archives({}), "c", make_plan(SandboxSpec(user="00:1000")))

@@ -334,10 +334,3 @@ def test_a_named_user_the_image_makes_root_is_refused_under_non_root_user(
         _boot.Identity(0, 0, "/root")
     )
     assert _boot.helper(plan(profile="default", user="app"), image(rootfs)).identity is not None
-
-
-def test_uid_0_spelled_otherwise_is_refused_under_non_root_user(
-    tmp_path: Path, helper: None
-) -> None:
-    with pytest.raises(sandboxer.InvalidSpec, match="'00' is uid 0,"):
-        _boot.helper(plan(user="00"), image(tree(tmp_path)))
