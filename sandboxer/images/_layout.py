@@ -64,22 +64,27 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
+def blobs_dir(layout: Path) -> Path:
+    """Where the layout keeps its sha256 blobs, each named by its hex digest."""
+    return layout / "blobs" / "sha256"
+
+
 def blob_path(layout: Path, digest: str) -> Path:
     algorithm, _, hexdigest = digest.partition(":")
     if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
         raise ValueError(f"not a sha256 digest: {digest!r}")
-    return layout / "blobs" / "sha256" / hexdigest
+    return blobs_dir(layout) / hexdigest
 
 
 def init_layout(layout: Path) -> None:
     """Make `layout` an OCI image layout (an empty one if it was not one yet)."""
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    blobs_dir(layout).mkdir(parents=True, exist_ok=True)
     if not (layout / LAYOUT_FILE).exists():
         _write_atomically(layout / LAYOUT_FILE, canonical_json({"imageLayoutVersion": "1.0.0"}))
     if not (layout / INDEX_FILE).exists():
         with _index_lock(layout):
             if not (layout / INDEX_FILE).exists():
-                _write_index(layout, [])
+                write_index(layout, [])
 
 
 def write_blob(layout: Path, media_type: str, data: bytes) -> Descriptor:
@@ -116,7 +121,7 @@ def write_gzip_layer(layout: Path, fill: Callable[[tarfile.TarFile], None]) -> L
     header carries no name and no time, so the same members give the same blob.
     """
     init_layout(layout)
-    with _temporary(layout / "blobs" / "sha256") as (raw, temporary):
+    with _temporary(blobs_dir(layout)) as (raw, temporary):
         compressed = _Hashing(raw)
         with gzip.GzipFile(
             filename="", mode="wb", compresslevel=_GZIP_LEVEL, fileobj=compressed, mtime=0
@@ -152,7 +157,7 @@ def add_image(layout: Path, tag: str, config: Mapping[str, Any], layers: list[La
     entry = {**manifest_blob.to_json(), "platform": PLATFORM, "annotations": {REF_NAME: tag}}
     with _index_lock(layout):
         others = [m for m in read_index(layout) if m.get("annotations", {}).get(REF_NAME) != tag]
-        _write_index(layout, [*others, entry])
+        write_index(layout, [*others, entry])
     return manifest_blob
 
 
@@ -165,7 +170,8 @@ def read_index(layout: Path) -> list[dict[str, Any]]:
     return manifests
 
 
-def _write_index(layout: Path, manifests: list[dict[str, Any]]) -> None:
+def write_index(layout: Path, manifests: list[dict[str, Any]]) -> None:
+    """Replace index.json whole; the caller serialises writers."""
     index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
     _write_atomically(layout / INDEX_FILE, canonical_json(index))
 

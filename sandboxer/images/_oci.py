@@ -3,7 +3,8 @@
 Manifests, indexes and configs are JSON of at most MAX_DOCUMENT bytes, hashed against
 their digest when read from the layout; descriptors are checked before use; only the
 layer types the unpacker reads are accepted. The layout's index.json is changed by
-replacing it whole, by callers that hold the store's layout lock.
+replacing it whole, by callers that hold the store's layout lock; where the layout keeps
+what is `_layout`'s to say.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import json
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 from .._errors import ImagePullFailed
 from ._layers import GZIP_TYPES, PLAIN_TYPES, ZSTD_TYPES
+from ._layout import INDEX_FILE, blobs_dir, init_layout, write_index
 from .reference import printable
 
 MAX_DOCUMENT = 4 * 1024 * 1024
@@ -146,19 +147,13 @@ def layer_digests(manifest: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def _layout_index(layout: Path) -> dict[str, Any]:
-    path = layout / "index.json"
+    path = layout / INDEX_FILE
     if not path.exists():
         return {"schemaVersion": 2, "manifests": []}
     document = parse_json(_read_bounded(path, _MAX_LAYOUT_INDEX, str(path)), str(path))
     if not isinstance(document.get("manifests"), list):
         raise ImagePullFailed(f"{path} has no list of manifests")
     return document
-
-
-def _write_layout_index(layout: Path, document: dict[str, Any]) -> None:
-    scratch = layout / f".index.json.{secrets.token_hex(4)}"
-    scratch.write_text(json.dumps(document), encoding="utf-8")
-    os.replace(scratch, layout / "index.json")
 
 
 def layout_manifest(layout: Path, tag: str) -> str:
@@ -172,11 +167,9 @@ def layout_manifest(layout: Path, tag: str) -> str:
 def merge_layout(source: Path, source_tag: str, layout: Path, tag: str) -> None:
     """Move the image `source_tag` of the layout `source` into `layout` (which the caller
     has locked) under the name `tag`. Its blobs are checked when they are read."""
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    if not (layout / "oci-layout").exists():
-        (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}', encoding="utf-8")
-    for entry in (source / "blobs" / "sha256").iterdir():
+    init_layout(layout)
+    blobs = blobs_dir(layout)
+    for entry in blobs_dir(source).iterdir():
         if re.fullmatch(r"[0-9a-f]{64}", entry.name) and not (blobs / entry.name).exists():
             os.rename(entry, blobs / entry.name)
     document = _layout_index(layout)
@@ -184,7 +177,7 @@ def merge_layout(source: Path, source_tag: str, layout: Path, tag: str) -> None:
     for item in _layout_index(source)["manifests"]:
         if _ref_name(item) == source_tag:
             document["manifests"].append({**item, "annotations": {_REF_NAME: tag}})
-    _write_layout_index(layout, document)
+    write_index(layout, document["manifests"])
 
 
 def _ref_name(item: Any) -> Any:
@@ -196,12 +189,12 @@ def drop_from_layout(layout: Path, tag: str) -> None:
     """Forget `tag` in the layout (which the caller has locked), and delete the blobs that
     no other image in it uses. The layout is ours: an entry or a manifest that cannot be
     read keeps every blob (a leak, never a loss)."""
-    if not (layout / "index.json").exists():
+    if not (layout / INDEX_FILE).exists():
         return
     document = _layout_index(layout)
     kept = [item for item in document["manifests"] if _ref_name(item) != tag]
     document["manifests"] = kept
-    _write_layout_index(layout, document)
+    write_index(layout, document["manifests"])
     used = set()
     try:
         for item in kept:
@@ -211,13 +204,13 @@ def drop_from_layout(layout: Path, tag: str) -> None:
     except ImagePullFailed as exc:
         logger.warning("image store: keeping every blob of %s: %s", layout, exc)
         return
-    for blob in (layout / "blobs" / "sha256").iterdir():
+    for blob in blobs_dir(layout).iterdir():
         if blob.name not in used and not blob.name.startswith("."):
             blob.unlink()
 
 
 def blob_path(layout: Path, digest: str) -> Path:
-    return layout / "blobs" / "sha256" / hex_digest(digest)
+    return blobs_dir(layout) / hex_digest(digest)
 
 
 def read_blob(layout: Path, digest: str) -> bytes:
