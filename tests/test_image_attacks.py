@@ -23,7 +23,8 @@ from sandboxer import EngineError, ImagePullFailed, InvalidSpec, SandboxError
 from sandboxer.backends.incus._users import Identity, resolve
 from sandboxer.backends.libvirt._guest_scripts import read
 from sandboxer.images import ImageConfig, helper
-from sandboxer.images._layers import Limits, UnsafeImage
+from sandboxer.images._layer_blob import UnsafeImage
+from sandboxer.images._layers import Limits
 from sandboxer.images._oci import MAX_LAYERS, image_manifest, select_amd64
 from sandboxer.images.helper import _INIT, INIT, init_command_line
 from sandboxer.images.reference import parse_reference

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from kits.layers import GZIP, PLAIN, LayerKit
 
-from sandboxer.images._layers import Layer, Limits, UnsafeImage
+from sandboxer.images._layer_blob import Layer, UnsafeImage
+from sandboxer.images._layers import Limits
 
 MTIME = 1_600_000_000
 

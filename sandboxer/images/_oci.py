@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ImagePullFailed
-from ._layers import GZIP_TYPES, PLAIN_TYPES, ZSTD_TYPES
+from ._layer_blob import GZIP_TYPES, PLAIN_TYPES, ZSTD_TYPES
 from ._layout import INDEX_FILE, blobs_dir, init_layout, write_index
 from .reference import printable
 

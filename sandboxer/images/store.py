@@ -37,7 +37,8 @@ from .._extract import remove_tree
 from .._units import parse_size
 from . import _cache, _oci
 from ._fetch import Fetcher, Skopeo
-from ._layers import Layer, Limits, remove_scratch, unpack
+from ._layer_blob import Layer
+from ._layers import Limits, remove_scratch, unpack
 from .config import ImageConfig
 from .reference import ImageReference, parse_reference, printable
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxer.images._layers import GZIP_TYPES, Layer, Limits, UnsafeImage, unpack
+from sandboxer.images._layer_blob import GZIP_TYPES, Layer, UnsafeImage
+from sandboxer.images._layers import Limits, unpack
 
 GZIP = sorted(GZIP_TYPES)[0]
 PLAIN = "application/vnd.oci.image.layer.v1.tar"
