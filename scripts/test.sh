@@ -16,7 +16,9 @@ mypy
 python -m pytest tests "$@"
 # Host-side file handling on Debian's own Python 3.11.2 (older tarfile), with the venv's packages.
 /usr/bin/python3 -c 'import site, sys; site.addsitedir(sys.argv[1]); import pytest; sys.exit(pytest.main(sys.argv[2:]))' .venv/lib/python3.11/site-packages tests/test_host_boundary.py tests/test_spec_fuzz.py tests/test_fake_contract.py "$@"
-python -m pytest integration "$@"
+# Each engine's tests in a worker of their own (integration/conftest.py groups them), so
+# the engines run side by side; the slowest tests are listed for the next tuning.
+python -m pytest integration -n 3 --dist loadgroup --durations=25 "$@"
 # Numbers only, never timing assertions: sandboxer against the raw SDKs.
 python bench/run.py --quick
 # Last and alone: these restart the engine daemons everything above relies on.
