@@ -1,6 +1,7 @@
 """Incus system sandboxes, checked from inside: a real init, its services, loopback, stop,
 the user namespace, seccomp, read-only mounts, exec's deadline, and the image import;
-OCI images converted once, and systemd as PID 1 serving through a published port.
+OCI images converted once, and sandboxer/systemd without an init (systemd as PID 1 is
+in test_systemd.py, shared with libvirt).
 
 Runs on the real Incus daemon (a missing daemon fails these tests, it never skips them).
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 import sandboxer
-from sandboxer import Mount, PortMapping, Requirements, Sandbox, SandboxState
+from sandboxer import Mount, Requirements, Sandbox, SandboxState
 from sandboxer._labels import LAUNCH
 from sandboxer._launch import make_plan
 from sandboxer._registry import get_backend
@@ -26,7 +27,6 @@ from sandboxer.backends.incus import IncusBackend, _images
 from sandboxer.images import ImageConfig
 from sandboxer.images.helper import helper_dir
 from sandboxer.images.store import LocalImage
-from sandboxer.testing.contract import http_get
 
 BACKEND = "incus"
 # An init that ignores every polite request: only a forced stop ends it.
@@ -234,67 +234,6 @@ def test_concurrent_first_launches_import_once(monkeypatch: pytest.MonkeyPatch) 
 # OCI images and systemd ----------------------------------------------------------------
 DEBIAN = "sandboxer/debian"
 SYSTEMD = "sandboxer/systemd"
-WEB_UNIT = b"""[Unit]
-Description=sandboxer test web server
-
-[Service]
-ExecStart=/usr/bin/python3 -m http.server -b 0.0.0.0 -d /srv 8080
-"""
-# What systemd as PID 1 needs lifted under the hardened profile (see _boot.SYSTEMD_LIFTS).
-SYSTEMD_CONSENT = ["non_root_user", "capabilities", "seccomp"]
-
-
-def _serve_with_systemd(sandbox: Sandbox, read_only_root: bool) -> bytes:
-    """A unit started by systemd in the running system: its page, fetched from the host
-    through the published port. A writable root gets a unit file; a read-only one a
-    transient unit (systemd-run keeps it under /run) serving the writable /tmp."""
-    deadline = time.monotonic() + 120
-    while sandbox.exec(["systemctl", "is-system-running"], user="0").stdout.strip() not in (
-        b"running",
-        b"degraded",  # a read-only root fails systemd-logind, not the units we start
-    ):
-        assert time.monotonic() < deadline, sandbox.logs()[-2000:]
-        time.sleep(0.5)
-    root = "/tmp" if read_only_root else "/srv"
-    sandbox.exec(["sh", "-c", f"echo served by systemd > {root}/index.html"], user="0").check()
-    if read_only_root:
-        start = f"systemd-run --unit=web /usr/bin/python3 -m http.server -b 0.0.0.0 -d {root} 8080"
-    else:
-        sandbox.write_file("/etc/systemd/system/web.service", WEB_UNIT)
-        start = "systemctl daemon-reload && systemctl start web"
-    started = sandbox.exec(["sh", "-c", f"{start} && systemctl is-active web"], user="0")
-    assert started.exit_code == 0, started
-    assert sandbox.exec(["cat", "/proc/1/comm"]).stdout == b"systemd\n"
-    host, port = sandbox.ports[8080]
-    return http_get(f"http://{host}:{port}/index.html")
-
-
-@pytest.mark.parametrize("profile", ["default", "hardened"])
-def test_a_systemd_service_is_reachable_through_a_published_port(profile: str) -> None:
-    consent = SYSTEMD_CONSENT if profile == "hardened" else []
-    with sandboxer.launch(
-        backend=BACKEND,
-        image=SYSTEMD,
-        profile=profile,
-        requirements=Requirements(init=True),
-        ports=[PortMapping(8080)],
-        allow_unenforced=consent,
-    ) as sandbox:
-        served = _serve_with_systemd(sandbox, read_only_root=profile == "hardened")
-        assert served == b"served by systemd\n"
-        for control in consent:
-            assert not sandbox.enforcement[control].enforced
-
-
-def test_systemd_under_hardened_needs_consent_for_what_it_lifts() -> None:
-    with pytest.raises(sandboxer.UnsupportedFeature, match="systemd as PID 1") as refused:
-        sandboxer.launch(
-            backend=BACKEND,
-            image=SYSTEMD,
-            requirements=Requirements(init=True),
-            allow_unenforced=["non_root_user"],
-        )
-    assert "capabilities" in str(refused.value) and "seccomp" in str(refused.value)
 
 
 def test_without_an_init_requirement_the_systemd_image_runs_sandboxer_init() -> None:

@@ -177,10 +177,10 @@ def test_bridge_network_publishes_ports_but_cannot_reach_host_loopback() -> None
     assert not accepted
 
 
-def test_output_too_big_for_the_agent_fails_clearly_and_the_sandbox_carries_on() -> None:
+def test_output_beyond_the_agents_message_limit_streams_whole() -> None:
+    # qemu-ga returned at most ~3 MiB per exec; the command service streams any amount.
     with sandboxer.launch(backend="libvirt") as sb:
-        with pytest.raises(sandboxer.OutputTooLarge, match="read_file"):
-            sb.exec(["head", "-c", "6000000", "/dev/zero"])
+        assert sb.exec(["head", "-c", "6000000", "/dev/zero"]).stdout == b"\0" * 6_000_000
         sb.exec(["sh", "-c", "head -c 6000000 /dev/zero > /tmp/big"])
         assert sb.read_file("/tmp/big") == b"\0" * 6_000_000
         assert sb.exec(["echo", "alive"]).stdout == b"alive\n"

@@ -24,13 +24,17 @@ from ._errors import (
     ImageNotFound,
     ImagePullFailed,
     InvalidSpec,
+    NotReady,
     OutputTooLarge,
     SandboxError,
     SandboxExists,
+    SandboxFileError,
     SandboxFileNotFound,
     SandboxNotFound,
+    SandboxPermissionError,
     UnsupportedFeature,
 )
+from ._file_ops import DirEntry, FileStat, FileType
 from ._gc import GcIncomplete, Inventory, gc, inventory
 from ._launch import launch
 from ._models import (
@@ -44,11 +48,14 @@ from ._models import (
     SandboxSpec,
 )
 from ._pool import Pool, PoolClosed, PoolTimeout
+from ._process import Process
 from ._profiles import CONTROLS, NETWORKS, Profile, builtin_profiles, load_profile
+from ._pty import Pty
 from ._registry import backend_names, get_backend, register_backend, unregister_backend
 from ._sandbox import ExecStream, Sandbox
 from ._selector import Selection, probe_all, select
 from ._vocabulary import PullPolicy
+from ._volumes import Volume, VolumeInUse, gc_volumes
 
 __version__ = "0.1.0"
 
@@ -65,12 +72,15 @@ __all__ = [
     "CheckColumn",
     "CommandFailed",
     "ControlStatus",
+    "DirEntry",
     "EngineError",
     "ExecRequest",
     "ExecResult",
     "ExecStream",
     "ExecTimeout",
     "ExitStatus",
+    "FileStat",
+    "FileType",
     "GcIncomplete",
     "Handle",
     "ImageNotFound",
@@ -79,31 +89,39 @@ __all__ = [
     "Inventory",
     "LaunchPlan",
     "Mount",
+    "NotReady",
     "OutputTooLarge",
     "Pool",
     "PoolClosed",
     "PoolTimeout",
     "PortMapping",
+    "Process",
     "Profile",
+    "Pty",
     "PullPolicy",
     "Requirements",
     "Resources",
     "Sandbox",
     "SandboxError",
     "SandboxExists",
+    "SandboxFileError",
     "SandboxFileNotFound",
     "SandboxInfo",
     "SandboxNotFound",
+    "SandboxPermissionError",
     "SandboxSpec",
     "SandboxState",
     "Selection",
     "UnsupportedFeature",
+    "Volume",
+    "VolumeInUse",
     "aio",
     "attach",
     "backend_names",
     "builtin_profiles",
     "detach",
     "gc",
+    "gc_volumes",
     "get_backend",
     "inventory",
     "launch",

@@ -27,6 +27,10 @@ from ._errors import (
 from ._output import DEFAULT_MAX_OUTPUT, Collector
 from ._plan import LaunchPlan as LaunchPlan  # adapters import it from here
 from ._plan import Tmpfs as Tmpfs
+from ._plan import VolumeMount as VolumeMount
+from ._vocabulary import PullPolicy
+from .images import ImageConfig, is_builtin, is_disk_image
+from .images.store import default_store
 
 
 class SandboxState(enum.Enum):
@@ -101,6 +105,15 @@ class SandboxInfo:
     id: str
     name: str
     state: SandboxState
+    labels: Mapping[str, str]
+
+
+@attrs.frozen
+class VolumeInfo:
+    """A named volume as found on an engine; its labels tell ours (`is_ours`) from others'."""
+
+    backend: str
+    name: str
     labels: Mapping[str, str]
 
 
@@ -196,9 +209,23 @@ class Backend(abc.ABC):
         under the same user, limits and profile as `exec`; return once it started."""
         raise UnsupportedFeature(f"{self.name} cannot run background or terminal processes")
 
+    def busybox(self, handle: Handle) -> str | None:
+        """The busybox inside the sandbox whose applets the file calls (listdir, stat,
+        remove, mkdir) run as the sandbox's user: sandboxer's static helper where the
+        adapter mounts it, a built-in image's own. None: the sandbox's own tools, found
+        through its PATH (busybox or GNU ones both do)."""
+        return None
+
     @abc.abstractmethod
     def stop(self, handle: Handle, timeout: float) -> None:
         """Stop gracefully, forcing it after `timeout` seconds."""
+
+    def start(self, handle: Handle) -> Handle:
+        """Start a stopped sandbox again, its profile, limits, mounts and ports as at
+        create; return once it is ready for exec, with the handle to use from now on.
+        What its file system keeps is the engine's (docs/backends.md); a running one
+        is left as it is."""
+        raise UnsupportedFeature(f"{self.name} cannot start a stopped sandbox again")
 
     @abc.abstractmethod
     def remove(self, name: str, launch: str) -> None:
@@ -223,6 +250,33 @@ class Backend(abc.ABC):
         `remove(name, launch)` takes it. Engines that make nothing beside a sandbox have
         none."""
         return []
+
+    # Named volumes (`Mount(volume=...)`, plan.volumes): the core checks names, labels
+    # and use before calling these; engines without volumes refuse them.
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """Create the volume `name` carrying `labels`; SandboxExists if the name is taken."""
+        raise UnsupportedFeature(f"{self.name} has no named volumes")
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        """The volume called `name`, ours or not; None if there is none."""
+        raise UnsupportedFeature(f"{self.name} has no named volumes")
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        """Every volume on this engine, ours or not."""
+        return []
+
+    def remove_volume(self, name: str) -> None:
+        """Remove the volume `name` if it carries our MANAGED label (never anyone else's);
+        no error if absent."""
+        raise UnsupportedFeature(f"{self.name} has no named volumes")
+
+    def image_config(self, image: str, pull: PullPolicy) -> ImageConfig:
+        """The config of the OCI image `image` as a launch would find it, fetched by
+        `pull` (publish_all reads its exposed ports). This default asks sandboxer's image
+        store; built-in images and disk images have nothing of their own."""
+        if is_builtin(image) or is_disk_image(image):
+            return ImageConfig()
+        return default_store().resolve(image, pull).config
 
     def close(self) -> None:  # noqa: B027 - optional hook; most clients need no closing
         """Release the engine connection."""

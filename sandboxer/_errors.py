@@ -50,16 +50,39 @@ class UnsupportedFeature(SandboxError):
 
 
 class ExecTimeout(SandboxError, TimeoutError):
-    """An exec ran past its timeout and the caller asked for an exception."""
+    """An exec ran past its timeout and the caller asked for an exception; or a spawned
+    process did not end within a wait's timeout (`killed` False: it still runs)."""
 
-    def __init__(self, argv: tuple[str, ...], timeout: float, stdout: bytes, stderr: bytes) -> None:
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        timeout: float,
+        stdout: bytes,
+        stderr: bytes,
+        *,
+        killed: bool = True,
+    ) -> None:
         self.argv = argv
         self.timeout = timeout
         self.stdout = stdout
         self.stderr = stderr
+        self.killed = killed
         # argv[0] only: the arguments can hold secrets, and messages end up in logs.
         command = argv[0] if argv else "the command"
-        super().__init__(f"{command!r} did not finish within {timeout}s and was killed")
+        fate = "was killed" if killed else "is still running"
+        super().__init__(f"{command!r} did not finish within {timeout}s and {fate}")
+
+
+class NotReady(SandboxError, TimeoutError):
+    """A wait (`wait_for_port`, `wait_for_log`, `wait_for`) passed its deadline; the message
+    says what was awaited and ends with the sandbox's last log lines."""
+
+    def __init__(self, awaited: str, timeout: float, last_logs: str) -> None:
+        self.awaited = awaited
+        self.timeout = timeout
+        self.last_logs = last_logs
+        tail = f"\nlast log lines:\n{last_logs}" if last_logs else "\n(the sandbox logged nothing)"
+        super().__init__(f"{awaited}: not within {timeout}s{tail}")
 
 
 class OutputTooLarge(SandboxError):
@@ -69,12 +92,20 @@ class OutputTooLarge(SandboxError):
     (`truncated` set): what fitted in memory, the rest discarded.
     """
 
-    def __init__(self, what: str, limit: int, fix: str, result: ExecResult | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        limit: int,
+        fix: str,
+        result: ExecResult | None = None,
+        *,
+        unit: str = "bytes",
+    ) -> None:
         self.what = what
         self.limit = limit
         self.fix = fix
         self.result = result
-        super().__init__(f"{what} passed its cap of {limit} bytes; {fix}")
+        super().__init__(f"{what} passed its cap of {limit} {unit}; {fix}")
 
 
 class CommandFailed(SandboxError):
@@ -100,6 +131,15 @@ class EngineError(SandboxError):
 
 class SandboxFileNotFound(SandboxError, FileNotFoundError):
     """A path asked for inside a sandbox does not exist there."""
+
+
+class SandboxFileError(SandboxError, OSError):
+    """A file call failed on a path inside a sandbox; `errno` says why (ENOTDIR, EEXIST,
+    ENOTEMPTY, ...)."""
+
+
+class SandboxPermissionError(SandboxFileError, PermissionError):
+    """The sandbox's user may not do that to a path (file calls run as that user)."""
 
 
 class SandboxExists(SandboxError):

@@ -1,8 +1,8 @@
 """Finding our sandboxes on every engine, and reaping the ones whose owner is gone.
 
 Only resources carrying sandboxer's labels are ever listed or removed; a sandbox goes when
-its owner process (on this host) has exited, when it is older than a bound, or when it
-belongs to a session being cleaned up.
+its owner process (on this host) has exited, when its max_lifetime has ended, when it is
+older than a bound, or when it belongs to a session being cleaned up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ._labels import KEEP, LAUNCH, SESSION, is_ours
 from ._log import logger, timed
 from ._registry import backend_names, get_backend
 from ._selector import probe_all
-from .ownership import created_at, has_labels, owner_alive, owner_pid
+from .ownership import created_at, expires_at, has_labels, owner_alive, owner_pid
 
 # Ids are hex digests: a shorter prefix would match by accident too easily.
 _MIN_ID_PREFIX = 4
@@ -105,6 +105,10 @@ def is_garbage(
     """Why `info` should be reaped under these rules, or None to keep it."""
     if not is_ours(info.labels):
         return None
+    expires = expires_at(info)
+    if expires is not None and expires <= now:
+        # Its max_lifetime is over: it goes whoever owns it, kept or not, in any session.
+        return "its max_lifetime has ended"
     if info.labels.get(KEEP) == "true" and not include_kept:
         return None  # launched to outlive its owner (`run --keep`): removed only when asked
     created = created_at(info)
@@ -143,9 +147,10 @@ def gc(
 ) -> list[SandboxInfo]:
     """Remove leftover sandboxes on every available backend (or on `backends`).
 
-    Without `session`: those whose owner process on this host has exited, and (with
-    `older_than`, in seconds) those older than that. With `session`: every sandbox of that
-    session (only the old ones if `older_than` is given too). `labels` narrows the sweep
+    Always those whose max_lifetime has ended. Without `session`: those whose owner
+    process on this host has exited, and (with `older_than`, in seconds) those older
+    than that. With `session`: every sandbox of that session (only the old ones if
+    `older_than` is given too). `labels` narrows the sweep
     to sandboxes carrying all of them. Sandboxes launched with `keep` stay unless
     `include_kept`. Never anything without sandboxer's labels.
     Returns what was (with `dry_run`: would be) removed; raises GcIncomplete after trying

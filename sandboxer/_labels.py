@@ -25,6 +25,14 @@ LAUNCH = PREFIX + "launch"
 KEEP = PREFIX + "keep"
 # The user commands run as by default, so a sandbox found again (attach) keeps it.
 EXEC_USER = PREFIX + "user"
+# When a sandbox's max_lifetime ends (epoch seconds): its reaper and gc remove it then.
+EXPIRES = PREFIX + "expires"
+# The volumes a sandbox mounts (comma-separated names): one in use is not removed.
+VOLUMES = PREFIX + "volumes"
+# A volume that goes with its owner process (gc removes it once the owner has exited).
+EPHEMERAL = PREFIX + "ephemeral"
+# The private paths the engine mounts in place of the mount sources (see _pinned).
+PINS = PREFIX + "pins"
 
 # One id for this process's lifetime; a pytest session or a `gc --session` narrows to it.
 _SESSION_ID = os.environ.get("SANDBOXER_SESSION") or uuid.uuid4().hex[:12]

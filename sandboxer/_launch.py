@@ -10,15 +10,17 @@ import attrs
 
 from ._backend import Backend, LaunchPlan
 from ._errors import UnsupportedFeature
-from ._labels import LAUNCH
+from ._labels import EXPIRES, LAUNCH
 from ._live import LiveSandboxes
 from ._log import logger, timed
 from ._models import SandboxSpec
-from ._pinned import pinned_sources
+from ._pinned import pinned_sources, pins_label
 from ._plan import make_plan as make_plan  # where tests and the CLI find it
+from ._reaper import start_reaper
 from ._registry import get_backend
 from ._sandbox import Sandbox
 from ._selector import select
+from ._volumes import ensure_volumes
 
 # Sandboxes this process launched and has not destroyed; removed at interpreter exit.
 _live = LiveSandboxes()
@@ -38,6 +40,19 @@ def _create(backend: Backend, plan: LaunchPlan) -> Any:
         raise
 
 
+def _start_reaper(backend: Backend, plan: LaunchPlan) -> None:
+    """The process that removes the sandbox when its max_lifetime ends (see _reaper)."""
+    expires = plan.labels.get(EXPIRES)
+    if expires is None:
+        return
+    try:
+        start_reaper(backend.name, plan.name, plan.labels[LAUNCH], float(expires))
+    except BaseException:
+        with contextlib.suppress(Exception):  # a lifetime nothing holds: not launched
+            backend.remove(plan.name, plan.labels[LAUNCH])
+        raise
+
+
 def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
     """Start a sandbox for `spec` (or for the given SandboxSpec fields) and return it.
 
@@ -50,14 +65,20 @@ def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
     selection = select(spec)
     logger.debug("selection: %s", selection.explain().replace("\n", " | "))
     backend = get_backend(selection.backend)
+    if spec.publish_all:
+        spec = spec.with_exposed(backend.image_config(spec.image, spec.pull).exposed_ports)
     plan = make_plan(spec)
     verdict = backend.check(plan)
     if verdict.refusals:
         raise UnsupportedFeature(f"backend {backend.name!r}: " + "; ".join(verdict.refusals))
+    ensure_volumes(backend, plan)
     with pinned_sources(plan.mounts) as pinned:
         # The engine mounts the pinned copies; the plan kept by the sandbox, the sources.
         mounts = tuple(attrs.evolve(m, source=pinned.get(m.source, m.source)) for m in plan.mounts)
+        # Recorded, so that a start after a stop pins the same paths again.
+        plan = attrs.evolve(plan, labels={**plan.labels, **pins_label(plan.mounts, pinned)})
         handle = _create(backend, attrs.evolve(plan, mounts=mounts))
+    _start_reaper(backend, plan)
     if spec.keep:
         # Meant to outlive this process: neither its exit nor gc (unless asked) removes it.
         return Sandbox(backend, handle, spec, plan, verdict.statuses, None)

@@ -7,10 +7,12 @@ that names the field.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +55,11 @@ ENGINE_SOCKETS = (
 _FORBIDDEN_GUEST_DIRS = ("/proc", "/sys")
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Docker's volume names, bounded so every engine (Incus, a host directory) takes them.
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+# RFC 1123 host names: dot-separated labels of letters, digits and inner '-', 1-63 each.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_HOSTNAME_MAX = 253
 # 'name', 'uid', 'name:group' or 'uid:gid': no spaces, no control characters, no leading '-'.
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
@@ -97,22 +104,62 @@ def _network(value: str | None) -> NetworkMode | None:
     return optional_member(NetworkMode, "network", value)
 
 
+# A tmpfs Mount's defaults: Docker's mode; a bound Docker lacks (its tmpfs is unbounded),
+# the size of the hardened profile's /tmp. Its pages count towards the memory limit.
+TMPFS_SIZE = 64 * 1024**2
+TMPFS_MODE = 0o1777
+
+
+def _tmpfs_size(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise _fail("Mount.size", str(exc)) from None
+
+
 @attrs.frozen
 class Mount:
-    """A host directory or file shared into the sandbox at `target`.
+    """A host directory or file shared into the sandbox at `target`, or (`tmpfs=True`)
+    a fresh in-memory file system there, bounded by `size` (default 64 MiB) with the
+    permission bits `mode` (default 0o1777, as Docker's `--tmpfs`), always nosuid,nodev.
 
     `source` is resolved once, here, to the real path the deny lists check; engines mount
     that path, and launch refuses it if it no longer leads to the same file (see
     `check_mount_sources`), so a symlink swapped in later cannot redirect the mount.
     """
 
-    source: str
-    target: str
+    source: str = ""
+    target: str = ""
     read_only: bool = False
+    # The name of a `sandboxer.Volume` mounted at `target`, in place of a host source.
+    volume: str | None = attrs.field(default=None, kw_only=True)
+    tmpfs: bool = attrs.field(default=False, kw_only=True)
+    size: int | None = attrs.field(default=None, kw_only=True, converter=_tmpfs_size)
+    mode: int | None = attrs.field(default=None, kw_only=True)
     # (device, inode) of the source when it was checked.
     identity: tuple[int, int] = attrs.field(init=False, eq=False, repr=False, default=(0, 0))
 
     def __attrs_post_init__(self) -> None:
+        if self.tmpfs is not False:
+            self._check_tmpfs()
+        else:
+            for field in ("size", "mode"):
+                if getattr(self, field) is not None:
+                    raise _fail(f"Mount.{field}", "applies to a tmpfs mount only (tmpfs=True)")
+            if self.volume is not None:
+                self._check_volume()
+            else:
+                self._check_source()
+        target = _guest_path("Mount.target", self.target)
+        if target == "/":
+            raise _fail("Mount.target", "cannot mount over the sandbox's root '/'")
+        if any(_is_under(target, d) for d in _FORBIDDEN_GUEST_DIRS):
+            raise _fail("Mount.target", f"cannot mount over kernel file systems: {target}")
+        object.__setattr__(self, "target", target)
+
+    def _check_source(self) -> None:
         if not isinstance(self.source, str | os.PathLike) or not str(self.source):
             raise _fail("Mount.source", f"expected a host path, got {self.source!r}")
         source = os.path.realpath(os.fspath(self.source))
@@ -121,21 +168,69 @@ class Mount:
         except OSError:
             raise _fail("Mount.source", f"does not exist on the host: {source}") from None
         object.__setattr__(self, "identity", identity)
-        target = _guest_path("Mount.target", self.target)
-        if target == "/":
-            raise _fail("Mount.target", "cannot mount over the sandbox's root '/'")
-        if any(_is_under(target, d) for d in _FORBIDDEN_GUEST_DIRS):
-            raise _fail("Mount.target", f"cannot mount over kernel file systems: {target}")
         object.__setattr__(self, "source", source)
-        object.__setattr__(self, "target", target)
+
+    def _check_volume(self) -> None:
+        check_volume_name("Mount.volume", self.volume)
+        if self.source:
+            raise _fail("Mount.source", "a volume mount has no host source")
+
+    def _check_tmpfs(self) -> None:
+        if self.tmpfs is not True:
+            raise _fail("Mount.tmpfs", f"expected True or False, got {self.tmpfs!r}")
+        if self.source or self.volume is not None:
+            raise _fail("Mount.source", "a tmpfs mount has no source and no volume")
+        if self.read_only:
+            raise _fail("Mount.read_only", "a read-only tmpfs could only ever be empty")
+        mode = TMPFS_MODE if self.mode is None else self.mode
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise _fail("Mount.mode", f"expected permission bits in 0-0o7777, got {mode!r}")
+        object.__setattr__(self, "mode", mode)
+        if self.size is None:
+            object.__setattr__(self, "size", TMPFS_SIZE)
 
     @classmethod
     def parse(cls, text: str) -> Mount:
-        """`SRC:DST[:ro|rw]`, as in `docker run -v`."""
+        """`SRC:DST[:ro|rw]`, as in `docker run -v`: SRC is a host path when it holds a
+        '/' or starts with '.' or '~' (Docker's rule), else a volume's name."""
         parts = text.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
             raise _fail("mounts", f"expected SRC:DST[:ro|rw], got {text!r}")
-        return cls(source=parts[0], target=parts[1], read_only=parts[2:] == ["ro"])
+        source, target, read_only = parts[0], parts[1], parts[2:] == ["ro"]
+        if "/" in source or source.startswith((".", "~")):
+            return cls(source=os.path.expanduser(source), target=target, read_only=read_only)
+        return cls(volume=source, target=target, read_only=read_only)
+
+    @classmethod
+    def parse_tmpfs(cls, text: str) -> Mount:
+        """`/path[:size=64m,mode=1777]`, as in `docker run --tmpfs` (mode in octal)."""
+        target, _, options = text.partition(":")
+        fields: dict[str, Any] = {}
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key == "size":
+                fields["size"] = value
+            elif key == "mode":
+                try:
+                    fields["mode"] = int(value, 8)
+                except ValueError:
+                    raise _fail(
+                        "Mount.mode", f"expected octal bits such as 1777, got {value!r}"
+                    ) from None
+            else:
+                raise _fail("tmpfs", f"expected size=SIZE or mode=OCTAL options, got {option!r}")
+        return cls(target=target, tmpfs=True, **fields)
+
+
+def check_volume_name(field: str, name: object) -> str:
+    """`name` if it is a volume name every engine takes (Docker's rule, at most 63)."""
+    if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
+        raise _fail(
+            field,
+            "expected a volume name: a letter or digit, then letters, digits, '_', '.' "
+            f"or '-' (at most 63 in all), got {name!r}",
+        )
+    return name
 
 
 @attrs.frozen
@@ -326,6 +421,17 @@ def _allow_unenforced(value: Sequence[str] | None) -> frozenset[Control]:
     return frozenset(Control(c) for c in controls)
 
 
+def _lifetime(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise _fail("max_lifetime", f"expected positive seconds or a timedelta, got {value!r}")
+    if not math.isfinite(seconds):
+        raise _fail("max_lifetime", f"must be finite, got {value!r}")
+    return float(seconds)
+
+
 @attrs.frozen
 class SandboxSpec:
     """Everything needed to launch one sandbox, on any backend."""
@@ -356,6 +462,14 @@ class SandboxSpec:
     keep: bool = False
     # When the image is fetched from its registry: "missing", "always" or "never".
     pull: PullPolicy = attrs.field(default=PullPolicy.MISSING, converter=_pull)
+    # The host name the sandbox sees (uname, `hostname`); None: its name.
+    hostname: str | None = None
+    # Also publish every port the image exposes (its ExposedPorts) on a free loopback
+    # port, as `docker run -P` does; the spec's own `ports` mappings come first.
+    publish_all: bool = False
+    # Seconds (or a timedelta) after which the sandbox is removed, even when its owner
+    # was killed: a host reaper process removes it then, and gc removes it once expired.
+    max_lifetime: float | None = attrs.field(default=None, converter=_lifetime)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -393,10 +507,19 @@ class SandboxSpec:
             not isinstance(self.name, str) or not _NAME.fullmatch(self.name)
         ):
             raise _fail("name", "letters, digits and '-', at most 63, not starting with '-'")
+        if self.hostname is not None and not is_hostname(self.hostname):
+            raise _fail(
+                "hostname",
+                f"expected an RFC 1123 host name (dot-separated labels of letters, digits "
+                f"and inner '-', 1-63 each, at most {_HOSTNAME_MAX} in all), "
+                f"got {self.hostname!r}",
+            )
         if self.backend is not None and not isinstance(self.backend, str):
             raise _fail("backend", f"expected a backend name, got {self.backend!r}")
         if not isinstance(self.keep, bool):
             raise _fail("keep", f"expected True or False, got {self.keep!r}")
+        if not isinstance(self.publish_all, bool):
+            raise _fail("publish_all", f"expected True or False, got {self.publish_all!r}")
         self._check_mounts()
         self._check_ports()
 
@@ -407,6 +530,8 @@ class SandboxSpec:
             if mount.target in targets:
                 raise _fail(f"{field}.target", f"{mount.target} is mounted twice")
             targets.add(mount.target)
+            if mount.volume or mount.tmpfs:
+                continue
             reason = mount_refusal(self.profile, mount.source)
             if reason:
                 raise _fail(f"{field}.source", reason)
@@ -430,12 +555,32 @@ class SandboxSpec:
                 raise _fail(f"ports[{index}].host_port", f"{port.host_port} is used twice")
             seen_host.add(host_key)
 
+    def with_exposed(self, exposed: Sequence[tuple[int, str]]) -> SandboxSpec:
+        """This spec with `exposed` (the image's (port, protocol) pairs) published on
+        free loopback ports, where `ports` does not map them already (publish_all)."""
+        mapped = {(p.guest_port, p.protocol) for p in self.ports}
+        extra = [
+            PortMapping(guest_port=port, protocol=protocol)
+            for port, protocol in exposed
+            if (port, protocol) not in mapped
+        ]
+        return attrs.evolve(self, ports=(*self.ports, *extra)) if extra else self
+
     @property
     def effective_network(self) -> NetworkMode:
         """The network asked for, else bridge when ports are published, else the profile's."""
         if self.network is not None:
             return self.network
         return NetworkMode.BRIDGE if self.ports else self.profile.network
+
+
+def is_hostname(value: object) -> bool:
+    """Whether `value` is an RFC 1123 host name."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _HOSTNAME_MAX
+        and all(_HOST_LABEL.fullmatch(label) for label in value.split("."))
+    )
 
 
 def source_changed(index: int, mount: Mount) -> InvalidSpec:

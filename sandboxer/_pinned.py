@@ -7,6 +7,9 @@ source is opened once, component by component without following any link, checke
 be the very file the spec checked (device and inode), and bind-mounted from that
 descriptor onto a private path that only root can reach. The engines mount the private
 path; once the sandbox is created they hold their own mounts and the private ones go.
+A stopped sandbox's engine mounts the private paths again when it starts: they are
+recorded in its PINS label (with each source's device and inode) and pinned again, from
+the same sources checked to be the same files, for the length of the start.
 
 Binding needs CAP_SYS_ADMIN: without it (a caller in the docker group, say) sources are
 re-checked instead, which narrows the window but cannot close it.
@@ -16,15 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import re
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ._errors import EngineError
+from ._labels import PINS
 from ._models import Mount, check_mount_sources, source_changed
 
 PINNED_ROOT = "/run/sandboxer/pinned"
+# What a PINS label may name: a private path of ours, nothing else on the host.
+_PINNED_PATH = re.compile(re.escape(PINNED_ROOT) + r"/([0-9a-f]{32})/([0-9]+)")
 _MS_BIND = 0x1000
 _MNT_DETACH = 0x2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -63,22 +71,32 @@ def _unbind(target: str) -> None:
 
 
 def _pin(index: int, mount: Mount, place: str, stack: contextlib.ExitStack) -> str:
+    target = os.path.join(place, str(index))
+    if not _bind_source(mount.source, mount.identity, target, stack):
+        raise source_changed(index, mount)
+    return target
+
+
+def _bind_source(
+    source: str, identity: tuple[int, int], target: str, stack: contextlib.ExitStack
+) -> bool:
+    """Bind `source` at `target` until `stack` closes; False if it is no longer the
+    file `identity` (device, inode) names, or a symlink stands on its way."""
     try:
-        fd = _open_without_links(mount.source)
+        fd = _open_without_links(source)
     except OSError:
-        raise source_changed(index, mount) from None
+        return False
     stack.callback(os.close, fd)
     status = os.fstat(fd)
-    if (status.st_dev, status.st_ino) != mount.identity:
-        raise source_changed(index, mount)
-    target = os.path.join(place, str(index))
+    if (status.st_dev, status.st_ino) != identity:
+        return False
     if stat.S_ISDIR(status.st_mode):
         os.mkdir(target, 0o700)
     else:
         os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     stack.callback(_unbind, target)
     _bind(fd, target)
-    return target
+    return True
 
 
 @contextlib.contextmanager
@@ -99,3 +117,50 @@ def pinned_sources(mounts: Sequence[Mount]) -> Iterator[dict[str, str]]:
     with contextlib.ExitStack() as stack:
         stack.callback(os.rmdir, place)
         yield {mount.source: _pin(index, mount, place, stack) for index, mount in enumerate(mounts)}
+
+
+def pins_label(mounts: Sequence[Mount], pinned: Mapping[str, str]) -> dict[str, str]:
+    """The PINS label for a sandbox created from the `pinned` private paths (none: {})."""
+    entries = [[pinned[m.source], m.source, *m.identity] for m in mounts if m.source in pinned]
+    return {PINS: json.dumps(entries)} if entries else {}
+
+
+@contextlib.contextmanager
+def pinned_again(labels: Mapping[str, str]) -> Iterator[None]:
+    """The private paths a sandbox's PINS label records, pinned again for the block's
+    length from the same sources, each checked to be the file it was at create."""
+    text = labels.get(PINS)
+    if not text:
+        yield
+        return
+    try:
+        entries = [(str(p), str(s), (int(d), int(i))) for p, s, d, i in json.loads(text)]
+    except (ValueError, TypeError):
+        raise EngineError(f"the sandbox's {PINS} label is malformed: {text!r}") from None
+    places = set()
+    for path, _, _ in entries:
+        found = _PINNED_PATH.fullmatch(path)
+        if found is None:
+            raise EngineError(f"the sandbox's {PINS} label names {path!r}, not a pin of ours")
+        places.add(found.group(1))
+    if os.geteuid() != 0:
+        raise EngineError("this sandbox's mounts were pinned by root: start it as root")
+    os.makedirs(PINNED_ROOT, mode=0o700, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        for place in places:
+            directory = os.path.join(PINNED_ROOT, place)
+            try:
+                os.mkdir(directory, 0o700)  # exclusive: a start running meanwhile fails
+            except FileExistsError:
+                raise EngineError(
+                    f"{directory} exists: another start of this sandbox is under way (or "
+                    "one was killed: unmount what is under it and remove it)"
+                ) from None
+            stack.callback(os.rmdir, directory)
+        for path, source, identity in entries:
+            if not _bind_source(source, identity, path, stack):
+                raise EngineError(
+                    f"the mount source {source} changed since the sandbox was created "
+                    "(replaced or redirected): it is not mounted again"
+                )
+        yield

@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import attrs
 
-from ._labels import EXEC_USER, KEEP, new_name, ownership_labels
+from ._labels import CREATED_AT, EXEC_USER, EXPIRES, KEEP, VOLUMES, new_name, ownership_labels
 from ._models import Mount, PortMapping, Requirements, SandboxSpec
 from ._ports import assign_host_ports
 from ._seccomp import SeccompPolicy, Target
@@ -28,14 +28,25 @@ def _frozen_extras(extras: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapp
 
 @attrs.frozen
 class Tmpfs:
-    """A writable tmpfs the profile asks for, with the one option set every engine uses."""
+    """A writable tmpfs the profile or the spec asks for, with the one option set every
+    engine uses (nosuid,nodev always; the size bounds what it holds)."""
 
     path: str
     size: int  # bytes
+    mode: int = 0o1777
 
     @property
     def options(self) -> str:
-        return f"rw,nosuid,nodev,size={self.size},mode=1777"
+        return f"rw,nosuid,nodev,size={self.size},mode={self.mode:o}"
+
+
+@attrs.frozen
+class VolumeMount:
+    """A named engine volume mounted at `target` (launch made sure it exists)."""
+
+    name: str
+    target: str
+    read_only: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -51,6 +62,8 @@ class LaunchPlan:
     """A validated spec with every default resolved: what a backend creates, exactly."""
 
     name: str
+    # What the sandbox calls itself (an RFC 1123 host name); its name unless the spec chose.
+    hostname: str = attrs.field(default=attrs.Factory(lambda plan: plan.name, takes_self=True))
     labels: Mapping[str, str] = attrs.field(converter=_frozen)
     image: str
     command: tuple[str, ...] | None = None
@@ -59,7 +72,8 @@ class LaunchPlan:
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen)
     workdir: str | None = None
     user: str | None = None
-    mounts: tuple[Mount, ...] = ()
+    mounts: tuple[Mount, ...] = ()  # host paths only: volumes are in `volumes`
+    volumes: tuple[VolumeMount, ...] = ()
     ports: tuple[PortMapping, ...] = ()  # host ports all chosen
     network: NetworkMode = attrs.field(converter=NetworkMode)
     # Capability names upper case, without CAP_; "ALL" in cap_drop drops every one.
@@ -100,9 +114,17 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         labels[EXEC_USER] = user
     if spec.keep:
         labels[KEEP] = "true"
+    volumes = tuple(VolumeMount(m.volume, m.target, m.read_only) for m in spec.mounts if m.volume)
+    if volumes:
+        # Which volumes it holds, so that removing one in use names this sandbox.
+        labels[VOLUMES] = ",".join(sorted({v.name for v in volumes}))
+    if spec.max_lifetime is not None:
+        labels[EXPIRES] = f"{float(labels[CREATED_AT]) + spec.max_lifetime:.3f}"
     network = spec.effective_network
+    name = spec.name or new_name()
     return LaunchPlan(
-        name=spec.name or new_name(),
+        name=name,
+        hostname=spec.hostname or name,
         labels=labels,
         image=spec.image,
         command=spec.command,
@@ -111,12 +133,13 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         env=spec.env,
         workdir=spec.workdir,
         user=user,
-        mounts=spec.mounts,
+        mounts=tuple(m for m in spec.mounts if not m.volume and not m.tmpfs),
+        volumes=volumes,
         ports=assign_host_ports(spec.ports) if choose_ports else spec.ports,
         network=network,
         cap_drop=profile.cap_drop,
         cap_add=profile.cap_add,
-        tmpfs=tuple(Tmpfs(path, size) for path, size in profile.tmpfs.items()),
+        tmpfs=_tmpfs(spec),
         read_only_root=profile.read_only_root,
         no_new_privileges=profile.no_new_privileges,
         seccomp=profile.seccomp,
@@ -132,6 +155,16 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         profile_name=profile.name,
         extras=profile.extras,
     )
+
+
+def _tmpfs(spec: SandboxSpec) -> tuple[Tmpfs, ...]:
+    """The profile's tmpfs paths, then the spec's; a spec's at the same path replaces the
+    profile's (as `docker run --tmpfs /tmp` does)."""
+    found = {path: Tmpfs(path, size) for path, size in spec.profile.tmpfs.items()}
+    for mount in spec.mounts:
+        if mount.tmpfs and mount.size is not None and mount.mode is not None:
+            found[mount.target] = Tmpfs(mount.target, mount.size, mount.mode)
+    return tuple(found.values())
 
 
 def _relaxed(spec: SandboxSpec, network: NetworkMode, user: str | None) -> tuple[Relaxed, ...]:

@@ -164,3 +164,51 @@ def kill_exec(marker: str, init: int, started: int, *, root: int = 0) -> bool:
         if ours in markers or (not markers and _escaped(pid, namespace, init, started)):
             killed = kill_process_tree(pid, namespace) or killed
     return killed
+
+
+def namespace_pid(pid: int) -> int | None:
+    """`pid` as its own (innermost) PID namespace numbers it: the last field of NSpid."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def exec_pid(marker: str, init: int) -> int | None:
+    """The pid, as the sandbox sees it, of the command an exec marked `marker` started in
+    the sandbox whose init is host pid `init`: the marked process whose parent is not a
+    marked one of the sandbox (the earliest, if it forked and left). None when none is
+    visible from here."""
+    namespace = pid_namespace(init)
+    if namespace is None or namespace == pid_namespace(os.getpid()):
+        return None
+    ours = f"{EXEC_MARKER}={marker}".encode()
+    marked = [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit()
+        and pid_namespace(int(entry)) == namespace
+        and ours in _markers(int(entry))
+    ]
+    roots = [(start_ticks(pid) or 0, pid) for pid in marked if _parent(pid) not in marked]
+    return namespace_pid(min(roots)[1]) if roots else None
+
+
+def signal_process(pid: int, init: int, signum: int) -> bool:
+    """Send `signum` to host pid `pid` alone, if it is in the PID namespace of the
+    sandbox whose init is host pid `init`; False if it is not, or not visible from here."""
+    namespace = pid_namespace(init)
+    if namespace is None or namespace == pid_namespace(os.getpid()):
+        return False  # as in kill_exec: a reused init pid must not stand for the host
+    pidfd = _hold(pid, namespace, None)
+    if pidfd is None:
+        return False
+    try:
+        _signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
+    return True

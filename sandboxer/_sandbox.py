@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import io
 import os
 import posixpath
-import signal
+import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
+from typing import Literal, overload
+
+import attrs
 
 from . import _arguments as arguments
+from . import _file_ops as file_ops
+from . import _readiness as readiness
 from ._backend import (
     Backend,
     ControlStatus,
@@ -23,12 +30,21 @@ from ._backend import (
     ExitStatus,
     Handle,
     LaunchPlan,
+    ProcessRequest,
     SandboxState,
     pump,
     single_file_archive,
 )
-from ._errors import ExecTimeout, InvalidSpec, OutputTooLarge, SandboxNotFound
+from ._errors import (
+    ExecTimeout,
+    InvalidSpec,
+    OutputTooLarge,
+    SandboxFileError,
+    SandboxFileNotFound,
+    SandboxNotFound,
+)
 from ._extract import destination, extract
+from ._file_ops import DirEntry, FileStat
 from ._files import host_target, read_member, read_to_memory
 from ._labels import LAUNCH
 from ._live import LiveSandboxes
@@ -47,10 +63,11 @@ from ._output import (
     as_writer,
     limit_argument,
 )
+from ._pinned import pinned_again
+from ._process import TIMEOUT_EXIT_CODE, Process
+from ._pty import Pty, terminal_size
 from ._vocabulary import Protocol, member
 
-# A timed-out command is reported as killed by SIGKILL, whatever the engine says.
-TIMEOUT_EXIT_CODE = -signal.SIGKILL
 # Seconds a file call (write_file, read_file, copy_in, copy_out) may take by default.
 FILE_TIMEOUT = 120.0
 
@@ -250,10 +267,57 @@ class Sandbox:
             truncated=truncated,
         )
 
+    def spawn(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> Process:
+        """Start a command and return at once: write to its stdin, read its output as it
+        arrives, wait for it or kill it (see `Process`). Past `timeout` it is killed with
+        all it started, as for exec; its output is kept up to `max_output` bytes."""
+        request = self._request(command, timeout, env, workdir, user, None)
+        limit = limit_argument("max_output", max_output, DEFAULT_MAX_OUTPUT)
+        with timed("spawn", sandbox=self.name, command=request.argv[0]):
+            channel = self._backend.start_process(self._live_handle(), ProcessRequest(exec=request))
+        return Process(channel, request.argv, limit)
+
+    def pty(
+        self,
+        command: Sequence[str] | str = ("/bin/sh",),
+        *,
+        size: tuple[int, int] = (24, 80),
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> Pty:
+        """Start a command (a shell by default) on a terminal of `size` (rows, cols) and
+        return at once (see `Pty`). TERM is xterm unless the spec or `env` sets it."""
+        request = self._request(command, timeout, env, workdir, user, None)
+        terminal = terminal_size(size)
+        request = attrs.evolve(request, env={"TERM": "xterm", **request.env})
+        with timed("pty", sandbox=self.name, command=request.argv[0]):
+            channel = self._backend.start_process(
+                self._live_handle(), ProcessRequest(exec=request, terminal=terminal)
+            )
+        return Pty(channel, request.argv)
+
     def write_file(
-        self, path: str, data: bytes | str, mode: int = 0o644, *, timeout: float = FILE_TIMEOUT
+        self,
+        path: str,
+        data: bytes | str,
+        mode: int = 0o644,
+        *,
+        parents: bool = False,
+        timeout: float = FILE_TIMEOUT,
     ) -> None:
-        """Create or replace a file inside the sandbox (its directory must exist)."""
+        """Create or replace a file inside the sandbox; its directory must exist, unless
+        `parents` (then missing ones are made as `mkdir(parents=True)` makes them)."""
         path = arguments.sandbox_path("path", path)
         if not isinstance(data, bytes | str):
             raise InvalidSpec("data", f"expected bytes or str, got {type(data).__name__}")
@@ -261,10 +325,11 @@ class Sandbox:
             raise InvalidSpec("mode", f"expected permission bits (0 to 0o7777), got {mode!r}")
         payload = data.encode() if isinstance(data, str) else data
         directory, base = posixpath.split(path)
+        seconds = arguments.timeout(timeout)
         archive = single_file_archive(base, payload, mode)
-        self._backend.put_archive(
-            self._live_handle(), directory, archive, arguments.timeout(timeout)
-        )
+        if file_ops.flag("parents", parents) and directory != "/":
+            self._file_call(file_ops.mkdir_call(directory, True, True, 0o755), seconds)
+        self._backend.put_archive(self._live_handle(), directory, archive, seconds)
 
     def read_file(
         self,
@@ -359,6 +424,180 @@ class Sandbox:
                 stream, top, parent, name, overwrite=overwrite, max_size=limit, max_members=members
             )
 
+    def wait_for_port(
+        self,
+        guest_port: int,
+        protocol: str = "tcp",
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.2,
+    ) -> None:
+        """Return once something listens on `guest_port`; NotReady (a TimeoutError, with
+        the last log lines) after `timeout` seconds.
+
+        A published TCP port is checked from the host, through the mapping (so the path
+        a client takes works too); any other is read from the sandbox's /proc/net tables
+        by a command inside it (`cat`, which the image must have).
+        """
+        port = readiness.guest_port_argument(guest_port)
+        wanted = readiness.protocol_argument(protocol)
+        seconds, every = readiness.wait_arguments(timeout, interval)
+        published = [p for p in self._plan.ports if p.guest_port == port and p.protocol == wanted]
+        check: Callable[[], bool]
+        if published and wanted == Protocol.TCP:
+            host, host_port = published[0].host_ip, published[0].host_port or 0
+            check = functools.partial(readiness.accepts_on_host, host, host_port)
+        else:
+            argv = readiness.net_table_argv(wanted)
+
+            def check() -> bool:
+                result = self.exec(argv, timeout=max(1.0, every * 10))
+                table = readiness.checked_table(result, argv)
+                return readiness.listening_in(table, port, wanted)
+
+        awaited = f"{self.name}: waiting for {port}/{wanted} to listen"
+        readiness.deadline_loop(lambda: check() or None, awaited, seconds, every, self.logs)
+
+    def wait_for_log(
+        self, pattern: str | re.Pattern[str], *, timeout: float = 60.0, interval: float = 0.2
+    ) -> str:
+        """The first line of the logs `pattern` (a regular expression) matches in, once one
+        does; NotReady (a TimeoutError, with the last log lines) after `timeout` seconds."""
+        compiled = readiness.pattern_argument(pattern)
+        seconds, every = readiness.wait_arguments(timeout, interval)
+        awaited = f"{self.name}: waiting for a log line matching {compiled.pattern!r}"
+        return readiness.deadline_loop(
+            lambda: readiness.matching_line(compiled, self.logs()),
+            awaited,
+            seconds,
+            every,
+            self.logs,
+        )
+
+    def wait_for(
+        self,
+        command: Sequence[str] | str,
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.5,
+        user: str | None = None,
+    ) -> ExecResult:
+        """Run `command` until it exits 0 and return that result; NotReady (a TimeoutError,
+        with the last log lines) after `timeout` seconds. Each try is killed at the
+        deadline."""
+        argv = arguments.command(command)
+        seconds, every = readiness.wait_arguments(timeout, interval)
+        deadline = time.monotonic() + seconds
+
+        def succeeded() -> ExecResult | None:
+            left = max(0.1, deadline - time.monotonic())
+            result = self.exec(argv, timeout=left, user=user)
+            return result if result.exit_code == 0 else None
+
+        awaited = f"{self.name}: waiting for {argv[0]!r} to succeed"
+        return readiness.deadline_loop(succeeded, awaited, seconds, every, self.logs)
+
+    # listdir, stat, exists, remove, mkdir: see sandboxer._file_ops ----------------------
+    def _file_call(self, call: file_ops.FileCall, timeout: float) -> bytes:
+        """Run one file call as the sandbox's user (as exec runs commands), with the
+        adapter's busybox; its stdout, else the error it failed with."""
+        handle = self._live_handle()
+        request = call.request(self._backend.busybox(handle), self._plan.user, timeout)
+        with timed(f"file {call.verb}", sandbox=self.name):
+            return file_ops.run(call, self._backend.exec(handle, request), timeout)
+
+    @overload
+    def listdir(
+        self,
+        path: str,
+        *,
+        detail: Literal[False] = False,
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[str]: ...
+    @overload
+    def listdir(
+        self,
+        path: str,
+        *,
+        detail: Literal[True],
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[DirEntry]: ...
+    def listdir(
+        self,
+        path: str,
+        *,
+        detail: bool = False,
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[str] | list[DirEntry]:
+        """The names in a sandbox directory, sorted (without "." and ".."); with `detail`,
+        `DirEntry`s: each name with its `FileStat` (a symlink reported as one).
+
+        A symlink at `path` is followed, as `os.listdir` does. Names that are not UTF-8
+        come with lone surrogates (surrogateescape) and mean the same bytes when passed
+        back. More than `max_entries` (10000 by default): OutputTooLarge. An entry that
+        goes away while it is listed is left out. SandboxFileNotFound if `path` is
+        missing, SandboxPermissionError if the sandbox's user may not read it,
+        SandboxFileError (ENOTDIR) if it is no directory.
+        """
+        call = file_ops.listdir_call(path, detail, max_entries)
+        output = self._file_call(call, arguments.timeout(timeout))
+        if detail:
+            return file_ops.detailed_listing(output, call)
+        return file_ops.listing(output, call)
+
+    def stat(
+        self, path: str, *, follow_symlinks: bool = False, timeout: float = FILE_TIMEOUT
+    ) -> FileStat:
+        """Type, size, permission bits, owner and mtime of a path in the sandbox. A symlink
+        is reported as a symlink unless `follow_symlinks`. SandboxFileNotFound if missing."""
+        call = file_ops.stat_call(path, follow_symlinks)
+        return file_ops.stat_result(self._file_call(call, arguments.timeout(timeout)))
+
+    def exists(
+        self, path: str, *, follow_symlinks: bool = False, timeout: float = FILE_TIMEOUT
+    ) -> bool:
+        """Whether something is at `path`: a dangling symlink is something (it would have
+        to be removed before a mkdir there) unless `follow_symlinks`. A path the user may
+        not look into raises SandboxPermissionError rather than answer False."""
+        call = file_ops.stat_call(path, follow_symlinks)
+        try:
+            self._file_call(call, arguments.timeout(timeout))
+        except SandboxFileNotFound:
+            return False
+        except SandboxFileError as exc:
+            if exc.errno != errno.ENOTDIR:  # a file where a directory should be: absent
+                raise
+            return False
+        return True
+
+    def remove(self, path: str, *, recursive: bool = False, timeout: float = FILE_TIMEOUT) -> None:
+        """Remove a file, a symlink (the link, never what it points to) or an empty
+        directory; a directory with entries only with `recursive` (SandboxFileError,
+        ENOTEMPTY, without), which never follows a symlink either. What the sandbox's user
+        may not remove raises SandboxPermissionError (a recursive removal may have removed
+        part of the tree by then)."""
+        call = file_ops.remove_call(path, recursive)
+        self._file_call(call, arguments.timeout(timeout))
+
+    def mkdir(
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
+        mode: int = 0o755,
+        timeout: float = FILE_TIMEOUT,
+    ) -> None:
+        """Create a directory with `mode` (not narrowed by a umask; missing parents made
+        with `parents` get the sandbox's default mode). An existing path raises
+        SandboxFileError (EEXIST) unless `exist_ok` and it is a directory; a missing
+        parent raises SandboxFileNotFound unless `parents`."""
+        call = file_ops.mkdir_call(path, parents, exist_ok, mode)
+        self._file_call(call, arguments.timeout(timeout))
+
     def logs(self) -> str:
         """What the sandbox's main process (or console) printed."""
         return self._backend.logs(self._live_handle())
@@ -367,6 +606,12 @@ class Sandbox:
         """Stop gracefully, forcing after `timeout` seconds; destroy() still removes it."""
         with timed("stop", sandbox=self.name):
             self._backend.stop(self._live_handle(), timeout)
+
+    def start(self) -> None:
+        """Start a stopped sandbox again, under the same profile, limits, mounts and
+        ports; what its file system keeps depends on the engine (docs/backends.md)."""
+        with self._lock, timed("start", sandbox=self.name), pinned_again(self.labels):
+            self._handle = self._backend.start(self._live_handle())
 
     def destroy(self) -> None:
         """Remove the sandbox and all it made on the engine. Safe to call more than once."""

@@ -12,33 +12,51 @@ so a loop can keep hundreds open; at most `max_threads` engine calls run at once
 (default 64, or $SANDBOXER_AIO_THREADS). The loop's default executor is not used: it is
 sized for the CPU count, which would serialise concurrent execs on a small machine.
 Cancelling an awaited exec does not stop the command (as in the sync API, pass a
-`timeout`): its thread is busy until the command ends.
+`timeout`): its thread is busy until the command ends. A spawned process or terminal
+(`spawn`, `pty`) holds one thread of its own that reads its output while it runs;
+awaiting its output or its end holds none (that thread wakes the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import os
+import re
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import attrs
 
 from ._backend import ControlStatus, SandboxState
+from ._errors import ExecTimeout
+from ._file_ops import DirEntry, FileStat
 from ._launch import launch as _launch_sync
 from ._log import logger
 from ._models import ExecResult, SandboxSpec
 from ._output import DEFAULT_MAX_OUTPUT, BinaryWriter, Writer
+from ._process import Process, Running, wait_timeout
+from ._pty import Pty
 from ._sandbox import FILE_TIMEOUT, ExecStream, Sandbox
 
-__all__ = ["AsyncExecStream", "AsyncSandbox", "launch", "max_threads", "set_max_threads"]
+__all__ = [
+    "AsyncExecStream",
+    "AsyncProcess",
+    "AsyncPty",
+    "AsyncSandbox",
+    "launch",
+    "max_threads",
+    "set_max_threads",
+]
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Running)
 _DEFAULT_THREADS = 64
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -130,6 +148,171 @@ def _close_after(step: concurrent.futures.Future[Any], iterator: Iterator[Any]) 
     concurrent.futures.wait([step])
     if isinstance(iterator, Generator):
         iterator.close()
+
+
+class _Changes:
+    """Wakes the loop's coroutines when a process's reading thread reports news, so that
+    awaiting its output or its end holds no thread."""
+
+    def __init__(self, running: Running) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        # One wake-up queued at a time: a busy loop must not pile up a callback per chunk
+        # (a sandbox writing a byte at a time would grow the loop's queue without bound).
+        self._pending = False
+        running.watch(self._wake)
+
+    def _wake(self) -> None:
+        # Only the process's reading thread calls this; what it stored before a skipped
+        # wake-up is seen when the queued one runs.
+        if self._pending:
+            return
+        self._pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+            self._loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        self._pending = False
+        self._event.set()
+
+    async def until(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
+        """What `check()` returns once it is not None; None if `timeout` passes first."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            self._event.clear()  # before the check: news after it sets it again
+            found = check()
+            if found is not None:
+                return found
+            left = None if deadline is None else deadline - self._loop.time()
+            if left is not None and left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), left)
+
+
+class _AsyncRunning(Generic[R]):
+    """What AsyncProcess and AsyncPty share; signals and writes are engine calls, awaited
+    on the pool."""
+
+    def __init__(self, running: R) -> None:
+        self.sync = running
+        self._changes = _Changes(running)
+
+    @property
+    def pid(self) -> int | None:
+        return self.sync.pid
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.sync.argv
+
+    @property
+    def running(self) -> bool:
+        return self.sync.running
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.sync.exit_code
+
+    @property
+    def timed_out(self) -> bool:
+        return self.sync.timed_out
+
+    async def write(self, data: bytes | str) -> None:
+        await _run(self.sync.write, data)
+
+    async def kill(self, signum: int = signal.SIGKILL) -> None:
+        await _run(self.sync.kill, signum)
+
+    async def _ended(self, timeout: float | None) -> None:
+        seconds = wait_timeout(timeout)
+        if await self._changes.until(lambda: None if self.sync.running else True, seconds):
+            return
+        stdout, stderr = (
+            (self.sync.stdout, self.sync.stderr) if isinstance(self.sync, Process) else (b"", b"")
+        )
+        raise ExecTimeout(self.sync.argv, seconds or 0.0, stdout, stderr, killed=False)
+
+    async def close(self) -> None:
+        """Kill it if it runs; not cancellable: once asked, it finishes."""
+        await asyncio.shield(_run(self.sync.close))
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class AsyncProcess(_AsyncRunning[Process]):
+    """A spawned process driven from asyncio (see `Process`); `.sync` is the Process.
+    Awaiting its output or its end holds no thread: its own reading thread wakes the loop."""
+
+    @property
+    def stdout(self) -> bytes:
+        return self.sync.stdout
+
+    @property
+    def stderr(self) -> bytes:
+        return self.sync.stderr
+
+    async def close_stdin(self) -> None:
+        await _run(self.sync.close_stdin)
+
+    async def read(self, timeout: float | None = None) -> tuple[str, bytes] | None:
+        """As `Process.read`: the next chunk; None past `timeout`; ("", b"") at the end."""
+        return await self._changes.until(lambda: self.sync.read(0), wait_timeout(timeout))
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[tuple[str, bytes]]:
+        while (chunk := await self.read()) is not None and chunk[1]:
+            yield chunk
+
+    async def wait(self, timeout: float | None = None) -> ExecResult:
+        await self._ended(timeout)
+        return self.sync.wait(0)
+
+    async def __aenter__(self) -> AsyncProcess:
+        return self
+
+
+class AsyncPty(_AsyncRunning[Pty]):
+    """A terminal driven from asyncio (see `Pty`); `.sync` is the Pty."""
+
+    async def read(self, timeout: float | None = None, max_bytes: int = 65536) -> bytes | None:
+        """As `Pty.read`: output not read yet; None past `timeout`; b"" at the end."""
+        seconds = wait_timeout(timeout)
+        return await self._changes.until(lambda: self.sync.read(0, max_bytes), seconds)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await _run(self.sync.resize, rows, cols)
+
+    async def wait(self, timeout: float | None = None) -> int:
+        await self._ended(timeout)
+        return self.sync.wait(0)
+
+    async def __aenter__(self) -> AsyncPty:
+        return self
+
+
+def _close_if_started(future: concurrent.futures.Future[Any]) -> None:
+    """Done-callback for a spawn whose awaiter was cancelled: nobody will own it."""
+    if not future.cancelled() and future.exception() is None:
+        _pool().submit(future.result().close)
+
+
+async def _started(future: concurrent.futures.Future[R]) -> R:
+    """The process a spawn or pty call starts on the pool; closed if the awaiter is
+    cancelled meanwhile."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_if_started)
+        raise
 
 
 class AsyncSandbox:
@@ -225,10 +408,112 @@ class AsyncSandbox:
             )
         )
 
+    async def spawn(
+        self,
+        command: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> AsyncProcess:
+        """Start a command beside the loop (see `Sandbox.spawn`)."""
+        future = _submit(
+            self.sync.spawn,
+            command,
+            env=env,
+            workdir=workdir,
+            user=user,
+            timeout=timeout,
+            max_output=max_output,
+        )
+        return AsyncProcess(await _started(future))
+
+    async def pty(
+        self,
+        command: Sequence[str] | str = ("/bin/sh",),
+        *,
+        size: tuple[int, int] = (24, 80),
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncPty:
+        """Start a command on a terminal (see `Sandbox.pty`)."""
+        future = _submit(
+            self.sync.pty, command, size=size, env=env, workdir=workdir, user=user, timeout=timeout
+        )
+        return AsyncPty(await _started(future))
+
     async def write_file(
-        self, path: str, data: bytes | str, mode: int = 0o644, *, timeout: float = FILE_TIMEOUT
+        self,
+        path: str,
+        data: bytes | str,
+        mode: int = 0o644,
+        *,
+        parents: bool = False,
+        timeout: float = FILE_TIMEOUT,
     ) -> None:
-        await _run(self.sync.write_file, path, data, mode, timeout=timeout)
+        await _run(self.sync.write_file, path, data, mode, parents=parents, timeout=timeout)
+
+    @overload
+    async def listdir(
+        self,
+        path: str,
+        *,
+        detail: Literal[False] = False,
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[str]: ...
+    @overload
+    async def listdir(
+        self,
+        path: str,
+        *,
+        detail: Literal[True],
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[DirEntry]: ...
+    async def listdir(
+        self,
+        path: str,
+        *,
+        detail: bool = False,
+        max_entries: int | None = None,
+        timeout: float = FILE_TIMEOUT,
+    ) -> list[str] | list[DirEntry]:
+        return await _run(
+            self.sync.listdir, path, detail=detail, max_entries=max_entries, timeout=timeout
+        )
+
+    async def stat(
+        self, path: str, *, follow_symlinks: bool = False, timeout: float = FILE_TIMEOUT
+    ) -> FileStat:
+        return await _run(self.sync.stat, path, follow_symlinks=follow_symlinks, timeout=timeout)
+
+    async def exists(
+        self, path: str, *, follow_symlinks: bool = False, timeout: float = FILE_TIMEOUT
+    ) -> bool:
+        return await _run(self.sync.exists, path, follow_symlinks=follow_symlinks, timeout=timeout)
+
+    async def remove(
+        self, path: str, *, recursive: bool = False, timeout: float = FILE_TIMEOUT
+    ) -> None:
+        await _run(self.sync.remove, path, recursive=recursive, timeout=timeout)
+
+    async def mkdir(
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
+        mode: int = 0o755,
+        timeout: float = FILE_TIMEOUT,
+    ) -> None:
+        await _run(
+            self.sync.mkdir, path, parents=parents, exist_ok=exist_ok, mode=mode, timeout=timeout
+        )
 
     async def read_file(
         self,
@@ -270,11 +555,47 @@ class AsyncSandbox:
             max_members=max_members,
         )
 
+    async def wait_for_port(
+        self,
+        guest_port: int,
+        protocol: str = "tcp",
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.2,
+    ) -> None:
+        await _run(
+            self.sync.wait_for_port,
+            guest_port,
+            protocol,
+            timeout=timeout,
+            interval=interval,
+        )
+
+    async def wait_for_log(
+        self, pattern: str | re.Pattern[str], *, timeout: float = 60.0, interval: float = 0.2
+    ) -> str:
+        return await _run(self.sync.wait_for_log, pattern, timeout=timeout, interval=interval)
+
+    async def wait_for(
+        self,
+        command: Sequence[str] | str,
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.5,
+        user: str | None = None,
+    ) -> ExecResult:
+        return await _run(
+            self.sync.wait_for, command, timeout=timeout, interval=interval, user=user
+        )
+
     async def logs(self) -> str:
         return await _run(self.sync.logs)
 
     async def stop(self, timeout: float = 10.0) -> None:
         await _run(self.sync.stop, timeout)
+
+    async def start(self) -> None:
+        await _run(self.sync.start)
 
     async def destroy(self) -> None:
         """Remove the sandbox; idempotent. Not cancellable: once asked, removal finishes."""

@@ -22,10 +22,16 @@ What a `Backend` subclass provides
   named alike), `state`, `logs` (at most `LOGS_MAX` bytes; `log_tail` helps),
   `list_sandboxes` (only what carries `MANAGED`; `is_ours` tells), optionally
   `leftovers`, `close`, `put_archive` and `get_archive` (tar through exec by default;
-  `tar_request`, `archive_chunks` and `check_packing` build a native variant).
+  `tar_request`, `archive_chunks` and `check_packing` build a native variant), and
+  `busybox(handle)`: where in the sandbox the file calls (listdir, stat, remove, mkdir)
+  find a busybox (sandboxer's static helper, `sandboxer.images.helper`, where the adapter
+  mounts it); by default none, and they use the sandbox's own tools.
 
 Rules every adapter keeps
 - Label everything it makes with `plan.labels` (they carry `ownership_labels()`).
+- Named volumes (`plan.volumes`, which launch has made sure exist): `create_volume`,
+  `inspect_volume`, `list_volumes` and `remove_volume` (only one carrying `MANAGED`);
+  `claim_volume_dir` gives a fresh volume's host directory to the sandbox's user.
 - Map every SDK exception in one place to the errors below (`raise ... from exc`).
 - Refuse what it cannot honour (through `refusals`); never ignore part of a plan.
 - Log engine calls through `logger` and `timed`, never print.
@@ -55,6 +61,8 @@ from ._backend import (
     TerminalSize,
     Tmpfs,
     Verdict,
+    VolumeInfo,
+    VolumeMount,
     archive_chunks,
     check_packing,
     drain,
@@ -72,14 +80,24 @@ from ._errors import (
     OutputTooLarge,
     SandboxError,
     SandboxExists,
+    SandboxFileError,
     SandboxFileNotFound,
     SandboxNotFound,
+    SandboxPermissionError,
     UnsupportedFeature,
 )
 from ._labels import EXEC_USER, LAUNCH, MANAGED, PREFIX, is_ours, ownership_labels
 from ._log import logger, timed
 from ._models import PortMapping, SandboxSpec
-from ._proctree import EXEC_MARKER, kill_exec, new_exec_marker, ticks_now
+from ._proctree import (
+    EXEC_MARKER,
+    exec_pid,
+    kill_exec,
+    namespace_pid,
+    new_exec_marker,
+    signal_process,
+    ticks_now,
+)
 from ._profiles import CONTROLS, Profile
 from ._seccomp import (
     ALLOW,
@@ -93,6 +111,7 @@ from ._seccomp import (
     host_kernel,
 )
 from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol, PullPolicy
+from ._volume_dir import claim_volume_dir, volume_dir_owner
 
 __all__ = [
     "ALLOW",
@@ -139,9 +158,11 @@ __all__ = [
     "PullPolicy",
     "SandboxError",
     "SandboxExists",
+    "SandboxFileError",
     "SandboxFileNotFound",
     "SandboxInfo",
     "SandboxNotFound",
+    "SandboxPermissionError",
     "SandboxSpec",
     "SandboxState",
     "SeccompPolicy",
@@ -151,17 +172,24 @@ __all__ = [
     "Tmpfs",
     "UnsupportedFeature",
     "Verdict",
+    "VolumeInfo",
+    "VolumeMount",
     "archive_chunks",
     "check_packing",
+    "claim_volume_dir",
     "drain",
+    "exec_pid",
     "host_kernel",
     "is_ours",
     "kill_exec",
     "log_tail",
     "logger",
+    "namespace_pid",
     "new_exec_marker",
     "ownership_labels",
+    "signal_process",
     "tar_request",
     "ticks_now",
     "timed",
+    "volume_dir_owner",
 ]

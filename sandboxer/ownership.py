@@ -6,11 +6,12 @@ Every function takes a `SandboxInfo` (from `sandboxer.inventory()` or an adapter
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
 from ._backend import SandboxInfo
-from ._labels import CREATED_AT, OWNER, OWNER_HOST, OWNER_PID, SESSION, owner_identity
+from ._labels import CREATED_AT, EXPIRES, OWNER, OWNER_HOST, OWNER_PID, SESSION, owner_identity
 
 
 def created_at(info: SandboxInfo) -> float | None:
@@ -19,6 +20,15 @@ def created_at(info: SandboxInfo) -> float | None:
         return float(info.labels[CREATED_AT])
     except (KeyError, ValueError):
         return None
+
+
+def expires_at(info: SandboxInfo) -> float | None:
+    """When the sandbox's max_lifetime ends (seconds since the epoch), or None: no end."""
+    try:
+        expires = float(info.labels[EXPIRES])
+    except (KeyError, ValueError):
+        return None
+    return expires if math.isfinite(expires) else None
 
 
 def owner_pid(info: SandboxInfo) -> int | None:
@@ -44,7 +54,12 @@ def owner_alive(info: SandboxInfo) -> bool | None:
     The owner is its (boot id, PID-namespace inode, pid, start time): hostname and pid
     alone are shared by the containers of a CI fleet, and a pid may have been reused.
     """
-    owner = info.labels.get(OWNER, "")
+    return labels_owner_alive(info.labels)
+
+
+def labels_owner_alive(labels: Mapping[str, str]) -> bool | None:
+    """`owner_alive` for anything carrying our labels (a volume, a network)."""
+    owner = labels.get(OWNER, "")
     boot, _, rest = owner.partition(":")
     namespace, _, process = rest.partition(":")
     pid, _, _ = process.partition(":")

@@ -146,7 +146,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "sandbox(**fields): SandboxSpec fields for the `sandbox` fixture"
+        "markers",
+        "sandbox(**fields): SandboxSpec fields for the `sandbox` fixture, and what it waits "
+        "for before the test runs (wait_for_port=, wait_for_log=, wait_for=, wait_timeout=)",
     )
     worker = getattr(config, "workerinput", {}).get("workerid")
     if worker is not None:
@@ -189,6 +191,21 @@ def _marker_fields(node: pytest.Item) -> dict[str, Any]:
             )
         fields.update(marker.kwargs)
     return fields
+
+
+# Marker keywords that are not SandboxSpec fields: what the fixture waits for before the
+# test gets the sandbox (each a `Sandbox.wait_for*` call), and how long in all.
+_WAITS = ("wait_for_port", "wait_for_log", "wait_for", "wait_timeout")
+
+
+def _wait_until_ready(sandbox: sandboxer.Sandbox, waits: dict[str, Any]) -> None:
+    timeout = waits.get("wait_timeout", 60.0)
+    if "wait_for_port" in waits:
+        sandbox.wait_for_port(waits["wait_for_port"], timeout=timeout)
+    if "wait_for_log" in waits:
+        sandbox.wait_for_log(waits["wait_for_log"], timeout=timeout)
+    if "wait_for" in waits:
+        sandbox.wait_for(waits["wait_for"], timeout=timeout)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -240,6 +257,7 @@ def sandbox(
     """A sandbox for this test, configured by `@pytest.mark.sandbox(...)`; destroyed after it."""
     assert isinstance(request.node, pytest.Item)
     fields = _marker_fields(request.node)
+    waits = {key: fields.pop(key) for key in _WAITS if key in fields}
     if sandbox_backend is not None:
         fields["backend"] = sandbox_backend
     plugin = request.config.stash[_PLUGIN_KEY]
@@ -253,6 +271,7 @@ def sandbox(
                 lease = sandboxer.launch(**fields)  # a fixed name cannot come from a pool
             made = stack.enter_context(lease)
         plugin.made(made)
+        _wait_until_ready(made, waits)
         yield made
 
 

@@ -23,8 +23,9 @@ if [ ${#need[@]} -gt 0 ] && ! usable >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # scripts/test.sh lints the VM guest's shell scripts with it.
-# The linter of the VM guest's scripts, and fish for the fish completion's test.
-for tool in shellcheck fish; do
+# The linter of the VM guest's scripts, fish for the fish completion's test, and tmux for
+# the terminal sessions' test (integration/test_cli_terminal.py).
+for tool in shellcheck fish tmux; do
     command -v "$tool" >/dev/null || { log "apt-get install $tool"; apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
 done
 

@@ -112,20 +112,38 @@ def _process(image: ReadyImage, **fields: Any) -> dict[str, Any]:
     return {key: args[key] for key in ("entrypoint", "command", "mounts") if key in args}
 
 
+def _main(image: ReadyImage, **fields: Any) -> dict[str, Any]:
+    """The main process alone (an OCI image always gets the helper's mount too)."""
+    process = _process(image, **fields)
+    process.pop("mounts")
+    return process
+
+
 def test_an_image_with_an_entrypoint_runs_it_as_docker_would(helper: Path) -> None:
     # Nothing passed: Docker runs the image's Entrypoint and Cmd (never KEEPALIVE as
     # arguments of the Entrypoint).
-    assert _process(SERVER) == {}
-    assert _process(SERVER, command=["other"]) == {"command": ["other"]}
-    assert _process(SERVER, entrypoint=["/bin/sh", "-c"], command=["x"]) == {
+    assert _main(SERVER) == {}
+    assert _main(SERVER, command=["other"]) == {"command": ["other"]}
+    assert _main(SERVER, entrypoint=["/bin/sh", "-c"], command=["x"]) == {
         "entrypoint": ["/bin/sh", "-c"],
         "command": ["x"],
     }
-    assert _process(CMD_ONLY) == {}
+    assert _main(CMD_ONLY) == {}
+
+
+def test_the_file_calls_busybox_is_labelled_where_it_lies(helper: Path) -> None:
+    # An OCI image, even one with a main process of its own: the helper's, mounted.
+    args = create_arguments(make_plan(SandboxSpec()), SERVER, None)
+    [mount] = args["mounts"]
+    assert args["labels"][_config.BUSYBOX_LABEL] == f"{mount['Target']}/busybox"
+    # A busybox built-in: its own.
+    args = create_arguments(make_plan(SandboxSpec()), BUILTIN, None)
+    assert "mounts" not in args
+    assert args["labels"][_config.BUSYBOX_LABEL] == "/bin/busybox"
 
 
 def test_an_empty_entrypoint_clears_the_images(helper: Path) -> None:
-    assert _process(SERVER, entrypoint=[], command=["echo", "hi"]) == {
+    assert _main(SERVER, entrypoint=[], command=["echo", "hi"]) == {
         "entrypoint": [""],
         "command": ["echo", "hi"],
     }
@@ -245,3 +263,9 @@ def test_numbers_root_asked_for_and_unknown_names_read_or_refuse_nothing() -> No
     ):
         _accounts.check_user(archives, "c", make_plan(spec))
     _accounts.check_user(_Archives({}), "c", make_plan(SandboxSpec(profile=named)))
+
+
+def test_the_host_name_is_the_chosen_one_else_the_name() -> None:
+    chosen = make_plan(SandboxSpec(name="box", hostname="web.example"))
+    assert create_arguments(chosen, BUILTIN, None)["hostname"] == "web.example"
+    assert create_arguments(make_plan(SandboxSpec(name="box")), BUILTIN, None)["hostname"] == "box"

@@ -8,7 +8,7 @@ call is where a real adapter calls its engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import attrs
@@ -25,8 +25,11 @@ from sandboxer.backend import (
     ExecRequest,
     Handle,
     LaunchPlan,
+    ProcessChannel,
+    ProcessRequest,
     SandboxInfo,
     SandboxState,
+    VolumeInfo,
 )
 from sandboxer.testing import FakeBackend as EngineClient
 from sandboxer.testing.contract import SandboxContract
@@ -63,6 +66,9 @@ class ExampleBackend(Backend):
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
         return (yield from self._engine.exec(handle, request))
 
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        return self._engine.start_process(handle, request)
+
     # The default put_archive/get_archive run tar in the sandbox; this engine has a file API.
     def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
         self._engine.put_archive(handle, directory, data, timeout)
@@ -72,6 +78,9 @@ class ExampleBackend(Backend):
 
     def stop(self, handle: Handle, timeout: float) -> None:
         self._engine.stop(handle, timeout)
+
+    def start(self, handle: Handle) -> Handle:
+        return self._engine.start(handle)
 
     def remove(self, name: str, launch: str) -> None:
         self._engine.remove(name, launch)
@@ -84,6 +93,20 @@ class ExampleBackend(Backend):
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         return [attrs.evolve(i, backend=self.name) for i in self._engine.list_sandboxes()]
+
+    # Named volumes (optional: without them a launch mounting one is refused).
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        return attrs.evolve(self._engine.create_volume(name, labels), backend=self.name)
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        found = self._engine.inspect_volume(name)
+        return attrs.evolve(found, backend=self.name) if found else None
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return [attrs.evolve(v, backend=self.name) for v in self._engine.list_volumes()]
+
+    def remove_volume(self, name: str) -> None:
+        self._engine.remove_volume(name)  # the engine removes only what carries MANAGED
 
 
 class TestExampleBackend(SandboxContract):

@@ -566,3 +566,12 @@ def test_client_frames_are_masked_and_decode_back() -> None:
     key, body = frame[10:14], frame[14:]
     assert size == len(payload) == len(body)
     assert bytes(b ^ key[i % 4] for i, b in enumerate(body[:64])) == payload[:64]
+
+
+def test_a_chosen_host_name_sets_the_uts_name_and_the_templates_key() -> None:
+    named = request(plan(name="box", hostname="web.example"))
+    assert "lxc.uts.name = web.example" in raw_lines(named)
+    assert named["config"][_config.HOSTNAME_KEY] == "web.example"
+    default = request(plan(name="box"))  # Incus names the UTS namespace after the instance
+    assert not any(line.startswith("lxc.uts.name") for line in raw_lines(default))
+    assert default["config"][_config.HOSTNAME_KEY] == "box"

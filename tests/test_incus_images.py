@@ -25,6 +25,7 @@ from sandboxer.backends.incus import _boot, _config, _images, _oci, _prepare, _r
 from sandboxer.images import ImageConfig
 from sandboxer.images.helper import INIT, MOUNT_POINT
 from sandboxer.images.store import LocalImage
+from sandboxer.images.systemd import boots_systemd
 from sandboxer.images.tree import read_in_tree
 
 DIGEST = "sha256:" + "ab" * 32
@@ -176,7 +177,7 @@ def test_systemd_boots_with_capabilities_and_seccomp_lifted_and_says_so() -> Non
     assert "lxc.no_new_privs = 1" in body["config"]["raw.lxc"]  # what it survives stays
     assert body["devices"]["root"]["readonly"] == "true"
     # Without an init requirement it is an image like any other: nothing lifted.
-    assert not _boot.boots_systemd(plan(image="sandboxer/systemd"))
+    assert not boots_systemd(plan(image="sandboxer/systemd"))
 
 
 def test_systemd_takes_no_command() -> None:

@@ -208,7 +208,7 @@ def test_hardened_guest_settings() -> None:
     assert values["SBX_BOUNDING"] == "-all" and values["SBX_AMBIENT"] == ""
     assert values["SBX_PIDS"] == "128" and values["SBX_MEMORY"] == str(256 * MIB)
     assert values["SBX_CPU_MAX"] == ""
-    assert _guest_config.tmpfs_file(plan_for()) == f"{64 * MIB} /tmp\n"
+    assert _guest_config.tmpfs_file(plan_for()) == f"{64 * MIB} 1777 /tmp\n"
 
 
 def test_default_profile_guest_settings() -> None:

@@ -10,13 +10,22 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from sandboxer._proctree import EXEC_MARKER, kill_exec, new_exec_marker, ticks_now
+from sandboxer._proctree import (
+    EXEC_MARKER,
+    exec_pid,
+    kill_exec,
+    namespace_pid,
+    new_exec_marker,
+    signal_process,
+    ticks_now,
+)
 
 CLONE_NEWPID = 0x20000000
 
@@ -171,3 +180,37 @@ def test_an_unmarked_process_older_than_the_exec_is_left_alone(sandbox_init: int
     finally:
         older.kill()
         older.wait()
+
+
+def test_signal_process_only_reaches_the_sandboxs_namespace(sandbox_init: int) -> None:
+    outside = subprocess.Popen(["sleep", "600"])
+    command = _exec_in(sandbox_init, new_exec_marker()[1], "sleep 600")
+    try:
+        _wait_until(lambda: _children(command.pid))
+        inside = _children(command.pid)[0]  # the sleep, in the stand-in sandbox
+        assert not signal_process(outside.pid, sandbox_init, signal.SIGTERM)
+        # As if the engine's init pid had been reused by a host process.
+        assert not signal_process(outside.pid, os.getpid(), signal.SIGTERM)
+        assert outside.poll() is None
+        assert signal_process(inside, sandbox_init, signal.SIGTERM)
+        assert command.wait(timeout=15) == 0  # its sleep ended, then `:` ran
+    finally:
+        for process in (outside, command):
+            process.kill()
+            process.wait()
+
+
+def test_exec_pid_is_the_commands_pid_inside(sandbox_init: int) -> None:
+    _, marker = new_exec_marker()
+    started = ticks_now()
+    command = _exec_in(sandbox_init, marker, "sleep 603 & wait")
+    try:
+        # The command's shell is the stand-in init's sibling: pid 2 inside.
+        _wait_until(lambda: exec_pid(marker, sandbox_init))
+        assert exec_pid(marker, sandbox_init) == 2
+        assert namespace_pid(sandbox_init) == 1
+        # The host's own namespace never passes for a sandbox's.
+        assert exec_pid(marker, os.getpid()) is None
+    finally:
+        kill_exec(marker, sandbox_init, started)
+        command.wait(timeout=15)

@@ -91,6 +91,24 @@ def test_sandbox_fixture_follows_the_marker(pytester: pytest.Pytester) -> None:
     assert FakeBackend.sandboxes == {}
 
 
+def test_the_marker_waits_until_the_sandbox_is_ready(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.sandbox(command=["sh", "-c", "echo up"], wait_for_log="up", wait_for="true")
+        def test_ready(sandbox):
+            assert "wait_for_log" not in sandbox.spec.labels
+
+        @pytest.mark.sandbox(wait_for_log="never printed", wait_timeout=0.2)
+        def test_never_ready(sandbox):
+            pass
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*NotReady*never printed*not within 0.2s*"])
+    assert FakeBackend.sandboxes == {}
+
+
 def test_bad_marker_fields_fail_the_setup(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import pytest

@@ -19,27 +19,36 @@ from sandboxer.backend import (
     ExecRequest,
     Handle,
     LaunchPlan,
+    ProcessChannel,
+    ProcessRequest,
     PullPolicy,
     SandboxInfo,
     SandboxState,
+    TerminalSize,
+    UnsupportedFeature,
+    VolumeInfo,
     kill_exec,
     log_tail,
     logger,
+    namespace_pid,
     new_exec_marker,
+    signal_process,
     ticks_now,
 )
+from sandboxer.images import ImageConfig
 from sandboxer.images.store import Progress
 
 from . import _doctor
 from ._accounts import check_user
 from ._build import build_stream
-from ._config import create_arguments
+from ._config import BUSYBOX_LABEL, create_arguments
 from ._endpoint import socket_path
 from ._errors import docker_errors
-from ._exec import stream_exec
+from ._exec import ExecProcess, StartedExec, stream_exec
 from ._images import SYSTEMD_IMAGE, DockerImages
 from ._network import Networks
 from ._sdk import docker
+from ._volumes import DockerVolumes
 
 _STATES = {
     "created": SandboxState.CREATED,
@@ -51,12 +60,20 @@ _STATES = {
     "dead": SandboxState.STOPPED,
 }
 _OURS = f"{MANAGED}=true"
+# Docker ends a terminal's session when its input holds the detach keys (ctrl-p ctrl-q by
+# default) and leaves the command running; none can be switched off, so a sequence that no
+# one types or pastes stands in for them.
+_DETACH_KEYS = ",".join(["ctrl-^", "ctrl-_"] * 8)
 _LOG_LINES = 10_000
 
 
 def _ours() -> dict[str, str]:
     # A new dict per call: the SDK adds keys to the filters it is given.
     return {"label": _OURS}
+
+
+# Seconds to wait for Docker to report a started exec's pid (a busy engine is slow).
+_PID_WAIT = 10.0
 
 
 class DockerBackend(Backend):
@@ -103,6 +120,7 @@ class DockerBackend(Backend):
         self._networks: dict[str, bool] = {}
         self._engine_networks = Networks(self._client)
         self._images = DockerImages(self._api)
+        self._volumes = DockerVolumes(self._api)
 
     @classmethod
     def probe(cls) -> Availability:
@@ -121,6 +139,10 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+    def image_config(self, image: str, pull: PullPolicy) -> ImageConfig:
+        # The engine's own copy: the one create runs.
+        return self._images.ready(image, pull).config
 
     def pull_image(self, image: str, policy: PullPolicy, progress: Progress | None = None) -> str:
         """Make `image` ready on the engine as a launch would (`images pull` asks this);
@@ -173,12 +195,27 @@ class DockerBackend(Backend):
             elif plan.network == "bridge":
                 network = self._engine_networks.bridge()
             self._networks[plan.name] = plan.network == "isolated"
+            self._volumes.claim(plan)
             container = self._client.containers.create(**create_arguments(plan, image, network))
             check_user(self._api, container.id, plan)
             container.start()
         return Handle(container.id, plan.name, container)
 
-    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+    def busybox(self, handle: Handle) -> str | None:
+        # The helper's mount point is fresh per container: create labels it (None on a
+        # container made before that label, whose own tools then do).
+        container = handle.native
+        if container is None:
+            with docker_errors():
+                container = self._client.containers.get(handle.id)
+        found = container.labels.get(BUSYBOX_LABEL)
+        return str(found) if found else None
+
+    def _start_exec(
+        self, handle: Handle, request: ExecRequest, *, stdin: bool, tty: bool
+    ) -> StartedExec:
+        """Start `request` as the sandbox's user, environment and directory say, on a
+        terminal if `tty`; its output and stdin on the returned socket."""
         # Every exec is marked, so a kill can tell its processes from another exec's.
         variable, marker = new_exec_marker()
         environment = {**request.env, variable: marker}
@@ -187,19 +224,97 @@ class DockerBackend(Backend):
             exec_id = self._api.exec_create(
                 handle.id,
                 list(request.argv),
-                stdin=request.stdin is not None,
+                stdin=stdin,
+                tty=tty,
                 environment=environment,
                 workdir=request.workdir,
                 user=request.user or "",
+                detach_keys=_DETACH_KEYS if tty else None,
             )["Id"]
-            raw = self._api.exec_start(exec_id, socket=True)
-        return stream_exec(
+            raw = self._api.exec_start(exec_id, socket=True, tty=tty)
+        return StartedExec(
+            exec_id,
             raw,
-            request.stdin,
-            request.timeout,
             kill=lambda: self._kill_exec(handle, exec_id, marker, started),
             exit_code=lambda: self._exit_code(exec_id),
         )
+
+    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+        started = self._start_exec(handle, request, stdin=request.stdin is not None, tty=False)
+        return stream_exec(
+            started.raw, request.stdin, request.timeout, started.kill, started.exit_code
+        )
+
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        terminal = request.terminal
+        started = self._start_exec(handle, request.exec, stdin=True, tty=terminal is not None)
+        exec_id = started.exec_id
+        process = ExecProcess(
+            started,
+            terminal=terminal is not None,
+            timeout=request.exec.timeout,
+            send_signal=lambda signum: self._signal_exec(handle, exec_id, signum),
+            resize=lambda size: self._resize_exec(exec_id, size),
+        )
+        try:
+            if terminal is not None:
+                # Docker's API (1.41) takes no size at start: set at once, as docker's CLI
+                # does (a command that asks in its first milliseconds may still see 0x0).
+                self._resize_exec(exec_id, terminal)
+            host_pid = self._host_pid(exec_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that got here matters more
+                started.kill()
+                started.raw.close()
+            raise
+        process.pid = namespace_pid(host_pid) if host_pid and socket_path() else None
+        return process
+
+    def _host_pid(self, exec_id: str) -> int:
+        """The exec's host pid, once the engine has started it (0 if it never says)."""
+        # Before the engine starts it an exec is neither running nor ended (no ExitCode):
+        # only a pid, or an exit, settles it.
+        deadline = time.monotonic() + _PID_WAIT
+        with docker_errors():
+            while True:
+                info = self._api.exec_inspect(exec_id)
+                if info.get("Pid") or info.get("ExitCode") is not None:
+                    return int(info.get("Pid") or 0)
+                if time.monotonic() > deadline:
+                    return 0
+                time.sleep(0.01)
+
+    def _signal_exec(self, handle: Handle, exec_id: str, signum: int) -> None:
+        """`signum` to the exec's own process: Docker has no call for it, so through a
+        pidfd from this host, once the process is proven to be the sandbox's."""
+        with docker_errors():
+            init = self._api.inspect_container(handle.id)["State"].get("Pid") or 0
+            info = self._api.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return
+        if init and signal_process(info.get("Pid") or 0, init, signum):
+            return
+        with docker_errors():
+            if not self._api.exec_inspect(exec_id).get("Running"):
+                return  # it ended before the signal could reach it
+        raise UnsupportedFeature(
+            f"docker: cannot send signal {signum} to exec {exec_id[:12]} from this host "
+            "(remote engine?); only SIGKILL reaches it"
+        )
+
+    def _resize_exec(self, exec_id: str, size: TerminalSize) -> None:
+        with docker_errors():
+            for attempt in range(100):
+                try:
+                    self._api.exec_resize(exec_id, height=size.rows, width=size.cols)
+                    return
+                except docker.errors.APIError:
+                    info = self._api.exec_inspect(exec_id)
+                    if info.get("Pid") and not info.get("Running"):
+                        return  # it ended meanwhile: a resize of nothing is no error
+                    if info.get("Running") or attempt == 99:
+                        raise
+                time.sleep(0.01)  # not started yet: its terminal comes with it
 
     def _kill_exec(self, handle: Handle, exec_id: str, marker: str, started: int) -> None:
         with docker_errors():
@@ -221,6 +336,13 @@ class DockerBackend(Backend):
     def stop(self, handle: Handle, timeout: float) -> None:
         with docker_errors():
             self._api.stop(handle.id, timeout=max(0, int(timeout)))
+
+    def start(self, handle: Handle) -> Handle:
+        # The container keeps its config (profile, limits, mounts, ports, user) and its
+        # writable layer; tmpfs paths come back empty, the main process starts afresh.
+        with docker_errors():
+            self._api.start(handle.id)
+        return handle
 
     def remove(self, name: str, launch: str) -> None:
         # By the launch's own label and then by id: a container or network that merely
@@ -266,6 +388,18 @@ class DockerBackend(Backend):
             for n in networks
             if n["Labels"][LAUNCH] not in live
         ]
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        return self._volumes.create(name, labels)
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        return self._volumes.inspect(name)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return self._volumes.list()
+
+    def remove_volume(self, name: str) -> None:
+        self._volumes.remove(name)
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with docker_errors():

@@ -6,15 +6,19 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sandboxer.backend import LaunchPlan
+from sandboxer.backend import PREFIX, LaunchPlan
+from sandboxer.images import is_builtin
 from sandboxer.images.helper import MOUNT_POINT, helper_dir
 
 from ._images import ReadyImage
 from ._sdk import docker
+from ._volumes import volume_mounts
 
 # The main process of a sandbox that runs nothing of its own: docker-init (tini, PID 1)
 # reaps and forwards signals, and a long sleep keeps the container up for exec.
 KEEPALIVE = ("sleep", "2147483647")
+# Where the file calls find their busybox in this container (`DockerBackend.busybox`).
+BUSYBOX_LABEL = PREFIX + "busybox"
 LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"})
 
 
@@ -64,11 +68,20 @@ def main_process(plan: LaunchPlan, image: ReadyImage, helper: str) -> dict[str, 
 
 
 def helper_mounts(plan: LaunchPlan, image: ReadyImage, helper: str) -> list[docker.types.Mount]:
-    """sandboxer's helper at `helper`, read-only, for an idle sandbox whose image may lack
-    `sleep`."""
-    if image.builtin or not _idles(plan, image):
+    """sandboxer's helper at `helper`, read-only, unless the image is a busybox built-in:
+    its busybox runs an idle sandbox's `sleep` and the file calls' applets, where the
+    image may have neither (or tools of its own making)."""
+    if _busybox_tree(plan, image):
         return []
     return [docker.types.Mount(helper, str(helper_dir()), type="bind", read_only=True)]
+
+
+def _busybox_tree(plan: LaunchPlan, image: ReadyImage) -> bool:
+    return image.builtin and is_builtin(plan.image)
+
+
+def busybox(plan: LaunchPlan, image: ReadyImage, helper: str) -> str:
+    return "/bin/busybox" if _busybox_tree(plan, image) else f"{helper}/busybox"
 
 
 def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -> dict[str, Any]:
@@ -80,8 +93,8 @@ def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -
         "image": image.reference,
         **main_process(plan, image, helper),
         "name": plan.name,
-        "hostname": plan.name,
-        "labels": dict(plan.labels),
+        "hostname": plan.hostname,
+        "labels": {**plan.labels, BUSYBOX_LABEL: busybox(plan, image, helper)},
         "environment": dict(plan.env),
         "working_dir": plan.workdir,
         "user": plan.user or "",
@@ -98,6 +111,7 @@ def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -
             docker.types.Mount(m.target, m.source, type="bind", read_only=m.read_only)
             for m in plan.mounts
         ]
+        + volume_mounts(plan)
         + helper_mounts(plan, image, helper)
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}

@@ -1,17 +1,19 @@
-"""exec over Docker's hijacked attach socket: stdin, separate streams, and a deadline."""
+"""exec over Docker's hijacked attach socket: stdin, separate streams, and a deadline;
+and a process whose stdin stays open (`start_process`) over the same socket."""
 
 from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
-from sandboxer.backend import ExecGenerator, ExitStatus
+from sandboxer.backend import ExecGenerator, ExitStatus, ProcessChannel, TerminalSize
 
 _HEADER = struct.Struct(">BxxxL")  # stream type (1 stdout, 2 stderr), payload size
 _STREAMS = {1: "stdout", 2: "stderr"}
@@ -50,16 +52,33 @@ class _Frames:
                 self._stream, self._header = _STREAMS.get(kind, "stdout"), b""
 
 
+class StartedExec(NamedTuple):
+    """An exec Docker started: its id, hijacked socket, and how to end it."""
+
+    exec_id: str
+    raw: Any
+    kill: Callable[[], None]  # the command and everything it started
+    exit_code: Callable[[], int]
+
+
+def _socket(raw: Any) -> socket.socket:
+    sock: socket.socket = raw._sock if hasattr(raw, "_sock") else raw
+    return sock
+
+
 def stream_exec(
     raw: Any,
     stdin: bytes | None,
     timeout: float | None,
     kill: Callable[[], None],
     exit_code: Callable[[], int],
+    *,
+    framed: bool = True,
 ) -> ExecGenerator:
-    """Demultiplex Docker's framed output until EOF, killing the process at the deadline
-    (or when the caller closes this generator before the end)."""
-    sock: socket.socket = raw._sock if hasattr(raw, "_sock") else raw
+    """Demultiplex Docker's framed output until EOF (on a terminal it comes raw, all as
+    "stdout"), killing the process at the deadline (or when the caller closes this
+    generator before the end)."""
+    sock = _socket(raw)
     writer = None
     if stdin is not None:
         writer = threading.Thread(target=_feed_stdin, args=(sock, stdin), daemon=True)
@@ -83,7 +102,10 @@ def stream_exec(
             data = sock.recv(65536)
             if not data:
                 break
-            yield from frames.feed(data)
+            if framed:
+                yield from frames.feed(data)
+            else:
+                yield "stdout", data
         finished = True
     finally:
         if not finished:  # the caller stopped reading (or passed a cap): as on a timeout
@@ -97,3 +119,63 @@ def stream_exec(
         if writer is not None:
             writer.join(timeout=1)
     return ExitStatus(exit_code=-1 if timed_out else exit_code(), timed_out=timed_out)
+
+
+class ExecProcess(ProcessChannel):
+    """A Docker exec whose stdin stays open: bytes go to the hijacked socket as they come,
+    end of input is the socket's write side shut down."""
+
+    def __init__(
+        self,
+        started: StartedExec,
+        *,
+        terminal: bool,
+        timeout: float | None,
+        send_signal: Callable[[int], None],
+        resize: Callable[[TerminalSize], None],
+    ) -> None:
+        self._sock = _socket(started.raw)
+        self._terminal = terminal
+        self._kill = started.kill
+        self._send_signal = send_signal
+        self._resize = resize
+        self._lock = threading.Lock()  # one writer at a time, and none after the shutdown
+        self._input_open = True
+        self._ended = False
+        stream = stream_exec(
+            started.raw, None, timeout, started.kill, started.exit_code, framed=not terminal
+        )
+        self.output = self._watch(stream)
+
+    def _watch(self, stream: ExecGenerator) -> ExecGenerator:
+        try:
+            return (yield from stream)
+        finally:
+            self._ended = True
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._input_open and not self._ended:
+                with contextlib.suppress(OSError):  # ended meanwhile: nothing reads it
+                    self._sock.sendall(data)
+
+    def close_stdin(self) -> None:
+        if self._terminal:
+            return  # a terminal has no end of input short of its end
+        with self._lock:
+            if self._input_open and not self._ended:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_WR)
+            self._input_open = False
+
+    def signal(self, signum: int) -> None:
+        if self._ended:
+            return
+        if signum == signal.SIGKILL:
+            self._kill()  # the whole tree, as a timeout does
+        else:
+            self._send_signal(signum)
+
+    def resize(self, size: TerminalSize) -> None:
+        if self._terminal and not self._ended:
+            self._resize(size)

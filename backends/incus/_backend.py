@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import attrs
 
 from sandboxer.backend import (
+    EXEC_MARKER,
     EXEC_USER,
     LAUNCH,
+    LOGS_MAX,
     MANAGED,
     Availability,
     Backend,
@@ -29,9 +32,14 @@ from sandboxer.backend import (
     Handle,
     LaunchPlan,
     OutputTooLarge,
+    ProcessChannel,
+    ProcessRequest,
+    PullPolicy,
     SandboxInfo,
     SandboxNotFound,
     SandboxState,
+    VolumeInfo,
+    exec_pid,
     kill_exec,
     log_tail,
     logger,
@@ -39,11 +47,13 @@ from sandboxer.backend import (
     ticks_now,
     timed,
 )
+from sandboxer.images import ImageConfig, is_builtin
 
 from . import _diagnose, _exec, _prepare
 from ._boot import Boot
 from ._client import Endpoint, Incus
 from ._config import (
+    BUSYBOX_KEY,
     LABEL_PREFIX,
     WORKDIR_KEY,
     Nic,
@@ -52,12 +62,15 @@ from ._config import (
     instance_request,
     labels_from_config,
 )
+from ._console import console_tail, log_directory
 from ._errors import incus_errors
 from ._images import Images, Source, image_name
 from ._network import Networks, retry_address_conflicts
+from ._process import IncusProcess
 from ._refusals import refusals
 from ._sdk import pylxd
 from ._users import Identity, is_numeric, resolve
+from ._volumes import IncusVolumes
 from ._websocket import WebSocket
 
 _STATES = {
@@ -83,6 +96,7 @@ class _Known:
     accounts: tuple[str, str] | None = None  # its /etc/passwd and /etc/group
     workdirs: set[str] = attrs.Factory(lambda: {"/"})  # directories seen to exist
     empty_env: tuple[str, ...] = ()  # variables set to "", which exec must add itself
+    busybox: str | None = None  # the file calls' (`Boot.busybox`)
 
 
 class IncusBackend(Backend):
@@ -122,6 +136,7 @@ class IncusBackend(Backend):
         self._images = Images(self._incus)
         self._networks = Networks(self._incus)
         self._pool: str | None = None
+        self._volumes = IncusVolumes(self._incus)
         self._lock = threading.Lock()
         self._known: dict[str, _Known] = {}
 
@@ -149,6 +164,12 @@ class IncusBackend(Backend):
             (control, status) for control, status in overrides.items() if control in statuses
         )
         return statuses
+
+    def image_config(self, image: str, pull: PullPolicy) -> ImageConfig:
+        # An image Incus holds itself (an alias) has no OCI config: nothing exposed.
+        if not is_builtin(image) and not self._images.from_store(image):
+            return ImageConfig()
+        return super().image_config(image, pull)
 
     # create --------------------------------------------------------------------------
     def _root_pool(self) -> str:
@@ -179,6 +200,7 @@ class IncusBackend(Backend):
         nic = self._nic(plan)
         points, script = _prepare.paths(plan, boot, source.exists), _prepare.service(plan, boot)
         start = not points and script is None
+        self._volumes.claim(plan, pool)
         api = self._incus.api.instances[plan.name]
         # Chosen here rather than read back from Incus after the create: one call less.
         identity = str(uuid.uuid4())
@@ -195,7 +217,11 @@ class IncusBackend(Backend):
                 raise
             raise EngineError(f"{exc}\n{self._start_errors(plan.name)}") from exc
         self._known[plan.name] = _Known(
-            boot.user, boot.workdir, plan.network == "isolated", empty_env=boot.empty_environment
+            boot.user,
+            boot.workdir,
+            plan.network == "isolated",
+            empty_env=boot.empty_environment,
+            busybox=boot.busybox,
         )
         return Handle(identity, plan.name)
 
@@ -254,9 +280,13 @@ class IncusBackend(Backend):
                 settings.get(LABEL_PREFIX + EXEC_USER),
                 settings.get(WORKDIR_KEY, "/"),
                 empty_env=empty_environment(settings),
+                busybox=settings.get(BUSYBOX_KEY),
             )
             self._known[name] = known
         return known
+
+    def busybox(self, handle: Handle) -> str | None:
+        return self._sandbox(handle.name).busybox
 
     def _identity(self, name: str, user: str) -> Identity:
         if is_numeric(user):  # "uid:gid" needs no account file
@@ -295,22 +325,21 @@ class IncusBackend(Backend):
             )
         return str(data.decode("utf-8", "replace"))
 
-    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+    def _exec_body(self, name: str, request: ExecRequest, marker: str) -> dict[str, Any]:
+        """The exec endpoint's request: user, directory and environment resolved as every
+        command in the sandbox gets them, with the marker a kill finds its processes by."""
         # None: the sandbox's own user, as Docker's exec defaults to the container's.
-        user = request.user if request.user is not None else self._sandbox(handle.name).user
-        identity = self._identity(handle.name, user) if user else Identity(0, 0)
-        workdir = request.workdir or self._sandbox(handle.name).workdir
-        self._check_workdir(handle.name, workdir)
+        user = request.user if request.user is not None else self._sandbox(name).user
+        identity = self._identity(name, user) if user else Identity(0, 0)
+        workdir = request.workdir or self._sandbox(name).workdir
+        self._check_workdir(name, workdir)
         environment = dict(request.env)
-        for key in self._sandbox(handle.name).empty_env:  # Incus' config could not hold them
+        for key in self._sandbox(name).empty_env:  # Incus' config could not hold them
             environment.setdefault(key, "")
         if identity.home and "HOME" not in environment:
             environment["HOME"] = identity.home
-        # Every exec is marked, so a kill can tell its processes from another exec's.
-        variable, marker = new_exec_marker()
-        environment[variable] = marker
-        started = ticks_now()
-        body = {
+        environment[EXEC_MARKER] = marker
+        return {
             "command": list(request.argv),
             "environment": environment,
             "wait-for-websocket": True,
@@ -319,25 +348,60 @@ class IncusBackend(Backend):
             "user": identity.uid,
             "group": identity.gid,
         }
-        deadline = None if request.timeout is None else time.monotonic() + request.timeout
+
+    def _killer(self, name: str, marker: str) -> Callable[[WebSocket], None]:
+        """What kills the exec marked `marker`, started now, and everything it started."""
+        started = ticks_now()
 
         def kill(control: WebSocket) -> None:
             # The whole tree from the host where its pids are visible; else the command,
             # through the engine.
-            init = self._init_pid(handle.name) if self._incus.endpoint.is_local else 0
+            init = self._init_pid(name) if self._incus.endpoint.is_local else 0
             if not init or not kill_exec(marker, init, started):
                 _exec.signal_command(control, 9)
 
+        return kill
+
+    def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
+        # Every exec is marked, so a kill can tell its processes from another exec's.
+        marker = new_exec_marker()[1]
+        body = self._exec_body(handle.name, request, marker)
+        kill = self._killer(handle.name, marker)
+        deadline = _exec.deadline_after(request.timeout)
+
         def attempt() -> ExecGenerator:
             waiter, sockets = _exec.start(self._incus, handle.name, body)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            return _exec.stream(waiter, sockets, request.stdin, left, kill)
+            return _exec.stream(waiter, sockets, request.stdin, deadline, kill)
 
         try:
             first: ExecGenerator | None = attempt()  # eager: SandboxNotFound surfaces here
         except _exec.NotStarted:
             first = None
         return self._retrying(first, attempt, deadline)
+
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        marker = new_exec_marker()[1]
+        body = self._exec_body(handle.name, request.exec, marker)
+        if request.terminal is not None:
+            size = request.terminal
+            body.update(interactive=True, width=size.cols, height=size.rows)
+        kill = self._killer(handle.name, marker)
+        deadline = _exec.deadline_after(request.exec.timeout)
+        waiter, sockets = _exec.start(self._incus, handle.name, body)
+        return IncusProcess(
+            waiter,
+            sockets,
+            terminal=request.terminal is not None,
+            deadline=deadline,
+            kill=kill,
+            pid_finder=lambda: self._pid_finder(handle.name, marker),
+        )
+
+    def _pid_finder(self, name: str, marker: str) -> Callable[[], int | None] | None:
+        """What finds the exec marked `marker`'s pid; None where its processes are not
+        visible (a remote engine)."""
+        init = self._init_pid(name) if self._incus.endpoint.is_local else 0
+        return functools.partial(exec_pid, marker, init) if init else None
 
     def _init_pid(self, name: str) -> int:
         """The host pid of the container's init (0 if it has none)."""
@@ -388,6 +452,14 @@ class IncusBackend(Backend):
         except EngineError:
             if self.state(handle) is SandboxState.RUNNING:
                 raise  # not merely "already stopped" by the init in the meantime
+
+    def start(self, handle: Handle) -> Handle:
+        # The instance keeps its config and devices (profile, limits, mounts, ports) and
+        # its root disk; the profile's tmpfs paths come back empty, its init boots afresh.
+        if self.state(handle) is not SandboxState.RUNNING:
+            with timed("incus start", sandbox=handle.name):
+                self._set_state(handle.name, "start")
+        return handle
 
     def _launched_by(self, quoted: str, launch: str) -> bool:
         """Whether the instance called `quoted` is there and carries the launch id."""
@@ -443,7 +515,13 @@ class IncusBackend(Backend):
             console = self._incus.api.instances[handle.name].console
             response = console.get(is_api=False, stream=True, timeout=30)
             with contextlib.closing(response):
-                return log_tail(response.iter_content(64 * 1024))
+                drained = log_tail(response.iter_content(64 * 1024))
+        endpoint = self._incus.endpoint
+        if endpoint.is_local:
+            whole = console_tail(log_directory(endpoint.address), handle.name, LOGS_MAX)
+            if whole is not None:
+                return whole.decode("utf-8", "replace")
+        return drained
 
     def leftovers(self) -> list[SandboxInfo]:
         """Private networks (they carry a launch id) whose instance is gone."""
@@ -460,6 +538,18 @@ class IncusBackend(Backend):
                     SandboxInfo(self.name, network["name"], sandbox, SandboxState.DESTROYED, labels)
                 )
         return found
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        return self._volumes.create(self._root_pool(), name, labels)
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        return self._volumes.inspect(self._root_pool(), name)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return self._volumes.list(self._root_pool())
+
+    def remove_volume(self, name: str) -> None:
+        self._volumes.remove(self._root_pool(), name)
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with incus_errors():

@@ -29,7 +29,6 @@ from ._users import Identity, resolve
 
 # An image's /etc/passwd and /etc/group are read on the host, bounded: real ones are KiB.
 HELPER_DEVICE = "sandboxer-helper"
-SYSTEMD_IMAGE = "sandboxer/systemd"
 # What systemd as PID 1 needs that a profile's controls take away: measured, it dies at
 # boot with either in place (no-new-privileges, a read-only root, limits and a non-root
 # exec user it survives). Reported unenforced, so refused unless the caller consents.
@@ -42,12 +41,6 @@ SYSTEMD_LIFTS = {
     "keyrings for its services, which the profile's allowlist denies; Incus' default "
     "denylist applies instead (kexec, kernel modules, open_by_handle_at, ...)",
 }
-
-
-def boots_systemd(plan: LaunchPlan) -> bool:
-    """`sandboxer/systemd` boots systemd where an init or a system container was asked for."""
-    requirements = plan.requirements
-    return plan.image == SYSTEMD_IMAGE and (requirements.init or requirements.kind == "system")
 
 
 class Init(enum.Enum):
@@ -85,6 +78,14 @@ class Boot:
     def empty_environment(self) -> tuple[str, ...]:
         """The variables set to "", which Incus' config cannot hold."""
         return tuple(sorted(key for key, value in self.environment.items() if not value))
+
+    @property
+    def busybox(self) -> str | None:
+        """The busybox the file calls run: the helper's, the built-in images' own; None:
+        the image's own tools (its own init, which may be systemd's Debian)."""
+        if self.init is Init.HELPER:
+            return f"{MOUNT_POINT}/busybox"
+        return "/bin/busybox" if self.init is Init.BUILTIN else None
 
     def devices(self) -> dict[str, dict[str, str]]:
         if self.helper is None:

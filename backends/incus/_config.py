@@ -29,8 +29,9 @@ from sandboxer.backend import (
     Target,
     host_kernel,
 )
+from sandboxer.images.systemd import boots_systemd
 
-from ._boot import SYSTEMD_LIFTS, Boot, Init, boots_systemd
+from ._boot import SYSTEMD_LIFTS, Boot, Init
 from ._seccomp import Translation, translate
 
 # LXC runs start-host hooks on the host once the container's namespaces exist, before
@@ -44,10 +45,14 @@ APPENDED = ("raw.lxc", "raw.seccomp")
 SAFE_TARGET = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
+# The host name the templates write to /etc/hostname and /etc/hosts.
+HOSTNAME_KEY = "user.sandboxer.hostname"
 ENV_PREFIX = "environment."
 WORKDIR_KEY = "user.sandboxer.workdir"
 # The names of the variables set to "" (a JSON list): exec adds them, Incus would not.
 EMPTY_ENV_KEY = "user.sandboxer.empty-env"
+# Where the file calls find their busybox (`Boot.busybox`), for a process that finds it later.
+BUSYBOX_KEY = "user.sandboxer.busybox"
 
 
 @attrs.frozen
@@ -117,6 +122,8 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
 
 def raw_lxc(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> str:
     lines = [LOOPBACK_HOOK, *boot.lines(), *mount_hook_lines(plan)]
+    if plan.hostname != plan.name:  # Incus names the UTS namespace after the instance
+        lines.append(f"lxc.uts.name = {plan.hostname}")
     if plan.no_new_privileges:
         lines.append("lxc.no_new_privs = 1")
     if not plan.requirements.nested and not boots_systemd(plan):
@@ -166,6 +173,20 @@ def _listen(port: PortMapping) -> str:
     return f"{port.protocol}:{host}:{port.host_port}"
 
 
+def volume_devices(plan: LaunchPlan, pool: str) -> dict[str, dict[str, str]]:
+    """A disk device per named volume: a custom volume of `pool` (made shifted)."""
+    return {
+        f"volume{index}": {
+            "type": "disk",
+            "pool": pool,
+            "source": volume.name,
+            "path": volume.target,
+            "readonly": "true" if volume.read_only else "false",
+        }
+        for index, volume in enumerate(plan.volumes)
+    }
+
+
 def devices(plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {
         "root": {
@@ -183,6 +204,7 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot) -> dict[st
             "path": mount.target,
             "readonly": "true" if mount.read_only else "false",
         }
+    found.update(volume_devices(plan, pool))
     for index, port in enumerate(plan.ports):
         # bind=host: Incus listens on the host and connects inside the sandbox's
         # network namespace, so this works with no NIC at all.
@@ -213,6 +235,7 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
         **limits(plan),
         # The built-in images' /etc/hosts template maps the sandbox's name to this.
         ADDRESS_KEY: nic.address.split("/")[0] if nic else "127.0.1.1",
+        HOSTNAME_KEY: plan.hostname,
         "security.privileged": "false",
         # No /dev/incus: the guest API socket is a way to talk to the engine.
         "security.guestapi": "false",
@@ -223,6 +246,8 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
         result[LABEL_PREFIX + EXEC_USER] = boot.user
     if boot.empty_environment:
         result[EMPTY_ENV_KEY] = json.dumps(boot.empty_environment)
+    if boot.busybox is not None:
+        result[BUSYBOX_KEY] = boot.busybox
     if plan.isolated_ids:
         result["security.idmap.isolated"] = "true"
     return result

@@ -21,13 +21,12 @@ from ._client import Incus, SentWait
 from ._errors import incus_errors
 from ._websocket import BINARY, CLOSE, TEXT, WebSocket
 
-_STREAMS = {1: "stdout", 2: "stderr"}
 # Incus' words when forkexec could not start the command inside the sandbox.
 _NOT_STARTED = "Failed to retrieve PID of executing child process"
 _GRACE_AFTER_KILL = 5.0
 
 
-def _feed(websocket: WebSocket, data: bytes | None) -> None:
+def feed(websocket: WebSocket, data: bytes | None) -> None:
     with contextlib.suppress(OSError):
         if data:
             websocket.send(data)
@@ -39,17 +38,20 @@ class NotStarted(EngineError):
 
 
 def start(incus: Incus, name: str, body: dict[str, Any]) -> tuple[SentWait, dict[int, WebSocket]]:
-    """Start an exec: (its result to come, websockets by fd, -1 being the control channel)."""
+    """Start an exec: (its result to come, websockets by fd, -1 being the control channel;
+    with `interactive`, fd 0 alone carries the terminal both ways)."""
     with incus_errors():
         response = incus.api.instances[name].exec.post(json=body)
         payload = response.json()
     operation = Incus.operation_id(payload)
     fds = payload["metadata"]["metadata"]["fds"]
+    channels = [(-1, "control"), *((fd, str(fd)) for fd in range(3) if str(fd) in fds)]
     sockets: dict[int, WebSocket] = {}
     try:
-        # The command starts once 0, 1 and 2 are connected; control must be connected by
-        # then (a quick command could end before it is). So two batches of handshakes.
-        for batch in ((-1, "control"), (0, "0"), (1, "1")), ((2, "2"),):
+        # The command starts once its data channels are connected; control must be
+        # connected by then (a quick command could end before it is). So two batches of
+        # handshakes: the last data channel alone in the second.
+        for batch in channels[:-1], channels[-1:]:
             sockets.update(incus.websockets(operation, {fd: fds[key] for fd, key in batch}))
         waiter = SentWait(incus.endpoint, operation)  # while the command runs
     except BaseException as exc:
@@ -72,23 +74,44 @@ def _result(wait: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         raise
 
 
+def deadline_after(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
 def stream(
     waiter: SentWait,
     sockets: dict[int, WebSocket],
     stdin: bytes | None,
-    timeout: float | None,
+    deadline: float | None,
     kill: Callable[[WebSocket], None],
 ) -> ExecGenerator:
-    """Yield output until both streams end, killing the command at the deadline (or when
-    the caller closes this generator before the end)."""
+    """An exec's output, its stdin fed (then closed) by a thread of its own."""
     writer = None
     if stdin:
-        writer = threading.Thread(target=_feed, args=(sockets[0], stdin), daemon=True)
+        writer = threading.Thread(target=feed, args=(sockets[0], stdin), daemon=True)
         writer.start()
     else:
-        _feed(sockets[0], None)  # EOF at once: a command reading stdin sees it empty
-    open_streams = {sockets[1]: 1, sockets[2]: 2}
-    deadline = None if timeout is None else time.monotonic() + timeout
+        feed(sockets[0], None)  # EOF at once: a command reading stdin sees it empty
+    try:
+        outputs = {sockets[1]: "stdout", sockets[2]: "stderr"}
+        return (yield from relay(waiter, sockets, outputs, deadline, kill))
+    finally:
+        if writer is not None:
+            writer.join(timeout=1)
+
+
+def relay(
+    waiter: SentWait,
+    sockets: dict[int, WebSocket],
+    outputs: dict[WebSocket, str],
+    deadline: float | None,
+    kill: Callable[[WebSocket], None],
+    ended: Callable[[], None] = lambda: None,
+) -> ExecGenerator:
+    """Yield output until every stream in `outputs` ends, killing the command at the
+    deadline (or when the caller closes this generator before the end); then `ended`,
+    and the command's exit status."""
+    open_streams = dict(outputs)
     timed_out = finished = False
     # selectors, not select(): descriptors above 1024 are fine.
     selector = selectors.DefaultSelector()
@@ -118,8 +141,9 @@ def stream(
                         selector.unregister(websocket)
                         break
                     if payload:
-                        yield _STREAMS[open_streams[websocket]], payload
+                        yield open_streams[websocket], payload
         finished = True
+        ended()
         if timed_out:
             return ExitStatus(exit_code=-1, timed_out=True)
         metadata = _result(waiter.result)
@@ -133,12 +157,24 @@ def stream(
         for websocket in sockets.values():
             with contextlib.suppress(OSError):
                 websocket.close()
-        if writer is not None:
-            writer.join(timeout=1)
     return ExitStatus(exit_code=int((metadata.get("metadata") or {}).get("return", -1)))
+
+
+def control_message(command: str, **fields: Any) -> bytes:
+    """A message for the exec's control channel."""
+    return json.dumps({"command": command, **fields}).encode()
+
+
+def resize_message(rows: int, cols: int) -> bytes:
+    # Incus reads the arguments as strings.
+    return control_message("window-resize", args={"width": str(cols), "height": str(rows)})
+
+
+def send_control(control: WebSocket, message: bytes) -> None:
+    with contextlib.suppress(OSError):  # the command ended: nothing to tell it
+        control.send(message, TEXT)
 
 
 def signal_command(control: WebSocket, signal: int) -> None:
     """Ask Incus to signal the command itself (not its children) via the control channel."""
-    with contextlib.suppress(OSError):
-        control.send(json.dumps({"command": "signal", "signal": signal}).encode(), TEXT)
+    send_control(control, control_message("signal", signal=signal))

@@ -36,10 +36,11 @@ from sandboxer.images import (
 )
 from sandboxer.images.debian import BUILTIN_OCI_IMAGES
 from sandboxer.images.store import LocalImage, default_store
+from sandboxer.images.systemd import boots_systemd
 from sandboxer.images.tree import is_directory_in_tree
 
 from . import _boot, _metadata
-from ._boot import Boot, Init, boots_systemd
+from ._boot import Boot, Init
 from ._client import Incus
 from ._errors import incus_errors
 from ._oci import Converter
@@ -48,7 +49,7 @@ from ._sdk import pylxd
 SYSTEM_IMAGE = "sandboxer/system"
 
 # Bump when the Incus metadata (templates) changes; the tree's own version is IMAGE_VERSION.
-INCUS_REVISION = 1
+INCUS_REVISION = 2
 
 
 def alias(image: str) -> str:
@@ -140,6 +141,10 @@ class Images:
         if boots_systemd(plan):
             return Init.OWN
         return Init.HELPER if self._from_store(image) else Init.OWN
+
+    def from_store(self, image: str) -> bool:
+        """Whether `image` is an OCI image of sandboxer's store (else one Incus holds)."""
+        return self._from_store(image)
 
     def _from_store(self, image: str) -> bool:
         return in_store(image) or not self.held_by_incus(image)

@@ -6,16 +6,17 @@ import json
 import platform
 from collections.abc import Mapping
 
-from ._config import ADDRESS_KEY
+from ._config import ADDRESS_KEY, HOSTNAME_KEY
 
 _ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
-# Rendered by Incus at first start: the sandbox's name resolves to its address.
+# Rendered by Incus at first start: the sandbox's host name resolves to its address.
+_HOSTNAME = '{{ config_get("' + HOSTNAME_KEY + '", instance.name) }}'
 TEMPLATES = {
     "/etc/hosts": (
         "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-        '{{ config_get("' + ADDRESS_KEY + '", "127.0.1.1") }} {{ instance.name }}\n'
+        '{{ config_get("' + ADDRESS_KEY + '", "127.0.1.1") }} ' + _HOSTNAME + "\n"
     ),
-    "/etc/hostname": "{{ instance.name }}\n",
+    "/etc/hostname": _HOSTNAME + "\n",
 }
 
 

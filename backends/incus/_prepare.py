@@ -32,6 +32,7 @@ def paths(plan: LaunchPlan, boot: Boot, exists: Exists) -> list[tuple[str, bool]
     if plan.read_only_root:
         points += [(t.path, False) for t in plan.tmpfs if not exists(t.path)]
         points += [(m.target, not os.path.isdir(m.source)) for m in plan.mounts]
+        points += [(v.target, False) for v in plan.volumes]
     if boot.init is Init.HELPER and not exists(boot.workdir):
         points.append((boot.workdir, False))
     return points

@@ -4,8 +4,9 @@ engine object is made, never from inside `create`."""
 from __future__ import annotations
 
 from sandboxer.backend import LaunchPlan
+from sandboxer.images.systemd import command_refusal
 
-from ._boot import SYSTEMD_IMAGE, Boot, Init, boots_systemd
+from ._boot import Boot, Init
 from ._config import APPENDED, SAFE_TARGET, own_config
 
 # Keys Incus ignores once raw.seccomp is set.
@@ -18,12 +19,7 @@ _VOIDED = (
 
 
 def refusals(plan: LaunchPlan) -> list[str]:
-    found = []
-    if boots_systemd(plan) and (plan.command or plan.entrypoint):
-        found.append(
-            f"{SYSTEMD_IMAGE} with an init boots systemd as PID 1, which runs no "
-            "spec.command or spec.entrypoint: start it as a unit, or exec it"
-        )
+    found = command_refusal(plan)
     found += [
         f"incus keeps the sandbox's environment in its config, which cannot hold a line "
         f"break (env[{key!r}]): pass such a value to exec instead"

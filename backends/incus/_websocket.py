@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 
 from sandboxer.backend import EngineError
 
@@ -54,6 +55,9 @@ class WebSocket:
         self._message = bytearray()
         self._message_opcode = BINARY
         self.closed = False
+        # Frames go out whole: a process's writer, its control calls and our pongs may
+        # send from different threads.
+        self._sending = threading.Lock()
         # Messages that arrived with the handshake response.
         self._ready = self._parse()
 
@@ -97,18 +101,29 @@ class WebSocket:
         tls_pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
         return bool(self._ready) or tls_pending
 
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        with self._sending:
+            self.sock.sendall(_frame(opcode, payload))
+
     def send(self, payload: bytes, opcode: int = BINARY) -> None:
         for start in range(0, max(len(payload), 1), _CHUNK):
-            self.sock.sendall(_frame(opcode, payload[start : start + _CHUNK]))
+            self._send_frame(opcode, payload[start : start + _CHUNK])
 
     def send_barrier(self) -> None:
-        self.sock.sendall(_frame(TEXT, b""))
+        self._send_frame(TEXT, b"")
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(OSError):
-                self.sock.sendall(_frame(CLOSE, struct.pack("!H", 1000)))
+        # Not behind a send still in flight (to a peer that stopped reading): the
+        # shutdown below wakes that one up instead.
+        if not self.closed and self._sending.acquire(blocking=False):
+            try:
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(_frame(CLOSE, struct.pack("!H", 1000)))
+            finally:
+                self._sending.release()
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
     def receive(self) -> list[tuple[int, bytes]]:
@@ -139,7 +154,7 @@ class WebSocket:
             if opcode == PING:
                 # Best effort: a peer that already hung up shows as EOF on the next read.
                 with contextlib.suppress(OSError):
-                    self.sock.sendall(_frame(PONG, payload))
+                    self._send_frame(PONG, payload)
             elif opcode == CLOSE:
                 messages.append((CLOSE, b""))
             elif opcode in (TEXT, BINARY, CONTINUATION):

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,10 +34,14 @@ from sandboxer.backend import (
     ImageNotFound,
     LaunchPlan,
     OutputTooLarge,
+    ProcessChannel,
+    ProcessRequest,
     SandboxExists,
     SandboxInfo,
     SandboxNotFound,
     SandboxState,
+    UnsupportedFeature,
+    VolumeInfo,
     archive_chunks,
     check_packing,
     drain,
@@ -46,22 +51,28 @@ from sandboxer.backend import (
     timed,
 )
 from sandboxer.images import ImageConfig, is_disk_image
+from sandboxer.images.systemd import boots_systemd
 
 from . import _diagnose, _shares
 from ._accel import AcceleratorChooser
+from ._accounts import Accounts
 from ._agent import Agent
 from ._cloud_guest import DISK_IMAGE_CONTROLS, FAILED_FILE, READY_FILE, seed_files
+from ._commands import CommandService, has_service
 from ._disk import UserDisk, create_overlay, create_seed, user_disk
 from ._domain import NAMESPACE, Boot, Disk, domain_xml, parse_labels
 from ._errors import libvirt_errors
 from ._exec import WRAPPER_ENV, exec_command, run_to_end, wrapper_args
 from ._guest_config import check_mount_targets, config_archive, guest_files, shares
-from ._guest_scripts import BUILTIN, OCI, STAGING_DIR, GuestLayout
+from ._guest_scripts import BUILTIN, OCI, OCI_ROOT, STAGING_DIR, GuestLayout
 from ._image import ImageStore
 from ._oci import OciDisk, exec_request, image_disk, is_oci_image, main_request
 from ._refusals import refusals
+from ._restart import load_boot, save_boot
 from ._sdk import libvirt
 from ._seccomp import guest_program
+from ._systemd import SYSTEMD_CONTROLS
+from ._volumes import LibvirtVolumes
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_STATE_DIR = "/var/lib/sandboxer/vm"
@@ -73,6 +84,8 @@ FAILED_CAP = 64 * 1024  # of the guest's set-up failure reason
 # In the run directory of a sandbox that boots an OCI image: the image config its execs
 # follow, and the image's disk (a hard link to the store's: it stays while the VM runs).
 IMAGE_CONFIG_FILE, IMAGE_DISK_FILE = "image-config.json", "rootfs.ext4"
+# In the run directory of a sandbox that boots a user's disk image: its overlay.
+OVERLAY_FILE = "overlay.qcow2"
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: SandboxState.UNKNOWN,
@@ -113,10 +126,11 @@ class LibvirtBackend(Backend):
         disk_images=True,
         start_seconds=3.0,  # launch to exec-ready, measured under TCG (2.9 s median)
         controls={
-            "capabilities": "guest: setpriv drops the bounding, inheritable and ambient "
-            "capability sets of every command (cap_add kept)",
-            "no_new_privileges": "guest: no_new_privs on the guest agent (bwrap) and on "
-            "every command (setpriv --nnp)",
+            "capabilities": "guest: sandboxer's command service (setpriv for the spec's "
+            "command) drops the bounding, inheritable and ambient capability sets of every "
+            "command (cap_add kept)",
+            "no_new_privileges": "guest: no_new_privs on the guest agent and command "
+            "service (bwrap) and on every command",
             "seccomp": "guest: the profile's allowlist (default deny) compiled to BPF "
             "(libseccomp) and loaded "
             "by bwrap on the guest agent, inherited by every command; host: QEMU runs "
@@ -124,9 +138,10 @@ class LibvirtBackend(Backend):
             "read_only_root": "guest: root file system remounted read-only after boot, "
             "the profile's tmpfs paths writable",
             "non_root_user": "guest: every command, the spec's command and the file "
-            "calls' tar run as the profile's uid:gid (setpriv; the caller's environment "
-            "applies only after the drop); root runs only sandboxer's own guest init, "
-            "qemu-ga and exec wrapper, with a fixed environment and absolute paths; host: "
+            "calls' tar run as the profile's uid:gid (the command service, or setpriv; the "
+            "caller's environment applies only after the drop); root runs only sandboxer's "
+            "own guest init, command service, qemu-ga and exec wrapper, with a fixed "
+            "environment and absolute paths; host: "
             "QEMU runs as the unprivileged user of qemu.conf",
             "pids_limit": "guest: pids cgroup (pids.max) around every command",
             "memory_limit": "host: the VM's RAM; guest: memory cgroup (memory.max, no "
@@ -145,7 +160,9 @@ class LibvirtBackend(Backend):
         self._root = state_dir()
         self._images = ImageStore(self._root)
         self._accel = AcceleratorChooser(self._root)
+        self._volumes = LibvirtVolumes(self._root / "volumes")
         self._accel_lock = threading.Lock()
+        self._commands = CommandService()
 
     @classmethod
     def probe(cls) -> Availability:
@@ -199,6 +216,12 @@ class LibvirtBackend(Backend):
             return BUILTIN, None
         return OCI, ImageConfig.from_oci({"config": document})
 
+    def busybox(self, handle: Handle) -> str | None:
+        # An OCI guest's is with sandboxer's tools; a user's disk image has its own tools.
+        if self._guest(handle)[0] is OCI:
+            return f"{OCI_ROOT}/bin/busybox"
+        return None if (self._run_dir(handle.name) / OVERLAY_FILE).exists() else "/bin/busybox"
+
     # lifecycle ----------------------------------------------------------------------
     @classmethod
     def refusals(cls, plan: LaunchPlan) -> list[str]:
@@ -217,13 +240,16 @@ class LibvirtBackend(Backend):
         qemu_gid = _shares.qemu_group(conn, accel.domain_type)
         run = self._claim(plan, qemu_gid)
         try:
-            exposed = _shares.expose(shares(plan), run / "shares", qemu_gid)
+            self._volumes.prepare(plan, _shares.qemu_owner(conn, accel.domain_type))
+            exposed = _shares.expose(self._volumes.shares(shares(plan)), run / "shares", qemu_gid)
             bpf = guest_program(plan.seccomp, plan.seccomp_target)
             if disk is None:
                 initrd = run / "initrd.img"
                 config = config_archive(guest_files(plan, bpf, None if oci is None else oci.config))
                 _write_initrd(initrd, image.initrd, config, qemu_gid)
-                boot = Boot(str(image.kernel), str(initrd), loader)
+                # The guest's command service takes numeric ids only: names resolve here.
+                Accounts.of_launch(plan.user, oci).save(run)
+                boot = Boot(str(image.kernel), str(initrd), loader, full_system=boots_systemd(plan))
                 disks = [] if oci is None else [_attach_image(oci, run, qemu_gid)]
             else:
                 boot, disks = None, _prepare_disks(plan, disk, run, bpf, qemu_gid)
@@ -245,16 +271,20 @@ class LibvirtBackend(Backend):
         with timed("guest agent ready", sandbox=plan.name):
             self._wait_ready(handle, run, set_up=disk is not None)
         main = plan_main(plan, oci)
+        if disk is None:  # a disk image's set-up runs once: it cannot boot again
+            save_boot(run, xml, handle.id, main)
         if main is not None:
             self._start_main(handle, main)
         return handle
 
     def enforcement(self, plan: LaunchPlan) -> dict[str, ControlStatus]:
         statuses = super().enforcement(plan)
-        if is_disk_image(plan.image):
-            for control, status in statuses.items():
-                if status.enforced and control in DISK_IMAGE_CONTROLS:
-                    statuses[control] = DISK_IMAGE_CONTROLS[control]
+        overrides = DISK_IMAGE_CONTROLS if is_disk_image(plan.image) else {}
+        if boots_systemd(plan):
+            overrides = SYSTEMD_CONTROLS
+        for control, status in statuses.items():
+            if status.enforced and control in overrides:
+                statuses[control] = overrides[control]
         return statuses
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
@@ -332,7 +362,19 @@ class LibvirtBackend(Backend):
         layout, config = self._guest(handle)
         if config is not None:
             request = exec_request(config, request)
+        run = self._run_dir(handle.name)
+        if not stdout_file and has_service(run):
+            return self._commands.exec(self._domain(handle), run, request)
         return exec_command(Agent(self._domain(handle)), request, stdout_file, layout)
+
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        run = self._run_dir(handle.name)
+        if not has_service(run):
+            return super().start_process(handle, request)  # a user's disk image: qemu-ga only
+        _, config = self._guest(handle)
+        if config is not None:
+            request = attrs.evolve(request, exec=exec_request(config, request.exec))
+        return self._commands.start_process(self._domain(handle), run, request)
 
     def exec(self, handle: Handle, request: ExecRequest) -> ExecGenerator:
         return self._exec(handle, request)
@@ -397,6 +439,30 @@ class LibvirtBackend(Backend):
                     break
                 time.sleep(0.1)
 
+    def start(self, handle: Handle) -> Handle:
+        """Boot the stopped sandbox again from its record (see _restart): the guest
+        starts afresh, its writable state lost, mounts and profile as at create."""
+        run = self._run_dir(handle.name)
+        record = load_boot(run)
+        if record is None:
+            raise UnsupportedFeature(
+                f"libvirt sandbox {handle.name} cannot be started again: it boots a disk "
+                "image, whose set-up cloud-init runs only once; launch a new sandbox"
+            )
+        running = self._lookup(handle.name)
+        if running is not None:
+            if running.UUIDString() != record.uuid:
+                raise SandboxExists(f"a libvirt domain called {handle.name} is not this sandbox")
+            return Handle(record.uuid, handle.name, running)
+        with timed("libvirt createXML", sandbox=handle.name), libvirt_errors():
+            domain = self._connection().createXML(record.xml, 0)
+        handle = Handle(domain.UUIDString(), handle.name, domain)
+        with timed("guest agent ready", sandbox=handle.name):
+            self._wait_ready(handle, run, set_up=False)
+        if record.main is not None:
+            self._start_main(handle, record.main)
+        return handle
+
     def remove(self, name: str, launch: str) -> None:
         domain = self._lookup(name)
         with libvirt_errors():
@@ -460,6 +526,18 @@ class LibvirtBackend(Backend):
             raise
         return parse_labels(metadata)
 
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        return self._volumes.create(name, labels)
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        return self._volumes.inspect(name)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return self._volumes.list()
+
+    def remove_volume(self, name: str) -> None:
+        self._volumes.remove(name)
+
     def list_sandboxes(self) -> list[SandboxInfo]:
         found: dict[str, SandboxInfo] = {}
         with libvirt_errors():
@@ -484,7 +562,10 @@ class LibvirtBackend(Backend):
             with contextlib.suppress(OSError, ValueError):
                 labels = json.loads(labels_file.read_text())
                 if is_ours(labels):
-                    found[name] = SandboxInfo(self.name, name, name, SandboxState.STOPPED, labels)
+                    record = load_boot(labels_file.parent)
+                    # The UUID it boots again with; a disk image's sandbox goes by its name.
+                    key = record.uuid if record is not None else name
+                    found[name] = SandboxInfo(self.name, key, name, SandboxState.STOPPED, labels)
         return list(found.values())
 
 
@@ -537,7 +618,7 @@ def _prepare_disks(
     plan: LaunchPlan, disk: UserDisk, run: Path, bpf: bytes, qemu_gid: int | None
 ) -> list[Disk]:
     """The overlay on the user's image, then the cloud-init seed, in the sandbox's directory."""
-    overlay, seed = run / "overlay.qcow2", run / "seed.iso"
+    overlay, seed = run / OVERLAY_FILE, run / "seed.iso"
     create_overlay(disk, overlay)
     create_seed(seed_files(plan, bpf), seed)
     for path in (overlay, seed):

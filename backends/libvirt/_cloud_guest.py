@@ -155,7 +155,7 @@ def user_data(plan: LaunchPlan, seccomp_bpf: bytes) -> str:
 
 
 def meta_data(plan: LaunchPlan) -> str:
-    return json.dumps({"instance-id": plan.name, "local-hostname": plan.name}) + "\n"
+    return json.dumps({"instance-id": plan.name, "local-hostname": plan.hostname}) + "\n"
 
 
 def network_config(plan: LaunchPlan) -> str:

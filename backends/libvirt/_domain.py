@@ -25,6 +25,7 @@ from ._guest_scripts import (
     INBOUND_NET,
     OUTBOUND_MAC,
     OUTBOUND_NET,
+    SERVICE_CHANNEL,
 )
 
 NAMESPACE = "https://github.com/sandboxer/sandboxer/libvirt/1"
@@ -35,6 +36,8 @@ MIB = 1024 * 1024
 # or, booting a user's disk image, systemd and cloud-init (Python). Untouched RAM costs the
 # host nothing.
 GUEST_OVERHEAD = 128 * MIB
+# The command service's ports (see _service): one per host process using a sandbox at once.
+SERVICE_PORTS = 4
 DEFAULT_MEMORY = 512 * MIB
 DISK_GUEST_OVERHEAD = 384 * MIB
 DISK_DEFAULT_MEMORY = 1024 * MIB
@@ -62,6 +65,9 @@ class Boot:
     initrd: str
     loader: str | None = None  # a firmware ROM (qboot) instead of SeaBIOS
     extra_args: tuple[str, ...] = ()
+    # The image's own systemd and services run beside the commands (sandboxer/systemd):
+    # the room a disk image's systemd gets.
+    full_system: bool = False
 
     @property
     def cmdline(self) -> str:
@@ -153,8 +159,16 @@ def _os(root: ET.Element, boot: Boot | None) -> None:
     _sub(os_element, "cmdline", boot.cmdline)
 
 
+def service_channels() -> list[str]:
+    return [f"{SERVICE_CHANNEL}{index}" for index in range(SERVICE_PORTS)]
+
+
 def _devices(
-    root: ET.Element, console_log: str, shares: Sequence[Share], disks: Sequence[Disk]
+    root: ET.Element,
+    console_log: str,
+    shares: Sequence[Share],
+    disks: Sequence[Disk],
+    channels: Sequence[str],
 ) -> None:
     devices = _sub(root, "devices")
     for index, disk in enumerate(disks):
@@ -170,8 +184,10 @@ def _devices(
             _sub(element, "shareable")
     for share in shares:
         # squash: QEMU runs unprivileged, so it cannot chown what the guest creates;
-        # it creates files as itself and ignores ownership changes.
-        element = _sub(devices, "filesystem", type="mount", accessmode="squash")
+        # it creates files as itself and ignores ownership changes. A volume's files are
+        # QEMU's alone: "mapped" keeps the guest's owner and mode in xattrs.
+        mode = "mapped" if share.volume else "squash"
+        element = _sub(devices, "filesystem", type="mount", accessmode=mode)
         _sub(element, "source", dir=share.source)
         _sub(element, "target", dir=share.tag)
         if share.read_only:
@@ -181,6 +197,10 @@ def _devices(
     _sub(serial, "target", port="0")
     channel = _sub(devices, "channel", type="unix")
     _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
+    for name in channels:
+        # No source path: libvirt makes the socket in its own root-only channel directory.
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name=name)
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
 
@@ -212,7 +232,7 @@ def domain_xml(
     _sub(root, "name", plan.name)
     _sub(root, "title", "sandboxer sandbox")
     _metadata(root, plan.labels)
-    memory = guest_memory(plan.memory, disk_boot=boot is None)
+    memory = guest_memory(plan.memory, disk_boot=boot is None or boot.full_system)
     _sub(root, "memory", str(memory // MIB), unit="MiB")
     _sub(root, "vcpu", str(vcpus(plan.cpus)))
     _os(root, boot)
@@ -222,6 +242,7 @@ def domain_xml(
     # Transient and disposable: whatever ends the guest ends the domain.
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(root, event, "destroy")
-    _devices(root, console_log, shares, disks)
+    # Only sandboxer's own initramfs runs the command service; a user's disk does not.
+    _devices(root, console_log, shares, disks, service_channels() if boot else ())
     _network(root, plan)
     return ET.tostring(root, encoding="unicode")

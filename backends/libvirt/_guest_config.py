@@ -14,6 +14,7 @@ import attrs
 
 from sandboxer.backend import InvalidSpec, LaunchPlan
 from sandboxer.images import ImageConfig
+from sandboxer.images.systemd import boots_systemd
 
 from ._cpio import CpioWriter
 from ._guest_scripts import SYSTEM_PATHS
@@ -29,6 +30,8 @@ class Share:
     source: str  # the host path QEMU opens
     target: str
     read_only: bool
+    # A named volume's name (its source is found by LibvirtVolumes.shares); "": a host path.
+    volume: str = ""
 
 
 def nics(plan: LaunchPlan) -> tuple[bool, bool]:
@@ -51,11 +54,11 @@ def _is_system_path(target: str) -> bool:
 
 def check_mount_targets(plan: LaunchPlan) -> None:
     """InvalidSpec for a mount over the guest's system paths (before anything is made)."""
-    for mount in plan.mounts:
-        if _is_system_path(mount.target):
+    for target in [m.target for m in plan.mounts] + [v.target for v in plan.volumes]:
+        if _is_system_path(target):
             raise InvalidSpec(
                 "Mount.target",
-                f"{mount.target} is a system path of the VM guest, which root-run steps "
+                f"{target} is a system path of the VM guest, which root-run steps "
                 f"use ({', '.join(SYSTEM_PATHS)}, /lib*); mount elsewhere, e.g. /data",
             )
 
@@ -64,6 +67,9 @@ def shares(plan: LaunchPlan) -> tuple[Share, ...]:
     return tuple(
         Share(f"sbx{index}", mount.source, mount.target, mount.read_only)
         for index, mount in enumerate(plan.mounts)
+    ) + tuple(
+        Share(f"sbv{index}", "", volume.target, volume.read_only, volume=volume.name)
+        for index, volume in enumerate(plan.volumes)
     )
 
 
@@ -92,7 +98,7 @@ def sandbox_conf(plan: LaunchPlan, image: ImageConfig | None = None) -> str:
     if plan.cpus is not None:
         cpu_max = f"{math.ceil(plan.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}"
     values = {
-        "SBX_HOSTNAME": plan.name,
+        "SBX_HOSTNAME": plan.hostname,
         "SBX_NET_IN": "1" if inbound else "0",
         "SBX_NET_OUT": "1" if outbound else "0",
         "SBX_MEMORY": str(plan.memory or ""),
@@ -103,6 +109,8 @@ def sandbox_conf(plan: LaunchPlan, image: ImageConfig | None = None) -> str:
         "SBX_NNP": "1" if plan.no_new_privileges else "0",
         "SBX_USER": user or "",
         "SBX_IMAGE_DISK": "0" if image is None else "1",
+        # The image's systemd is PID 1, and runs stage 2 as a unit (see _systemd).
+        "SBX_SYSTEMD": "1" if image is not None and boots_systemd(plan) else "0",
         # Created at boot if the image lacks it, as Docker does.
         "SBX_WORKDIR": "" if image is None else image.working_directory(plan.workdir),
         "SBX_BOUNDING": bounding,
@@ -121,7 +129,7 @@ def mounts_file(plan: LaunchPlan) -> str:
 
 
 def tmpfs_file(plan: LaunchPlan) -> str:
-    return "".join(f"{tmpfs.size} {tmpfs.path}\n" for tmpfs in plan.tmpfs)
+    return "".join(f"{tmpfs.size} {tmpfs.mode:o} {tmpfs.path}\n" for tmpfs in plan.tmpfs)
 
 
 def guest_files(

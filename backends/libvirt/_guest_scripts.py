@@ -19,6 +19,9 @@ import attrs
 # Where the guest keeps its modules, one .ko per module, and one load-order list per group.
 MODULE_DIR = "lib/modules/sandboxer"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+# The command service's ports: this prefix and 0, 1, ... (see _service).
+SERVICE_CHANNEL = "org.sandboxer.exec."
+SERVICE_BINARY = "sbx-service"  # on the guest's tools PATH (/sbin, or /.sandboxer/bin)
 PROBE_ARGUMENT = "sandboxer.probe"
 PROBE_MARKER = "sandboxer-probe: userspace reached"
 # The guest's two possible QEMU user-mode networks (/24 each): published ports come in
@@ -161,8 +164,23 @@ EXEC = exec_script(BUILTIN)
 # sbx-kill ID: kill every process one exec started (the whole cgroup, daemons included).
 KILL = read("kill.sh")
 
-# qemu-ga's guest-shutdown runs /sbin/shutdown, which busybox lacks: ask PID 1 to stop.
-SHUTDOWN = read("shutdown.sh")
+# qemu-ga's guest-shutdown runs /sbin/shutdown, which busybox lacks: ask the init to stop,
+# through a FIFO of its own (systemd has its own /run/initctl, of another protocol).
+STOP_FIFO = f"{STAGING_DIR}/initctl"
+SHUTDOWN = fill(read("shutdown.sh"), STOP_FIFO=STOP_FIFO)
+
+# systemd owns the cgroup tree and turns off the root cgroup's controllers that no unit
+# asks for: the unit that runs the guest agent asks for the three the commands' cgroup
+# needs (a disk image's qemu-guest-agent.service, sandboxer/systemd's sandboxer.service).
+SYSTEMD_ACCOUNTING = ("CPUAccounting=yes", "MemoryAccounting=yes", "TasksAccounting=yes")
+# sandboxer/systemd's unit for sandboxer's stage 2 (see _systemd), written by stage 1.
+SYSTEMD_UNIT_NAME = "sandboxer.service"
+SYSTEMD_UNIT = fill(
+    read(SYSTEMD_UNIT_NAME),
+    OCI_SH=OCI.sh,
+    OCI_ROOT=OCI_ROOT,
+    SYSTEMD_ACCOUNTING="\n".join(SYSTEMD_ACCOUNTING),
+)
 
 
 # The guest's own system paths: root-run steps (init, agent, exec wrapper, setpriv, their
@@ -207,6 +225,11 @@ def init_script(layout: GuestLayout = BUILTIN) -> str:
         MODULE_DIR=MODULE_DIR,
         OCI_DIR=OCI_DIR,
         AGENT_CHANNEL=AGENT_CHANNEL,
+        SERVICE_CHANNEL=SERVICE_CHANNEL,
         PROBE_MARKER=PROBE_MARKER,
         PROBE_ARGUMENT=PROBE_ARGUMENT,
+        STOP_FIFO=STOP_FIFO,
+        SYSTEMD_UNIT=SYSTEMD_UNIT.rstrip("\n"),
+        SYSTEMD_UNIT_NAME=SYSTEMD_UNIT_NAME,
+        OCI_SETPRIV=OCI.setpriv,
     )

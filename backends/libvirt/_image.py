@@ -1,10 +1,11 @@
 """The built-in VM guest: a Debian kernel plus an initramfs, built from packages on first use.
 
 The initramfs is sandboxer's busybox root file system (`build_rootfs_tar`) with the guest
-init and exec wrapper, qemu-ga (agent), setpriv (privilege dropping), bwrap (seccomp
-loader) and env (the caller's environment, after the drop) copied from the host with the
-libraries `ldd` lists, and the few kernel modules the guest needs (virtio console for
-the agent, 9p for mounts, virtio_net for networks).
+init and exec wrapper, sandboxer's command service (compiled here, static), and qemu-ga
+(agent), setpriv (privilege dropping), bwrap (seccomp loader) and env (the caller's
+environment, after the drop) copied from the host with the libraries `ldd` lists, and
+the few kernel modules the guest needs (virtio console for the agent and the service, 9p
+for mounts, virtio_net for networks).
 Everything lands in one directory per build key, written atomically, readable by QEMU.
 """
 
@@ -56,6 +57,12 @@ GUEST_BINARIES: dict[str, str] = {
     "/usr/bin/env": "coreutils",
 }
 _LDD_PATH = re.compile(r"(/\S+) \(0x[0-9a-f]+\)$")
+# sandboxer's command service (see _service), compiled static here at build time.
+SERVICE_SOURCE = Path(__file__).parent / "guest-service" / "sbx-service.c"
+SERVICE_PATHS = (  # where the built-in guest and an OCI image's /.sandboxer have it
+    f"sbin/{scripts.SERVICE_BINARY}",
+    f"{scripts.OCI_DIR}/bin/{scripts.SERVICE_BINARY}",
+)
 _FORMAT = "4"  # bump when the layout built here changes in a way the key cannot see
 
 
@@ -80,6 +87,7 @@ def build_key() -> str:
         scripts.SHUTDOWN,
         json.dumps(MODULE_GROUPS),
         json.dumps(GUEST_BINARIES),
+        hashlib.sha256(SERVICE_SOURCE.read_bytes()).hexdigest(),
     ):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
@@ -175,8 +183,9 @@ class ImageStore:
             out = work / "out"
             out.mkdir(mode=0o755)
             logger.info("writing the initramfs (busybox, qemu-ga, kernel modules)")
+            service = _compile_service(work)
             with open(out / "initrd.img", "wb") as stream:
-                _write_initramfs(stream, modules)
+                _write_initramfs(stream, modules, service)
             # PVH boot of the unpacked kernel skips seconds of emulated decompression.
             kernel = pvh_kernel(vmlinuz.read_bytes())
             if kernel is None:
@@ -218,7 +227,18 @@ def _parents(path: str) -> Iterator[str]:
         yield "/".join(parts[:end])
 
 
-def _write_initramfs(stream: BinaryIO, modules_dir: Path) -> None:
+def _compile_service(work: Path) -> bytes:
+    """The guest's command service, a static binary: the guest (or an image) has no libc
+    of ours to run a dynamic one from."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise ImageNotFound("building the VM image needs gcc; fix: apt-get install gcc libc6-dev")
+    target = work / "sbx-service"
+    _run([gcc, "-static", "-O2", "-Wall", "-Werror", "-o", str(target), str(SERVICE_SOURCE)])
+    return target.read_bytes()
+
+
+def _write_initramfs(stream: BinaryIO, modules_dir: Path, service: bytes) -> None:
     """The whole guest root as one uncompressed cpio: nothing to decompress at boot."""
     cpio = CpioWriter(stream)
     with tarfile.open(fileobj=BytesIO(build_rootfs_tar())) as rootfs:
@@ -229,6 +249,7 @@ def _write_initramfs(stream: BinaryIO, modules_dir: Path) -> None:
     cpio.file(scripts.EXEC_PATH, scripts.EXEC.encode(), 0o755)
     cpio.file(scripts.KILL_PATH, scripts.KILL.encode(), 0o755)
     cpio.file(scripts.SHUTDOWN_PATH, scripts.SHUTDOWN.encode(), 0o755)
+    cpio.file(SERVICE_PATHS[0], service, 0o755)
 
     def add_host_file(path: str, mode: int) -> None:
         for parent in _parents(path):
@@ -245,6 +266,7 @@ def _write_initramfs(stream: BinaryIO, modules_dir: Path) -> None:
             add_host_file(library, 0o755)
             tools.append(f"lib {library}")
     _add_oci_tools(cpio, sorted(set(tools)))
+    cpio.file(SERVICE_PATHS[1], service, 0o755)
 
     for parent in (*_parents(scripts.MODULE_DIR), scripts.MODULE_DIR):
         if not cpio.has(parent):

@@ -19,6 +19,7 @@ from sandboxer.backend import ExecRequest, ImageNotFound, LaunchPlan, logger, ti
 from sandboxer.images import ImageConfig, is_builtin, is_disk_image
 from sandboxer.images.accounts import check_not_root, user_to_check
 from sandboxer.images.store import LocalImage, default_store
+from sandboxer.images.systemd import boots_systemd
 from sandboxer.images.tree import identity_in_tree
 
 DISK_NAME = "rootfs.ext4"  # the store's name for this engine's artifact of an image
@@ -40,6 +41,7 @@ def is_oci_image(image: str) -> bool:
 class OciDisk:
     path: Path  # the cached ext4 disk in the image store
     config: ImageConfig
+    rootfs: Path  # the image's unpacked tree (its account files, read at launch)
 
 
 def image_disk(plan: LaunchPlan) -> OciDisk:
@@ -51,7 +53,7 @@ def image_disk(plan: LaunchPlan) -> OciDisk:
         # A name is the image's to define: refused here if its /etc/passwd makes it root.
         check_not_root(checked, identity_in_tree(checked, image.rootfs))
     path = store.derived(image, DISK_NAME, lambda target: build_disk(image, target))
-    return OciDisk(path, image.config)
+    return OciDisk(path, image.config, image.rootfs)
 
 
 def tree_usage(root: Path) -> tuple[int, int]:
@@ -123,7 +125,10 @@ def exec_request(config: ImageConfig, request: ExecRequest) -> ExecRequest:
 
 
 def main_request(config: ImageConfig, plan: LaunchPlan) -> ExecRequest | None:
-    """The sandbox's main process under Docker's rules; None: the sandbox idles."""
+    """The sandbox's main process under Docker's rules; None: the sandbox idles (or
+    systemd, PID 1 there, runs the image's services)."""
+    if boots_systemd(plan):
+        return None
     argv = config.main_process(plan.command, plan.entrypoint)
     if argv is None:
         return None

@@ -7,8 +7,7 @@ import ipaddress
 
 from sandboxer.backend import LaunchPlan
 from sandboxer.images.disk import is_disk_image
-
-SYSTEMD_IMAGE = "sandboxer/systemd"
+from sandboxer.images.systemd import command_refusal
 
 
 def refusals(plan: LaunchPlan) -> list[str]:
@@ -19,17 +18,14 @@ def refusals(plan: LaunchPlan) -> list[str]:
     ]
     # The guest reads its mount and tmpfs lists line by line with `read`.
     paths = [("Mount.target", m.target) for m in plan.mounts]
+    paths += [("Mount.target", v.target) for v in plan.volumes]
     paths += [("profile tmpfs", tmpfs.path) for tmpfs in plan.tmpfs]
     found += [
         f"{field} cannot hold a newline or backslash on VMs: {path!r}"
         for field, path in paths
         if "\n" in path or "\\" in path
     ]
-    if plan.image == SYSTEMD_IMAGE:
-        found.append(
-            f"{SYSTEMD_IMAGE} needs its systemd as PID 1, and VMs boot OCI images with "
-            "sandboxer's own init; run it on incus"
-        )
+    found += command_refusal(plan)
     if is_disk_image(plan.image) and plan.read_only_root:
         # A disk image's agent unit names the writable paths, double-quoted.
         found += [

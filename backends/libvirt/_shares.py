@@ -46,6 +46,11 @@ def qemu_group(conn: libvirt.virConnect, domain_type: str) -> int | None:
     return label[1] if label else None
 
 
+def qemu_owner(conn: libvirt.virConnect, domain_type: str) -> tuple[int, int] | None:
+    """The (uid, gid) QEMU runs as for `domain_type`; None without a DAC label (root)."""
+    return _dac_labels(conn).get(domain_type)
+
+
 def qemu_users(conn: libvirt.virConnect) -> frozenset[int]:
     """Every uid QEMU may run as (libvirt hands each boot's disk images to it)."""
     return frozenset(uid for uid, _ in _dac_labels(conn).values())

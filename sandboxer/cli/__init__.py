@@ -29,6 +29,7 @@ from . import (
     _output,
     _profiles,
     _run,
+    _volumes,
     _words,
 )
 from ._output import logger
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    modules = (_run, _manage, _logs, _copy, _inspect, _engines, _images, _profiles, _completion)
+    modules = (
+        *(_run, _manage, _volumes, _logs, _copy),
+        *(_inspect, _engines, _images, _profiles, _completion),
+    )
     for module in modules:
         module.register(commands)
     return parser

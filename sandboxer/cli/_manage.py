@@ -1,39 +1,30 @@
-"""`ls`, `rm` and `gc`: our sandboxes on every engine."""
+"""`ls`, `rm`, `stop`, `start` and `gc`: our sandboxes on every engine."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sandboxer import (
     GcIncomplete,
     InvalidSpec,
+    Sandbox,
     SandboxError,
     SandboxNotFound,
+    Volume,
     attach,
     gc,
+    gc_volumes,
     inventory,
 )
 from sandboxer.ownership import has_labels
 
 from . import _output
+from ._duration import duration
 from ._spec import pairs
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str) -> float:
-    """Seconds in "90", "90s", "15m", "1h" or "2d"."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration such as 90s, 15m, 1h or 2d, got {text!r}"
-        )
-    return float(found.group(1)) * _SECONDS[found.group(2)]
 
 
 def _label_filter(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +56,43 @@ def register(commands: Any) -> None:
     )
     rm.set_defaults(handler=rm_command)
 
+    stop = commands.add_parser(
+        "stop",
+        help="stop sandboxes (they stay until rm; start runs them again)",
+        description="Stop sandboxes gracefully, killing them after --time seconds. What "
+        "a stopped sandbox keeps differs per engine (docs/backends.md).",
+    )
+    stop.add_argument("sandboxes", nargs="+", metavar="ID_OR_NAME")
+    stop.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait before killing (default: 10)",
+    )
+    stop.add_argument(
+        "--json", action="store_true", help='print {"stopped": [...], "failures": {NAME: why}}'
+    )
+    stop.set_defaults(handler=stop_command)
+
+    start = commands.add_parser(
+        "start",
+        help="start stopped sandboxes again",
+        description="Start stopped sandboxes again, under the profile, limits, mounts and "
+        "ports they were launched with.",
+    )
+    start.add_argument("sandboxes", nargs="+", metavar="ID_OR_NAME")
+    start.add_argument(
+        "--json", action="store_true", help='print {"started": [...], "failures": {NAME: why}}'
+    )
+    start.set_defaults(handler=start_command)
+
     sweep = commands.add_parser(
         "gc",
         help="remove leftover sandboxes",
-        description="Remove our sandboxes whose owner process on this host has exited and, "
+        description="Remove our sandboxes whose max_lifetime has ended (kept or not, in "
+        "any session), those whose owner process on this host has exited and, "
         "with --older-than, those older than that. With a session (--session, or "
         "$SANDBOXER_SESSION when set) only that session's sandboxes go, all of them. "
         "Sandboxes made with `run -d` stay unless --include-kept. "
@@ -94,6 +118,12 @@ def register(commands: Any) -> None:
     sweep.add_argument(
         "--include-kept", action="store_true", help="also sandboxes made with `run -d`"
     )
+    sweep.add_argument(
+        "--volumes",
+        action="store_true",
+        help="also remove every volume of ours no sandbox mounts (ephemeral ones whose "
+        "owner has exited always go)",
+    )
     sweep.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
     sweep.add_argument("--json", action="store_true", help="print JSON")
     sweep.set_defaults(handler=gc_command)
@@ -118,30 +148,49 @@ def ls_command(args: argparse.Namespace) -> int:
     return _output.ENGINE_FAILURE if found.errors else 0
 
 
-def rm_command(args: argparse.Namespace) -> int:
+def _each(
+    args: argparse.Namespace, verb: str, action: Callable[[Sandbox], None], force: bool = False
+) -> int:
+    """`action` on each sandbox named in args.sandboxes; print the names it succeeded on
+    (or, with --json, {verb: [...], "failures": {...}}); with `force`, a missing one is
+    no failure."""
     found = inventory()
-    removed: list[str] = []
+    done: list[str] = []
     failures: dict[str, str] = {}
     for wanted in args.sandboxes:
         try:
-            attach(found.find(wanted)).destroy()
+            action(attach(found.find(wanted)))
         except SandboxNotFound as exc:
-            if not args.force:
+            if not force:
                 failures[wanted] = str(exc)
             continue
         except InvalidSpec:
-            raise  # an ambiguous prefix: a usage error
+            raise  # an ambiguous prefix or a bad argument: a usage error
         except SandboxError as exc:
             failures[wanted] = f"{wanted}: {exc}"
             continue
-        removed.append(wanted)
+        done.append(wanted)
         if not args.json:
             print(wanted)
     if args.json:
-        _output.print_json({"removed": removed, "failures": failures})
+        _output.print_json({verb: done, "failures": failures})
     for why in failures.values():
         _output.error(why)
     return _output.ENGINE_FAILURE if failures else 0
+
+
+def rm_command(args: argparse.Namespace) -> int:
+    return _each(args, "removed", Sandbox.destroy, force=args.force)
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    if not args.time >= 0:
+        raise InvalidSpec("--time", f"must be zero or more seconds, got {args.time:g}")
+    return _each(args, "stopped", lambda sandbox: sandbox.stop(args.time))
+
+
+def start_command(args: argparse.Namespace) -> int:
+    return _each(args, "started", Sandbox.start)
 
 
 def gc_command(args: argparse.Namespace) -> int:
@@ -163,12 +212,14 @@ def gc_command(args: argparse.Namespace) -> int:
             )
         except GcIncomplete as exc:
             removed, failures = exc.removed, exc.failures
+        volumes = _gc_volumes(args, failures)
     now = time.time()
     if args.json:
         _output.print_json(
             {
                 "dry_run": args.dry_run,
                 "removed": [_output.info_dict(info, now) for info in removed],
+                "volumes": [{"backend": v.backend, "name": v.name} for v in volumes],
                 "failures": failures,
             }
         )
@@ -176,8 +227,19 @@ def gc_command(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         for info in removed:
             print(f"{verb} {info.backend}/{info.name} ({info.id[:12]})")
-        if not removed:
+        for volume in volumes:
+            print(f"{verb} volume {volume.backend}/{volume.name}")
+        if not removed and not volumes:
             _output.note("nothing to remove")
     for what, why in failures.items():
         _output.error(f"{what}: {why}")
     return _output.ENGINE_FAILURE if failures else 0
+
+
+def _gc_volumes(args: argparse.Namespace, failures: dict[str, str]) -> list[Volume]:
+    """Volumes gc removes (all of ours unused with --volumes); failures noted per engine."""
+    try:
+        return gc_volumes(all_unused=args.volumes, backends=args.backend, dry_run=args.dry_run)
+    except SandboxError as exc:
+        failures["volumes"] = str(exc)
+        return []

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sandboxer import ExecResult, Sandbox, SandboxInfo
-from sandboxer.ownership import created_at, owner_alive, owner_host, owner_pid, session
+from sandboxer.ownership import created_at, expires_at, owner_alive, owner_host, owner_pid, session
 
 PROG = "sandboxer"
 # The library logs here; the CLI decides where that goes and how much.
@@ -78,6 +78,7 @@ def owner(info: SandboxInfo) -> str:
 def info_dict(info: SandboxInfo, now: float) -> dict[str, Any]:
     """One sandbox as `ls --json` and `gc --json` print it."""
     created = created_at(info)
+    expires = expires_at(info)
     return {
         "backend": info.backend,
         "name": info.name,
@@ -89,6 +90,8 @@ def info_dict(info: SandboxInfo, now: float) -> dict[str, Any]:
         "owner_host": owner_host(info),
         "owner_alive": owner_alive(info),
         "session": session(info),
+        "expires_at": expires,
+        "seconds_left": None if expires is None else round(max(0.0, expires - now), 3),
         "labels": dict(info.labels),
     }
 
@@ -103,10 +106,19 @@ def info_row(info: SandboxInfo, now: float) -> list[str]:
         age(None if created is None else now - created),
         owner(info),
         session(info) or "?",
+        time_left(info, now),
     ]
 
 
-INFO_HEADERS = ("BACKEND", "NAME", "ID", "STATE", "AGE", "OWNER", "SESSION")
+def time_left(info: SandboxInfo, now: float) -> str:
+    """What is left of the sandbox's max_lifetime: "-" without one."""
+    expires = expires_at(info)
+    if expires is None:
+        return "-"
+    return "expired" if expires <= now else age(expires - now)
+
+
+INFO_HEADERS = ("BACKEND", "NAME", "ID", "STATE", "AGE", "OWNER", "SESSION", "LEFT")
 
 
 def launched_dict(sandbox: Sandbox) -> dict[str, Any]:

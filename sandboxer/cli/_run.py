@@ -1,8 +1,9 @@
 """`run` (launch, run a command, remove; or launch detached) and `exec` (run a command in
 an existing sandbox), with `docker run` habits.
 
-A foreground `run` launches an idle sandbox and runs the command in it, so that its
-output streams here and its exit code comes back. A detached one (`-d`) makes the
+A foreground `run` launches an idle sandbox and runs the command in it (the image's
+Entrypoint and Cmd combined with COMMAND under Docker's rules), so that its output
+streams here and its exit code comes back. A detached one (`-d`) makes the
 command the sandbox's main process, as Docker does: `sandboxer logs` shows its output.
 """
 
@@ -12,25 +13,25 @@ import argparse
 import sys
 from typing import Any
 
-from sandboxer import ExecStream, InvalidSpec, Sandbox, attach, launch
+import attrs
 
-from . import _output, _spec
+from sandboxer import (
+    ExecStream,
+    InvalidSpec,
+    Sandbox,
+    SandboxSpec,
+    attach,
+    get_backend,
+    launch,
+    select,
+)
+
+from . import _output, _spec, _terminal
 from ._run_argv import command_words
 
 RUN_USAGE = """\
 %(prog)s [OPTIONS] IMAGE [COMMAND [ARG...]]
        %(prog)s [OPTIONS] -- COMMAND [ARG...]   (on --image, default sandboxer/minimal)"""
-
-# Docker flags that sandboxer does not do yet: accepted, then refused with the reason.
-NOT_YET = {
-    "tty": ("-t/--tty", "TTY sessions are not available yet; -i alone passes stdin"),
-    "publish_all": (
-        "-P/--publish-all",
-        "the image's exposed ports are not known to sandboxer yet; "
-        "publish each with -p GUEST (a free host port is picked)",
-    ),
-    "hostname": ("--hostname", "sandboxes cannot be given a host name yet"),
-}
 
 
 def _command_options(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,10 @@ def _command_options(parser: argparse.ArgumentParser) -> None:
         help="pass our stdin (read to its end) to the command",
     )
     parser.add_argument(
-        "-t", "--tty", action="store_true", help="a terminal for the command (not available yet)"
+        "-t",
+        "--tty",
+        action="store_true",
+        help="run the command on a terminal (-it: ours passed through to it, in raw mode)",
     )
     parser.add_argument(
         "--timeout",
@@ -79,8 +83,15 @@ def register(commands: Any) -> None:
         "--rm", action="store_true", help="remove the sandbox afterwards (the default)"
     )
     _command_options(run)
-    run.add_argument("-P", "--publish-all", action="store_true", help="(not available yet)")
-    run.add_argument("--hostname", help="(not available yet)")
+    run.add_argument(
+        "-P",
+        "--publish-all",
+        action="store_true",
+        help="publish every port the image exposes on a free loopback port",
+    )
+    run.add_argument(
+        "--hostname", metavar="NAME", help="the sandbox's host name (default: its name)"
+    )
     _json_option(run, "the detached sandbox (with -d)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=run_command)
@@ -100,12 +111,20 @@ def register(commands: Any) -> None:
     execute.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     execute.set_defaults(handler=exec_command)
 
-
-def refuse_unavailable(args: argparse.Namespace) -> None:
-    """A usage error for a Docker flag sandboxer cannot honour yet (never ignored)."""
-    for dest, (flags, why) in NOT_YET.items():
-        if getattr(args, dest, None):
-            raise InvalidSpec(flags, why)
+    shell = commands.add_parser(
+        "shell",
+        usage="%(prog)s [OPTIONS] NAME [COMMAND [ARG...]]",
+        help="open a terminal in a running sandbox (a shell by default)",
+        description=f"Run COMMAND (default {_terminal.SHELL}) on a terminal in one of our "
+        "running sandboxes (one made with `run -d`, say), this terminal passed through to "
+        "it, as `exec -it` does; the exit code is the command's.",
+    )
+    shell.add_argument("sandbox", metavar="NAME")
+    _spec.env_option(shell)
+    shell.add_argument("-w", "--workdir", metavar="DIR", help="working directory")
+    shell.add_argument("-u", "--user", metavar="USER", help="user[:group] or uid[:gid]")
+    shell.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
+    shell.set_defaults(handler=shell_command, interactive=True, tty=True, timeout=None, json=False)
 
 
 def exit_code(code: int | None) -> int:
@@ -134,6 +153,18 @@ def stream_command(
     return exit_code(stream.exit_code)
 
 
+def command_here(
+    sandbox: Sandbox, argv: list[str], args: argparse.Namespace, **options: Any
+) -> int:
+    """Run the command with its output here as it arrives (on a terminal with -t)."""
+    if not args.tty:
+        return stream_command(sandbox, argv, args, **options)
+    code = _terminal.run(
+        sandbox, argv, interactive=args.interactive, timeout=args.timeout, **options
+    )
+    return exit_code(code)
+
+
 def _entrypoint(args: argparse.Namespace) -> tuple[str, ...] | None:
     # Docker's --entrypoint is one executable, never split; '' clears the image's.
     if args.entrypoint is None:
@@ -141,34 +172,61 @@ def _entrypoint(args: argparse.Namespace) -> tuple[str, ...] | None:
     return (args.entrypoint,) if args.entrypoint else ()
 
 
+def _launch_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hostname": args.hostname, "publish_all": args.publish_all}
+
+
+def _foreground(spec: SandboxSpec, args: argparse.Namespace) -> tuple[SandboxSpec, list[str]]:
+    """The spec on the backend chosen for it, and the command to run in it: the image's
+    Entrypoint and Cmd with COMMAND, as Docker combines them."""
+    backend = select(spec).backend
+    config = get_backend(backend).image_config(spec.image, spec.pull)
+    command = tuple(command_words(args.argv)) or None
+    argv = config.main_process(command, _entrypoint(args)) or ()
+    return attrs.evolve(spec, backend=backend), list(argv)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    refuse_unavailable(args)
     command = command_words(args.argv)
     if args.detach:
         return _run_detached(args, command)
     if args.json:
         raise InvalidSpec("--json", "prints the detached sandbox: use it with -d")
-    argv = [*(_entrypoint(args) or ()), *command]
+    _terminal.require_terminal(args.tty and args.interactive)
+    # Idle (no entrypoint, no command): the command runs through exec, streamed here.
+    spec, argv = _foreground(_spec.spec_from(args, entrypoint=(), **_launch_fields(args)), args)
+    if not argv and args.tty:
+        argv = [_terminal.SHELL]
     if not argv:
         raise InvalidSpec(
             "COMMAND",
-            "nothing to run: give a command after the image (or after --); "
-            "the image's own command runs with -d (see `sandboxer logs NAME`)",
+            "nothing to run: give a command after the image (or after --), or an image "
+            "with an Entrypoint or Cmd",
         )
-    # Idle (no entrypoint, no command): the command runs through exec, streamed here.
-    spec = _spec.spec_from(args, entrypoint=())
     with _output.progress(f"launching {spec.image}"):
         sandbox = launch(spec)
     with sandbox:
-        return stream_command(sandbox, argv, args)
+        return command_here(sandbox, argv, args)
 
 
 def _run_detached(args: argparse.Namespace, command: list[str]) -> int:
+    if args.tty:
+        raise InvalidSpec(
+            "-t",
+            "a detached sandbox's main process gets no terminal: `sandboxer shell NAME` "
+            "opens one in it later",
+        )
     if args.interactive:
         raise InvalidSpec("-i", "a detached sandbox has no stdin to pass: drop -i or -d")
     if args.timeout is not None:
         raise InvalidSpec("--timeout", "applies to a foreground command: drop it or -d")
-    spec = _spec.spec_from(args, command=command or None, entrypoint=_entrypoint(args), keep=True)
+    spec = _spec.spec_from(
+        args,
+        command=command or None,
+        entrypoint=_entrypoint(args),
+        keep=True,
+        **_launch_fields(args),
+    )
     with _output.progress(f"launching {spec.image}"):
         sandbox = launch(spec)
     if args.json:
@@ -179,15 +237,25 @@ def _run_detached(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def exec_command(args: argparse.Namespace) -> int:
-    refuse_unavailable(args)
     argv = command_words(args.argv)
     if not argv:
         raise InvalidSpec("COMMAND", "give the command after the sandbox's name")
+    return _exec_in(args, argv)
+
+
+def shell_command(args: argparse.Namespace) -> int:
+    return _exec_in(args, command_words(args.argv) or [_terminal.SHELL])
+
+
+def _exec_in(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.json and args.tty:
+        raise InvalidSpec("--json", "collects the output, which a terminal does not: drop -t")
+    _terminal.require_terminal(args.tty and args.interactive)
     sandbox = attach(args.sandbox)
     env = _spec.pairs(args.env, "--env", from_environ=True)
     options: dict[str, Any] = {"env": env, "workdir": args.workdir, "user": args.user}
     if not args.json:
-        return stream_command(sandbox, argv, args, **options)
+        return command_here(sandbox, argv, args, **options)
     result = sandbox.exec(argv, timeout=args.timeout, stdin=_stdin(args), **options)
     _output.print_json(_output.result_dict(result))
     return exit_code(result.exit_code)

@@ -23,6 +23,7 @@ from sandboxer import (
 )
 
 from . import _envfile
+from ._duration import duration
 
 
 def selection_options() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def selection_options() -> argparse.ArgumentParser:
         metavar="SRC:DST[:ro]",
         action="append",
         default=[],
-        help="share a host path into the sandbox (repeatable)",
+        help="share a host path, or a volume (SRC without /), into the sandbox (repeatable)",
     )
     group.add_argument(
         "-p",
@@ -127,6 +128,19 @@ def launch_options() -> argparse.ArgumentParser:
         default=[],
         help="label on the sandbox (repeatable)",
     )
+    group.add_argument(
+        "--tmpfs",
+        metavar="PATH[:size=64m,mode=1777]",
+        action="append",
+        default=[],
+        help="a fresh tmpfs at PATH (default 64 MiB, mode 1777; repeatable)",
+    )
+    group.add_argument(
+        "--max-lifetime",
+        type=duration,
+        metavar="AGE",
+        help="remove the sandbox after AGE (90s, 15m, 1h, 2d), even if we are killed",
+    )
     group.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256m or 1GiB")
     group.add_argument("--cpus", type=float, metavar="N", help="CPU limit, e.g. 0.5")
     group.add_argument("--pids", type=int, metavar="N", help="process count limit")
@@ -201,6 +215,8 @@ def spec_from(args: argparse.Namespace, **process: Any) -> SandboxSpec:
                 **pairs(args.env, "--env", from_environ=True),
             },
             labels=pairs(args.labels, "--label"),
+            mounts=[*fields["mounts"], *(Mount.parse_tmpfs(text) for text in args.tmpfs)],
+            max_lifetime=args.max_lifetime,
             resources=Resources(cpus=args.cpus, memory=args.memory, pids=args.pids),
             workdir=args.workdir,
             user=args.user,

@@ -13,6 +13,10 @@ from sandboxer import InvalidSpec
 # A field of SandboxSpec (and its parts) or of a call -> the flag that sets it; the
 # first part of a field names it (`mounts[0].source` -> `mounts`, `env['A']` -> `env`).
 _FLAGS = {
+    "Mount.size": "--tmpfs",
+    "Mount.mode": "--tmpfs",
+    "tmpfs": "--tmpfs",
+    "max_lifetime": "--max-lifetime",
     "Mount": "-v",
     "mounts": "-v",
     "PortMapping": "-p",

@@ -7,6 +7,7 @@ the spec: the same rules on every engine, the ones Docker applies.
 - Environment: the image's Env, then the spec's on top (same key: the spec wins).
 - Working directory: the spec's, else the image's WorkingDir, else `/`.
 - User: the spec's, else the profile's, else the image's User (else root).
+- Ports: the image's ExposedPorts are published only when asked (`publish_all`, `run -P`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,25 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _exposed(value: Any) -> tuple[tuple[int, str], ...]:
+    """ExposedPorts ({"8080/tcp": {}, "53/udp": {}}) as sorted (port, protocol) pairs."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected an object of ports in ExposedPorts, got {value!r}")
+    found = set()
+    for key in value:
+        number, _, protocol = str(key).partition("/")
+        protocol = protocol or "tcp"
+        if not number.isdigit() or not 1 <= int(number) <= 65535 or protocol not in _PROTOCOLS:
+            raise ValueError(f"expected PORT[/tcp|/udp] in ExposedPorts, got {key!r}")
+        found.add((int(number), protocol))
+    return tuple(sorted(found))
+
+
+_PROTOCOLS = ("tcp", "udp")
+
+
 @attrs.frozen
 class ImageConfig:
     """The process fields of an OCI image config (`config` in its JSON)."""
@@ -34,6 +54,7 @@ class ImageConfig:
     env: tuple[tuple[str, str], ...] = ()  # in the image's order
     workdir: str = ""
     user: str = ""
+    exposed_ports: tuple[tuple[int, str], ...] = ()  # (port, "tcp" | "udp"), sorted
 
     @classmethod
     def from_oci(cls, document: Mapping[str, Any]) -> ImageConfig:
@@ -58,16 +79,23 @@ class ImageConfig:
             env=tuple(env),
             workdir=workdir,
             user=user,
+            exposed_ports=_exposed(config.get("ExposedPorts")),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "Entrypoint": list(self.entrypoint),
             "Cmd": list(self.cmd),
             "Env": [f"{key}={value}" for key, value in self.env],
             "WorkingDir": self.workdir,
             "User": self.user,
         }
+        if self.exposed_ports:  # as Docker: absent when the image exposes nothing
+            ports: dict[str, Any] = {
+                f"{port}/{protocol}": {} for port, protocol in self.exposed_ports
+            }
+            document["ExposedPorts"] = ports
+        return document
 
     def main_process(
         self, command: tuple[str, ...] | None, entrypoint: tuple[str, ...] | None

@@ -7,15 +7,18 @@ on the mapped host port so the port contract holds end to end. It enforces nothi
 
 from __future__ import annotations
 
+import errno
 import http.server
 import io
 import os
 import posixpath
 import shlex
+import shutil
 import tarfile
+import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import attrs
@@ -30,8 +33,12 @@ from .._backend import (
     ExitStatus,
     Handle,
     LaunchPlan,
+    ProcessChannel,
+    ProcessRequest,
     SandboxInfo,
     SandboxState,
+    VolumeInfo,
+    VolumeMount,
 )
 from .._errors import (
     EngineError,
@@ -40,9 +47,12 @@ from .._errors import (
     SandboxFileNotFound,
     SandboxNotFound,
 )
-from .._labels import LAUNCH
+from .._labels import LAUNCH, is_ours
+from .._models import Mount
 from .._profiles import CONTROLS
-from ..images import is_builtin
+from .._vocabulary import PullPolicy
+from ..images import ImageConfig, is_builtin
+from ._fake_files import file_call, run_file_call
 
 _USERS = {"root": 0, "sandbox": 1000, "nobody": 65534}
 
@@ -60,9 +70,11 @@ class _FakeSandbox:
     # path it was given may be gone afterwards (sandboxer pins sources only for create).
     held: dict[str, int] = attrs.Factory(dict)
 
-    def hold_mounts(self) -> None:
+    def hold_mounts(self, volume_dirs: Mapping[str, str]) -> None:
         for mount in self.plan.mounts:
             self.held[mount.target] = os.open(mount.source, os.O_PATH)
+        for volume in self.plan.volumes:
+            self.held[volume.target] = os.open(volume_dirs[volume.name], os.O_PATH)
 
     def release_mounts(self) -> None:
         for fd in self.held.values():
@@ -71,12 +83,27 @@ class _FakeSandbox:
 
     def host_path(self, path: str) -> tuple[str | None, bool]:
         """(host path, read_only) when `path` lies in a mount, else (None, read_only_root)."""
-        for mount in self.plan.mounts:
+        mounts: list[Mount | VolumeMount] = [*self.plan.mounts, *self.plan.volumes]
+        for mount in mounts:
             if path == mount.target or path.startswith(mount.target + "/"):
                 source = f"/proc/self/fd/{self.held[mount.target]}"
                 return source + path[len(mount.target) :], mount.read_only
-        writable = any(path.startswith(t.path.rstrip("/") + "/") for t in self.plan.tmpfs)
-        return None, self.plan.read_only_root and not writable
+        return None, self.plan.read_only_root and not self.in_tmpfs(path)
+
+    def in_tmpfs(self, path: str) -> bool:
+        return any(path.startswith(t.path.rstrip("/") + "/") for t in self.plan.tmpfs)
+
+    def check_tmpfs(self, path: str, data: bytes, uid: int) -> None:
+        """As the kernel refuses a write to a tmpfs: EACCES for a user its mode (of a
+        root-owned mount) shuts out, ENOSPC past its size."""
+        for tmpfs in self.plan.tmpfs:
+            prefix = tmpfs.path.rstrip("/") + "/"
+            if path.startswith(prefix):
+                if uid != 0 and not tmpfs.mode & 0o002:
+                    raise PermissionError(errno.EACCES, "Permission denied", path)
+                held = sum(len(d) for p, d in self.files.items() if p.startswith(prefix))
+                if held - len(self.files.get(path, b"")) + len(data) > tmpfs.size:
+                    raise OSError(errno.ENOSPC, "No space left on device", path)
 
     def read(self, path: str) -> bytes:
         host, _ = self.host_path(path)
@@ -87,7 +114,7 @@ class _FakeSandbox:
             raise FileNotFoundError(path)
         return self.files[path]
 
-    def write(self, path: str, data: bytes) -> None:
+    def write(self, path: str, data: bytes, uid: int = 0) -> None:
         host, read_only = self.host_path(path)
         if read_only:
             raise PermissionError(f"read-only file system: {path}")
@@ -97,6 +124,7 @@ class _FakeSandbox:
             return
         if posixpath.dirname(path) not in self.dirs:
             raise FileNotFoundError(posixpath.dirname(path))
+        self.check_tmpfs(path, data, uid)
         self.files[path] = data
 
     def mkdir(self, path: str) -> None:
@@ -141,6 +169,8 @@ class FakeBackend(Backend):
     )
     # The "engine": shared by every instance, like a daemon would be.
     sandboxes: ClassVar[dict[str, _FakeSandbox]] = {}
+    # Volume name -> (labels, the host directory holding its files).
+    volumes: ClassVar[dict[str, tuple[Mapping[str, str], str]]] = {}
     available: ClassVar[bool] = True
 
     @classmethod
@@ -153,13 +183,20 @@ class FakeBackend(Backend):
         except KeyError:
             raise SandboxNotFound(name) from None
 
+    def image_config(self, image: str, pull: PullPolicy) -> ImageConfig:
+        if not is_builtin(image):
+            raise ImageNotFound(f"no image {image!r} in the fake engine")
+        return ImageConfig()
+
     def create(self, plan: LaunchPlan) -> Handle:
-        if not is_builtin(plan.image):
-            raise ImageNotFound(f"no image {plan.image!r} in the fake engine")
+        self.image_config(plan.image, plan.pull)
         if plan.name in self.sandboxes:
             raise SandboxExists(plan.name)
         sandbox = _FakeSandbox(plan=plan, id=uuid.uuid4().hex)
-        sandbox.hold_mounts()
+        sandbox.dirs.update(tmpfs.path for tmpfs in plan.tmpfs)
+        if plan.command:  # not run: its command line stands for its output in the logs
+            sandbox.calls.append(plan.command)
+        sandbox.hold_mounts({name: path for name, (_, path) in self.volumes.items()})
         self.sandboxes[plan.name] = sandbox
         return Handle(sandbox.id, plan.name, sandbox)
 
@@ -169,6 +206,9 @@ class FakeBackend(Backend):
             raise SandboxNotFound(f"{handle.name} is not running")
         sandbox.calls.append(request.argv)
         argv = request.argv
+        found = file_call(argv)
+        if found is not None:  # listdir, stat, remove, mkdir
+            return (yield from run_file_call(sandbox, request, *found))
         if argv[0] in ("sh", "/bin/sh") and len(argv) >= 3 and argv[1] == "-c":
             commands = [shlex.split(part) for part in argv[2].split(";") if part.strip()]
         else:
@@ -185,6 +225,15 @@ class FakeBackend(Backend):
             if words[0] == "exit":
                 break
         return ExitStatus(code)
+
+    def start_process(self, handle: Handle, request: ProcessRequest) -> ProcessChannel:
+        from ._fake_process import FakeProcess  # it builds on this module's shell
+
+        sandbox = self._get(handle.name)
+        if sandbox.state is not SandboxState.RUNNING:
+            raise SandboxNotFound(f"{handle.name} is not running")
+        sandbox.calls.append(request.exec.argv)
+        return FakeProcess(sandbox, request)
 
     def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
         sandbox = self._get(handle.name)
@@ -223,7 +272,20 @@ class FakeBackend(Backend):
         yield from chunked(buffer.getvalue())
 
     def stop(self, handle: Handle, timeout: float) -> None:
-        self._get(handle.name).state = SandboxState.STOPPED
+        sandbox = self._get(handle.name)
+        sandbox.state = SandboxState.STOPPED
+        # As on an engine: its processes end and its tmpfs paths lose what they held.
+        for server in sandbox.servers:
+            server.shutdown()
+            server.server_close()
+        sandbox.servers.clear()
+        for path in list(sandbox.files):
+            if sandbox.in_tmpfs(path):
+                del sandbox.files[path]
+
+    def start(self, handle: Handle) -> Handle:
+        self._get(handle.name).state = SandboxState.RUNNING
+        return handle
 
     def remove(self, name: str, launch: str) -> None:
         sandbox = self.sandboxes.get(name)
@@ -246,6 +308,25 @@ class FakeBackend(Backend):
             SandboxInfo(self.name, s.id, name, s.state, s.plan.labels)
             for name, s in self.sandboxes.items()
         ]
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        if name in self.volumes:
+            raise SandboxExists(f"volume {name}")
+        self.volumes[name] = (dict(labels), tempfile.mkdtemp(prefix="sandboxer-fake-volume-"))
+        return VolumeInfo(self.name, name, labels)
+
+    def inspect_volume(self, name: str) -> VolumeInfo | None:
+        found = self.volumes.get(name)
+        return VolumeInfo(self.name, name, found[0]) if found else None
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return [VolumeInfo(self.name, name, labels) for name, (labels, _) in self.volumes.items()]
+
+    def remove_volume(self, name: str) -> None:
+        found = self.volumes.get(name)
+        if found is not None and is_ours(found[0]):
+            del self.volumes[name]
+            shutil.rmtree(found[1])
 
 
 class _Shell:
@@ -274,7 +355,7 @@ class _Shell:
         try:
             out, code = handler(words[1:])
             if target is not None:
-                self.sandbox.write(target, out)
+                self.sandbox.write(target, out, _uid(self.request.user))
                 out = b""
         except (OSError, ValueError) as exc:
             return b"", f"{words[0]}: {exc}\n".encode(), 1, False
@@ -308,6 +389,13 @@ class _Shell:
 
     def cmd_wc(self, args: list[str]) -> tuple[bytes, int]:
         return f"{len(self.sandbox.read(self._path(args[-1])))} {args[-1]}\n".encode(), 0
+
+    def cmd_dd(self, args: list[str]) -> tuple[bytes, int]:
+        """`dd if=/dev/zero of=PATH bs=N count=N`: zeros, as far as they fit."""
+        options = dict(a.split("=", 1) for a in args)
+        data = bytes(int(options["bs"]) * int(options["count"]))
+        self.sandbox.write(self._path(options["of"]), data, _uid(self.request.user))
+        return b"", 0
 
     def cmd_mkdir(self, args: list[str]) -> tuple[bytes, int]:
         for path in (a for a in args if not a.startswith("-")):

@@ -31,6 +31,12 @@ from sandboxer import Mount, PortMapping, Sandbox, SandboxState
 from sandboxer._labels import CREATED_AT, OWNER_PID, SESSION, session_id
 from sandboxer._registry import get_backend
 
+from ._contract_files import FilesContract, KernelFilesContract
+from ._contract_lifecycle import LifecycleContract
+from ._contract_process import ProcessContract
+from ._contract_tmpfs import TmpfsContract
+from ._contract_volumes import VolumesContract
+
 Make = Callable[..., Sandbox]
 
 
@@ -90,7 +96,7 @@ def _names(backend: str) -> set[str]:
     }
 
 
-class SharedSandboxContract:
+class SharedSandboxContract(ProcessContract, FilesContract):
     """What one running sandbox shows; it boots a single sandbox for the whole class."""
 
     @pytest.fixture(scope="class")
@@ -222,7 +228,7 @@ class SharedSandboxContract:
         assert (tmp_path / "back" / "sub" / "deep.bin").read_bytes() == b"\x00\xff" * 1000
 
 
-class SandboxContract(SharedSandboxContract):
+class SandboxContract(LifecycleContract, TmpfsContract, VolumesContract, SharedSandboxContract):
     """The whole API contract: adds the tests that each launch a sandbox of their own."""
 
     # lifecycle -----------------------------------------------------------------------
@@ -267,21 +273,39 @@ class SandboxContract(SharedSandboxContract):
 
     # ports ---------------------------------------------------------------------------
     def test_port_mapping_answers_http_on_loopback(self, make: Make) -> None:
-        sb = make(ports=[PortMapping(guest_port=8080)])
+        main = ["sh", "-c", "echo ready to serve; exec sleep 100000"]
+        sb = make(ports=[PortMapping(guest_port=8080)], command=main)
         host_ip, host_port = sb.ports[8080]
         assert host_ip == "127.0.0.1" and host_port > 0
+        assert "ready to serve" in sb.wait_for_log(r"ready to \w+", timeout=60)
+        # Nothing listens yet: the engine's port proxy alone does not pass for a server,
+        # and the error carries the sandbox's last log lines.
+        with pytest.raises(sandboxer.NotReady, match=r"(?s)8080/tcp.*ready to serve"):
+            sb.wait_for_port(8080, timeout=1)
         sb.exec(["mkdir", "-p", "/tmp/www"])
         sb.write_file("/tmp/www/index.html", b"hello over http")
         serve_http(sb, 8080, "/tmp/www")
+        sb.wait_for_port(8080, timeout=30)
         body = http_get(f"http://{host_ip}:{host_port}/index.html", wait=30)
         assert body == b"hello over http"
 
 
-class EngineContract(SandboxContract):
+class EngineContract(KernelFilesContract, SandboxContract):
     """What a real kernel shows from inside: limits bite, networks separate, the host is fine."""
 
     def test_network_none_is_loopback_only(self, shared: Sandbox) -> None:
         assert shared.exec(["ls", "/sys/class/net"]).stdout.split() == [b"lo"]
+
+    def test_waiting_for_a_port_that_is_not_published_reads_the_sandbox(
+        self, shared: Sandbox
+    ) -> None:
+        with pytest.raises(sandboxer.NotReady, match="8089/tcp"):
+            shared.wait_for_port(8089, timeout=0.5)
+        serve_http(shared, 8089, "/tmp")
+        shared.wait_for_port(8089, timeout=30)
+        with pytest.raises(sandboxer.NotReady, match="'false' to succeed"):
+            shared.wait_for(["false"], timeout=1)
+        assert shared.wait_for(["true"]).exit_code == 0
 
     def test_isolated_sandboxes_cannot_reach_each_other(self, make: Make) -> None:
         server = make(network="isolated")

@@ -2,8 +2,9 @@
 # sandboxer VM guest init (PID 1).
 export PATH=@TOOLS_PATH@
 log() { echo "sandboxer-init: $*" >/dev/console; }
-# The host sees the VM stop while booting, with this on the console.
-fail() { log "$*"; poweroff -f; }
+# The host sees the VM stop while booting, with this on the console. A reboot ends the VM
+# (on_reboot=destroy); without ACPI a poweroff would only halt it, up to the host's deadline.
+fail() { log "$*"; reboot -f; }
 load() {  # load a module group in the order the host listed it (stage 1 or the built-in root)
     [ -e "/@MODULE_DIR@/$1.list" ] || return 0
     while read -r module; do
@@ -66,6 +67,25 @@ if [ "$1" != switched ]; then
         cp -a /etc/sandboxer/. /newroot/.sandboxer/etc/
         mount -o remount,ro /newroot/.sandboxer
         umount /sys /dev /proc
+        if [ "$SBX_SYSTEMD" = 1 ]; then
+            # sandboxer/systemd: the image's systemd is PID 1 (no_new_privs on it, so on
+            # everything, when the profile asks), and runs stage 2 as an early unit, from
+            # the overlay's tmpfs layer. Our own unit file and link: nothing the image had.
+            units=/newroot/etc/systemd/system
+            rm -rf "$units/@SYSTEMD_UNIT_NAME@" "$units/sysinit.target.wants/@SYSTEMD_UNIT_NAME@"
+            mkdir -p "$units/sysinit.target.wants"
+            cat > "$units/@SYSTEMD_UNIT_NAME@" <<'UNIT'
+@SYSTEMD_UNIT@
+UNIT
+            ln -s "../@SYSTEMD_UNIT_NAME@" "$units/sysinit.target.wants/@SYSTEMD_UNIT_NAME@"
+            # The console's login prompt would wait 90 s for a device unit that, without
+            # udev in the image, never appears; the console carries the sandbox's logs.
+            ln -sf /dev/null "$units/serial-getty@ttyS0.service"
+            init=/sbin/init
+            [ "$SBX_NNP" = 1 ] && init="@OCI_SETPRIV@ --nnp -- $init"
+            # shellcheck disable=SC2086 # $init is the command line built above
+            exec switch_root /newroot $init
+        fi
         exec switch_root /newroot /.sandboxer/bin/sh /.sandboxer/init switched
     fi
     umount /proc
@@ -78,17 +98,20 @@ if [ "$1" != switched ]; then
     done
     exec switch_root /mnt /init switched
 fi
-mkdir -p /proc /sys /dev /run
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts -o nosuid,noexec,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
-mkdir -m 700 /run/sandboxer /run/qga
-mkfifo -m 600 /run/initctl
 . @CONF@/sandbox.conf
+# Under systemd (sandboxer/systemd), it mounted these, and the cgroup file system, itself.
+if [ "$SBX_SYSTEMD" != 1 ]; then
+    mkdir -p /proc /sys /dev /run
+    mount -t proc -o nosuid,nodev,noexec proc /proc
+    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+    mount -t devtmpfs -o nosuid,mode=755 devtmpfs /dev
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts -o nosuid,noexec,mode=620,ptmxmode=666 devpts /dev/pts
+    mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
+    mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
+fi
+mkdir -m 700 /run/sandboxer /run/qga
+mkfifo -m 600 @STOP_FIFO@
 load agent
 
 hostname "$SBX_HOSTNAME"
@@ -122,17 +145,24 @@ fi
 if [ "$SBX_IMAGE_DISK" = 1 ]; then
     # The image's own files would be kept (or, as symlinks, followed): fresh ones.
     mkdir -p /etc
-    rm -f /etc/hosts /etc/hostname
+    rm -f /etc/hosts
     printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' > /etc/hosts
-    echo "$SBX_HOSTNAME" > /etc/hostname
     mkdir -p "$SBX_WORKDIR"
 fi
+rm -f /etc/hostname
+echo "$SBX_HOSTNAME" > /etc/hostname
 echo "$address $SBX_HOSTNAME" >> /etc/hosts
 
 [ -s @CONF@/mounts ] && load 9p
 @MOUNTS@
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
-mkdir /sys/fs/cgroup/agent
+# The agent stays outside the commands' limits: in a cgroup of its own, or under systemd
+# in this unit's (which systemd tracks; the commands' cgroup is beside systemd's own).
+agent_cgroup=
+if [ "$SBX_SYSTEMD" != 1 ]; then
+    mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+    agent_cgroup=/sys/fs/cgroup/agent
+    mkdir "$agent_cgroup"
+fi
 @LIMITS@
 
 [ "$SBX_ROOT_RO" = 1 ] && mount -o remount,ro /
@@ -144,21 +174,41 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -n "$port" ] || log "no guest agent channel found"
 # The agent, and so every command, lives in a PID namespace of its own: commands see
-# their own processes, not init or the kernel's threads.
+# their own processes, not init or the kernel's threads. Not under systemd: there, as in
+# a system container, commands see the system they run in; systemd reaps their orphans,
+# and its tools (systemctl as root) only speak with a PID 1 they can see.
+pid_namespace=--unshare-pid
+[ "$SBX_SYSTEMD" = 1 ] && pid_namespace=
 agent="@QEMU_GA@ -m virtio-serial -p $port -t /run/qga -f /run/qga/pid"
+# sandboxer's command service (sbx-service, on ports of its own) runs the agent as its
+# child: both get the filter, no_new_privs and the namespace below; it drops each
+# command to the user and the profile's capability sets itself.
+service_ports=
+for p in /sys/class/virtio-ports/*; do
+    case "$(cat "$p/name" 2>/dev/null)" in
+        @SERVICE_CHANNEL@*) service_ports="$service_ports /dev/${p##*/}" ;;
+    esac
+done
+if [ -n "$service_ports" ]; then
+    service="$(command -v sbx-service)"
+    [ "$SBX_NNP" = 1 ] && service="$service --nnp"
+    [ -n "$SBX_BOUNDING" ] && service="$service --bounding $SBX_BOUNDING"
+    [ -n "$SBX_AMBIENT" ] && service="$service --ambient $SBX_AMBIENT"
+    agent="$service $service_ports -- $agent"
+fi
 if [ "$SBX_SECCOMP" = 1 ]; then
     # bwrap also loads the profile's filter and sets no_new_privs on the agent; both are
     # inherited by every process the agent starts.
-    agent="@BWRAP@ --unshare-pid --dev-bind / / --proc /proc --seccomp 9 -- $agent"
+    agent="@BWRAP@ $pid_namespace --dev-bind / / --proc /proc --seccomp 9 -- $agent"
 else
     [ "$SBX_NNP" = 1 ] && agent="@SETPRIV@ --nnp -- $agent"
-    agent="unshare -p -f --mount-proc $agent"
+    [ -n "$pid_namespace" ] && agent="unshare -p -f --mount-proc $agent"
 fi
 (
     while :; do
         # shellcheck disable=SC2086 # $agent is the command line built above: split on purpose
-        sh -c 'echo $$ > /sys/fs/cgroup/agent/cgroup.procs && exec "$@"' agent $agent \
-            9< @CONF@/seccomp.bpf
+        sh -c '{ [ -z "$1" ] || echo $$ > "$1/cgroup.procs"; } && shift && exec "$@"' \
+            agent "$agent_cgroup" $agent 9< @CONF@/seccomp.bpf
         log "guest agent exited ($?), restarting"
         sleep 1
     done
@@ -167,7 +217,16 @@ log "ready"
 
 # /sbin/shutdown (what qemu-ga runs for guest-shutdown) cannot signal PID 1 from the
 # agent's PID namespace; it writes to this FIFO instead.
-( read -r _ < /run/initctl; kill -TERM 1 ) &
+if [ "$SBX_SYSTEMD" = 1 ]; then
+    # systemd's SIGRTMIN+5 (glibc's SIGRTMIN is 34): a clean reboot, which ends the VM
+    # (on_reboot=destroy). Its SIGTERM would re-execute it; a poweroff without ACPI
+    # would halt the guest, not end it.
+    ( read -r _ < @STOP_FIFO@; kill -39 1 ) &
+    # systemd stops this unit with SIGTERM, which ends this script, then its cgroup.
+    wait
+    exit 0
+fi
+( read -r _ < @STOP_FIFO@; kill -TERM 1 ) &
 
 # QEMU runs with -no-reboot (on_reboot=destroy): rebooting is how the guest powers off.
 stop() {

@@ -17,8 +17,8 @@ while read -r tag mode target; do
     mount -t 9p -o "$mode,nosuid,nodev,trans=virtio,version=9p2000.L,msize=262144,cache=none" \
         "$tag" "$target" || log "mounting $tag on $target failed"
 done < @CONF@/mounts
-while read -r size target; do
+while read -r size mode target; do
     mkdir -p "$target"
     check_target "$target"
-    mount -t tmpfs -o "size=$size,mode=1777,nosuid,nodev" tmpfs "$target"
+    mount -t tmpfs -o "size=$size,mode=$mode,nosuid,nodev" tmpfs "$target"
 done < @CONF@/tmpfs

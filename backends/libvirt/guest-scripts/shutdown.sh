@@ -1,2 +1,2 @@
 #!/bin/sh
-echo stop > /run/initctl
+echo stop > @STOP_FIFO@

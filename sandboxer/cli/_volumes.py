@@ -1,0 +1,100 @@
+"""`volume create|ls|rm`: named volumes of ours on every engine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sandboxer import InvalidSpec, SandboxError, SandboxSpec, Volume, select
+
+from . import _output
+from ._spec import pairs
+
+_HEADERS = ("BACKEND", "NAME", "EPHEMERAL")
+
+
+def register(commands: Any) -> None:
+    volume = commands.add_parser(
+        "volume",
+        help="create, list and remove named volumes",
+        description="Named volumes outlive the sandboxes that mount them "
+        "(`run -v NAME:/path`); only sandboxer's own are listed or removed.",
+    )
+    verbs = volume.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    create = verbs.add_parser("create", help="create a volume")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--backend", metavar="B", help="the engine (default: the one `run` picks)")
+    _labels(create, "label the volume (repeatable)")
+    create.add_argument(
+        "--ephemeral", action="store_true", help="gc removes it once this command has exited"
+    )
+    create.set_defaults(handler=create_command)
+
+    ls = verbs.add_parser("ls", help="list our volumes")
+    ls.add_argument("--backend", metavar="B", help="only this engine")
+    _labels(ls, "only volumes with this label (repeatable)")
+    shown = ls.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print JSON")
+    shown.add_argument("-q", "--quiet", action="store_true", help="print names only")
+    ls.set_defaults(handler=ls_command)
+
+    rm = verbs.add_parser("rm", help="remove volumes (ours, mounted by no sandbox)")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.add_argument("--backend", metavar="B", help="the engine holding them")
+    rm.set_defaults(handler=rm_command)
+
+
+def _labels(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "-l", "--label", dest="labels", metavar="K=V", action="append", default=[], help=text
+    )
+
+
+def create_command(args: argparse.Namespace) -> int:
+    backend = args.backend or select(SandboxSpec()).backend
+    labels = pairs(args.labels, "--label")
+    volume = Volume.create(args.name, backend=backend, labels=labels, ephemeral=args.ephemeral)
+    print(volume.name)
+    return 0
+
+
+def ls_command(args: argparse.Namespace) -> int:
+    with _output.progress("listing volumes"):
+        found = Volume.list(args.backend, pairs(args.labels, "--label"))
+    if args.json:
+        _output.print_json(
+            [{"backend": v.backend, "name": v.name, "labels": dict(v.labels)} for v in found]
+        )
+    elif args.quiet:
+        for volume in found:
+            print(volume.name)
+    else:
+        rows = [[v.backend, v.name, "yes" if v.ephemeral else ""] for v in found]
+        print(_output.table(_HEADERS, rows))
+    return 0
+
+
+def _find(name: str, backend: str | None) -> Volume:
+    if backend is not None:
+        return Volume.get(name, backend)
+    found = [v for v in Volume.list() if v.name == name]
+    if len(found) > 1:
+        engines = ", ".join(v.backend for v in found)
+        raise InvalidSpec("--backend", f"volume {name!r} is on {engines}: name the engine")
+    if not found:
+        raise InvalidSpec("NAME", f"no volume of ours is called {name!r}")
+    return found[0]
+
+
+def rm_command(args: argparse.Namespace) -> int:
+    failures = 0
+    for name in args.names:
+        try:
+            _find(name, args.backend).remove()
+        except SandboxError as exc:
+            _output.error(f"{name}: {exc}")
+            failures += 1
+            continue
+        print(name)
+    return _output.ENGINE_FAILURE if failures else 0
