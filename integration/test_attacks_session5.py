@@ -89,7 +89,17 @@ class MountedSandbox(NamedTuple):
 
 class TestFileCallsThroughPlantedLinks:
     """The file calls run as the sandbox's user: a symlink the sandbox plants reaches
-    only what that user could reach anyway, and a removal never follows one."""
+    only what that user could reach anyway, and a removal never follows one.
+
+    Docker and Incus only: on libvirt a directory the guest makes in a writable host
+    mount belongs to QEMU's user (9p squash), so the guest's user cannot plant the tree
+    (a documented limit of libvirt mounts, backends/libvirt/README.md)."""
+
+    @pytest.fixture(scope="class", params=["docker", "incus"])
+    @classmethod
+    def backend(cls, request: pytest.FixtureRequest) -> str:
+        name: str = request.param
+        return name
 
     def test_a_recursive_remove_never_follows_links_out_of_the_tree(
         self, mounted: MountedSandbox
@@ -158,7 +168,11 @@ class TestCarelessTerminalInput:
         a command behind its Pty, outside its timeout and close()."""
         detach = b"\x1e\x1f" * 8 + b"\x10\x11"  # sandboxer's keys, then docker's ctrl-p ctrl-q
         with sb.pty(["sh", "-c", "echo up; exec sleep 301"], timeout=10) as terminal:
-            assert terminal.read(timeout=PATIENCE) == b"up\r\n"
+            shown = b""
+            while b"up\r\n" not in shown:  # the echo may come in pieces
+                chunk = terminal.read(timeout=PATIENCE)
+                assert chunk, f"the terminal ended or went quiet after {shown!r}"
+                shown += chunk
             terminal.write(detach)
             terminal.wait(timeout=PATIENCE)
         left = sb.exec(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).stdout

@@ -101,9 +101,16 @@ def _line(path: str, info: os.stat_result, link: str) -> str:
     )
 
 
+# Where Docker mounts sandboxer's helper: a random name per sandbox (the mount point is
+# the engine's, not the image's).
+DOCKER_HELPER = re.compile(r"/\.sandboxer-[0-9a-f]{16}(/.*)?")
+
+
 def _kept(path: str) -> bool:
-    return path not in ENGINE_FILES and not any(
-        path == owned or path.startswith(owned + "/") for owned in ENGINE_OWNED
+    return (
+        path not in ENGINE_FILES
+        and not DOCKER_HELPER.fullmatch(path)
+        and not any(path == owned or path.startswith(owned + "/") for owned in ENGINE_OWNED)
     )
 
 
@@ -182,6 +189,13 @@ def test_same_tree_and_os_release_as_the_store(backend: str, image: str) -> None
 
 
 # --- the image config --------------------------------------------------------------------
+def _eventually_exists(sandbox: Sandbox, path: str) -> None:
+    deadline = time.monotonic() + 60
+    while sandbox.exec(["test", "-e", path]).exit_code != 0:
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.5)
+
+
 def _marker(sandbox: Sandbox) -> str:
     """What the entrypoint script wrote when the sandbox started (it may still be starting)."""
     deadline = time.monotonic() + 60
@@ -226,6 +240,7 @@ def test_spec_overrides_the_image_config(backend: str, pushed_images: PushedImag
         profile="default",
         entrypoint=["sh", "-c", "echo replaced > /tmp/replaced; exec sleep 2147483647"],
     ) as sb:
+        _eventually_exists(sb, "/tmp/replaced")  # the main process starts in the background
         assert _run(sb, f"cat /tmp/replaced; test ! -e {MARKER} && echo no-marker") == (
             "replaced\nno-marker\n"
         )

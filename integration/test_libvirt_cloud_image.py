@@ -25,6 +25,7 @@ import pytest
 import sandboxer
 from sandboxer import Mount, PortMapping, Sandbox
 from sandboxer.backends.libvirt._backend import state_dir, uri
+from sandboxer.testing._contract_process import ProcessContract
 from sandboxer.testing.contract import EngineContract, SharedSandboxContract, http_get
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +192,18 @@ def test_mounts_ports_and_limits_in_one_sandbox(cloud_image: str, tmp_path: Path
         assert b"survived" not in eaten.stdout and eaten.exit_code != 0
         assert sb.exec(["cat", "/sys/fs/cgroup/sandbox/cpu.max"]).stdout == b"100000 100000\n"
         assert sb.exec(["echo", "still here"], timeout=30).stdout == b"still here\n"
+
+
+def _processes_are_refused(self: TestCloudImage, shared: Sandbox) -> None:
+    """A user's disk image has no command service (its qemu-ga cannot stream): spawn and
+    pty are refused with the reason, before anything runs."""
+    with pytest.raises(sandboxer.UnsupportedFeature, match="processes"):
+        shared.spawn(["sleep", "600"])
+    with pytest.raises(sandboxer.UnsupportedFeature, match="processes"):
+        shared.pty()
+
+
+# The contract's process tests, each replaced by the refusal this engine gives instead.
+for _name in dir(ProcessContract):
+    if _name.startswith("test_"):
+        setattr(TestCloudImage, _name, _processes_are_refused)

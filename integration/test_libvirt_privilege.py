@@ -181,7 +181,7 @@ def test_mounts_over_the_guests_system_paths_are_refused(
     with pytest.raises(InvalidSpec) as refused:
         sandboxer.launch(backend="libvirt", mounts=[Mount(str(tmp_path), target)])
     assert refused.value.field == "Mount.target", refused.value
-    assert _domains(conn) == before
+    assert not _domains(conn) - before  # nothing made (others' sandboxes may come and go)
 
 
 class TestGuestBoundary:
@@ -280,5 +280,5 @@ def test_a_disk_image_with_a_backing_file_or_a_data_file_is_refused(
                 backend="libvirt", image=str(image), allow_unenforced=["non_root_user"]
             )
         assert refused.value.field == "image"
-    assert _domains(conn) == before
+    assert not _domains(conn) - before  # nothing made (others' sandboxes may come and go)
     assert set(os.listdir(state_dir() / "run")) == runs
