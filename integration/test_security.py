@@ -429,14 +429,15 @@ class TestLimits:
             return
         memory = sandboxer.load_profile(PROFILE).memory
         assert memory is not None
-        available_before = _host_available_memory()
         hog = f"x=$(head -c {memory * 3} /dev/zero | tr '\\0' a); echo survived ${{#x}}"
         result = limited.exec(["sh", "-c", hog], timeout=180)
+        # Asked for three times its limit, it was killed before holding it all.
         assert b"survived" not in result.stdout, result
         assert result.exit_code in (137, -9), f"the hog was not killed: {result}"
         assert limited.exec(["echo", "still here"], timeout=60).stdout == b"still here\n"
-        # The host kept (nearly) all it had: the hog never got past its limit.
-        assert _host_available_memory() > available_before - 2 * memory
+        # The host still has room. (Not a before/after difference: the engines' other
+        # tests run beside this one and move the host's free memory by more than a limit.)
+        assert _host_available_memory() > 4 * memory
         assert subprocess.run(["true"], check=False).returncode == 0
 
 
