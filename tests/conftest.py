@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/kits, imported as `kits`
 from kits.layers import LayerKit
 
 import sandboxer
+from sandboxer import _registry, _selector
+from sandboxer._labels import LAUNCH
 from sandboxer.testing import FakeBackend
 
 
@@ -31,3 +33,16 @@ def backend() -> str:
 def layers(tmp_path: Path) -> LayerKit:
     """Layer blobs for a test, and the tree they unpack into."""
     return LayerKit(tmp_path)
+
+
+@pytest.fixture
+def only_fake_engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hide the real engines: every command sees the fake backend alone; its sandboxes
+    are removed afterwards."""
+    monkeypatch.setattr(_registry, "_entry_points", dict)
+    _selector._probe_cache.clear()
+    yield
+    monkeypatch.undo()  # a test may have broken FakeBackend.remove
+    for name, box in list(FakeBackend.sandboxes.items()):
+        FakeBackend().remove(name, box.plan.labels[LAUNCH])
+    _selector._probe_cache.clear()

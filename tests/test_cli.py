@@ -9,18 +9,16 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
 
 import sandboxer
-from sandboxer import _registry, _selector
+from sandboxer import _selector
 from sandboxer._labels import (
     CREATED_AT,
     KEEP,
-    LAUNCH,
     MANAGED,
     OWNER,
     OWNER_PID,
@@ -34,17 +32,8 @@ from sandboxer.cli._run_argv import canonical_argv
 from sandboxer.cli._spec import spec_from
 from sandboxer.testing import FakeBackend
 
-
-@pytest.fixture(autouse=True)
-def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Hide the real engines: every command sees the fake backend alone."""
-    monkeypatch.setattr(_registry, "_entry_points", dict)
-    _selector._probe_cache.clear()
-    yield
-    monkeypatch.undo()  # a test may have broken FakeBackend.remove
-    for name, box in list(FakeBackend.sandboxes.items()):
-        FakeBackend().remove(name, box.plan.labels[LAUNCH])
-    _selector._probe_cache.clear()
+# Every command sees the fake backend alone (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("only_fake_engines")
 
 
 def parse(*argv: str) -> Any:

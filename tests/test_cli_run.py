@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,15 @@ import attrs
 import pytest
 
 import sandboxer
-from sandboxer import _registry, _selector
-from sandboxer._labels import KEEP, LAUNCH
+from sandboxer._labels import KEEP
 from sandboxer.cli import _copy, _fish, _logs, _run, _words, build_parser, main
 from sandboxer.cli._inspect import parse_top, printable
 from sandboxer.cli._run_argv import canonical, canonical_argv, run_parser, value_options
 from sandboxer.cli._spec import spec_from
 from sandboxer.testing import FakeBackend
 
-
-@pytest.fixture(autouse=True)
-def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Hide the real engines: every command sees the fake backend alone."""
-    monkeypatch.setattr(_registry, "_entry_points", dict)
-    _selector._probe_cache.clear()
-    yield
-    monkeypatch.undo()
-    for name, box in list(FakeBackend.sandboxes.items()):
-        FakeBackend().remove(name, box.plan.labels[LAUNCH])
-    _selector._probe_cache.clear()
+# Every command sees the fake backend alone (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("only_fake_engines")
 
 
 def parse(*argv: str) -> Any:

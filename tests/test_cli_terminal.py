@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from sandboxer import EngineError, _registry, _selector
-from sandboxer._labels import LAUNCH
+from sandboxer import EngineError
 from sandboxer.cli import _terminal, build_parser, main
 from sandboxer.cli._run_argv import canonical_argv, command_words
 from sandboxer.testing import FakeBackend
@@ -29,16 +28,8 @@ from sandboxer.testing import FakeBackend
 _DEADLINE = 30.0
 
 
-@pytest.fixture(autouse=True)
-def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Hide the real engines: every command sees the fake backend alone."""
-    monkeypatch.setattr(_registry, "_entry_points", dict)
-    _selector._probe_cache.clear()
-    yield
-    monkeypatch.undo()
-    for name, box in list(FakeBackend.sandboxes.items()):
-        FakeBackend().remove(name, box.plan.labels[LAUNCH])
-    _selector._probe_cache.clear()
+# Every command sees the fake backend alone (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("only_fake_engines")
 
 
 @pytest.fixture
