@@ -72,7 +72,7 @@ def test_a_foreign_volume_is_never_ours(backend: str, foreign: str) -> None:
         assert mine.name in would_go and foreign not in would_go
         with pytest.raises(sandboxer.InvalidSpec, match="not made by sandboxer"):
             Volume.get(foreign, backend).remove()
-        get_backend(backend).remove_volume(foreign)  # the adapter refuses it as well
+        get_backend(backend).volumes().remove(foreign)  # the adapter refuses it as well
         with pytest.raises(sandboxer.SandboxExists):
             Volume.create(foreign, backend=backend)
     finally:

@@ -47,6 +47,7 @@ from ._models import (
     Resources,
     SandboxSpec,
 )
+from ._networks import Network, NetworkInUse, gc_networks
 from ._pool import Pool, PoolClosed, PoolTimeout
 from ._process import Process
 from ._profiles import CONTROLS, NETWORKS, Profile, builtin_profiles, load_profile
@@ -89,6 +90,8 @@ __all__ = [
     "Inventory",
     "LaunchPlan",
     "Mount",
+    "Network",
+    "NetworkInUse",
     "NotReady",
     "OutputTooLarge",
     "Pool",
@@ -121,6 +124,7 @@ __all__ = [
     "builtin_profiles",
     "detach",
     "gc",
+    "gc_networks",
     "gc_volumes",
     "get_backend",
     "inventory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import enum
 import functools
 import io
@@ -115,6 +116,67 @@ class VolumeInfo:
     backend: str
     name: str
     labels: Mapping[str, str]
+
+
+class VolumeDriver(abc.ABC):
+    """One engine's named volumes: what `Backend.volumes()` hands the core."""
+
+    @abc.abstractmethod
+    def create(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        """Create the volume `name` carrying `labels`; SandboxExists if the name is taken."""
+
+    @abc.abstractmethod
+    def inspect(self, name: str) -> VolumeInfo | None:
+        """The volume called `name`, ours or not; None if there is none."""
+
+    @abc.abstractmethod
+    def list(self) -> builtins.list[VolumeInfo]:
+        """Every volume on this engine, ours or not."""
+
+    @abc.abstractmethod
+    def remove(self, name: str) -> None:
+        """Remove the volume `name` if it carries our MANAGED label (never anyone
+        else's); no error if absent."""
+
+
+@attrs.frozen
+class NetworkInfo:
+    """A named network as found on an engine; its labels tell ours from others'."""
+
+    backend: str
+    name: str  # the name sandboxer knows it by (the engine's own object may differ)
+    internal: bool  # no route out: members reach each other only
+    subnet: str  # "10.140.7.0/24"
+    labels: Mapping[str, str]
+
+
+class NetworkDriver(abc.ABC):
+    """One engine's named networks: what `Backend.networks()` hands the core.
+
+    Members of one network reach each other by sandbox name (the engine's DNS, or
+    /etc/hosts entries the adapter writes); members of different networks never do."""
+
+    @abc.abstractmethod
+    def create(
+        self, name: str, *, internal: bool, subnet: str, labels: Mapping[str, str]
+    ) -> NetworkInfo:
+        """Create the network `name` on the IPv4 `subnet` ("10.140.7.0/24", its first
+        host address the gateway), carrying `labels`; without a route out when
+        `internal`. SandboxExists if the name is taken, ours or not."""
+
+    @abc.abstractmethod
+    def inspect(self, name: str) -> NetworkInfo | None:
+        """The network called `name`, ours or not; None if there is none."""
+
+    @abc.abstractmethod
+    def list(self) -> builtins.list[NetworkInfo]:
+        """Every named network on this engine, ours or not (the engine's built-in
+        ones may be left out)."""
+
+    @abc.abstractmethod
+    def remove(self, name: str) -> None:
+        """Remove the network `name` if it carries our MANAGED label (never anyone
+        else's); no error if absent."""
 
 
 # A backend's exec yields ("stdout" | "stderr", chunk) and returns the exit status.
@@ -251,24 +313,15 @@ class Backend(abc.ABC):
         none."""
         return []
 
-    # Named volumes (`Mount(volume=...)`, plan.volumes): the core checks names, labels
-    # and use before calling these; engines without volumes refuse them.
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        """Create the volume `name` carrying `labels`; SandboxExists if the name is taken."""
+    def volumes(self) -> VolumeDriver:
+        """Named volumes (`Mount(volume=...)`, plan.volumes): the core checks names,
+        labels and use before calling the driver; engines without volumes refuse them."""
         raise UnsupportedFeature(f"{self.name} has no named volumes")
 
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        """The volume called `name`, ours or not; None if there is none."""
-        raise UnsupportedFeature(f"{self.name} has no named volumes")
-
-    def list_volumes(self) -> list[VolumeInfo]:
-        """Every volume on this engine, ours or not."""
-        return []
-
-    def remove_volume(self, name: str) -> None:
-        """Remove the volume `name` if it carries our MANAGED label (never anyone else's);
-        no error if absent."""
-        raise UnsupportedFeature(f"{self.name} has no named volumes")
+    def networks(self) -> NetworkDriver:
+        """Named networks (`SandboxSpec(networks=...)`, plan.networks): the core checks
+        names, labels and use before calling the driver; engines without them refuse."""
+        raise UnsupportedFeature(f"{self.name} has no named networks")
 
     def image_config(self, image: str, pull: PullPolicy) -> ImageConfig:
         """The config of the OCI image `image` as a launch would find it, fetched by

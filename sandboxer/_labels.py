@@ -29,6 +29,8 @@ EXEC_USER = PREFIX + "user"
 EXPIRES = PREFIX + "expires"
 # The volumes a sandbox mounts (comma-separated names): one in use is not removed.
 VOLUMES = PREFIX + "volumes"
+# The named networks a sandbox is on (comma-separated names): one in use is not removed.
+NETWORKS = PREFIX + "networks"
 # A volume that goes with its owner process (gc removes it once the owner has exited).
 EPHEMERAL = PREFIX + "ephemeral"
 # The private paths the engine mounts in place of the mount sources (see _pinned).

@@ -14,6 +14,7 @@ from ._labels import EXPIRES, LAUNCH
 from ._live import LiveSandboxes
 from ._log import logger, timed
 from ._models import SandboxSpec
+from ._networks import check_networks
 from ._pinned import pinned_sources, pins_label
 from ._plan import make_plan as make_plan  # where tests and the CLI find it
 from ._reaper import start_reaper
@@ -71,6 +72,7 @@ def launch(spec: SandboxSpec | None = None, /, **fields: Any) -> Sandbox:
     verdict = backend.check(plan)
     if verdict.refusals:
         raise UnsupportedFeature(f"backend {backend.name!r}: " + "; ".join(verdict.refusals))
+    check_networks(backend, plan)
     ensure_volumes(backend, plan)
     with pinned_sources(plan.mounts) as pinned:
         # The engine mounts the pinned copies; the plan kept by the sandbox, the sources.

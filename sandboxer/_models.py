@@ -233,6 +233,31 @@ def check_volume_name(field: str, name: object) -> str:
     return name
 
 
+def check_network_name(field: str, name: object) -> str:
+    """`name` if it is a network name every engine takes (the volume rule, at most 63)."""
+    if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
+        raise _fail(
+            field,
+            "expected a network name: a letter or digit, then letters, digits, '_', '.' "
+            f"or '-' (at most 63 in all), got {name!r}",
+        )
+    return name
+
+
+def _networks(value: Sequence[Any]) -> tuple[str, ...]:
+    """Network names, from names or `Network` objects (anything with a `name`)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise _fail("networks", f"expected a list of network names, got {value!r}")
+    names = tuple(
+        check_network_name(f"networks[{index}]", getattr(item, "name", item))
+        for index, item in enumerate(value)
+    )
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise _fail(f"networks[{index}]", f"{name!r} is listed twice")
+    return names
+
+
 @attrs.frozen
 class PortMapping:
     """A sandbox port published on the host; host_port None picks a free one."""
@@ -451,6 +476,10 @@ class SandboxSpec:
     resources: Resources = attrs.field(factory=Resources, converter=_resources)
     profile: Profile = attrs.field(factory=lambda: load_profile("hardened"), converter=_profile)
     network: NetworkMode | None = attrs.field(default=None, converter=_network)
+    # Named networks the sandbox also joins (`Network`s or their names), all on the
+    # engine it runs on; their members reach it by its name. `network` stays the mode of
+    # its own default link ("none": on these networks only).
+    networks: tuple[str, ...] = attrs.field(factory=tuple, converter=_networks)
     requirements: Requirements = attrs.field(factory=Requirements, converter=_requirements)
     backend: str | None = None
     # Profile controls the caller accepts to go unenforced on the chosen backend.

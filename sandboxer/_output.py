@@ -102,8 +102,7 @@ class TarStream(io.RawIOBase):
         """Account for a member tarfile just read: its data, then the next member's headers."""
         if member.issparse() or any(key.startswith("GNU.sparse.") for key in member.pax_headers):
             raise EngineError(
-                f"{self._what}: the archive holds a sparse member "
-                f"({member.name!r}); refusing it"
+                f"{self._what}: the archive holds a sparse member ({member.name!r}); refusing it"
             )
         data = member.size if member.isreg() else 0
         self._allowed += data + TAR_OVERHEAD_PER_MEMBER

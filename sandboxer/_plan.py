@@ -11,7 +11,16 @@ from types import MappingProxyType
 
 import attrs
 
-from ._labels import CREATED_AT, EXEC_USER, EXPIRES, KEEP, VOLUMES, new_name, ownership_labels
+from ._labels import (
+    CREATED_AT,
+    EXEC_USER,
+    EXPIRES,
+    KEEP,
+    NETWORKS,
+    VOLUMES,
+    new_name,
+    ownership_labels,
+)
 from ._models import Mount, PortMapping, Requirements, SandboxSpec
 from ._ports import assign_host_ports
 from ._seccomp import SeccompPolicy, Target
@@ -76,6 +85,8 @@ class LaunchPlan:
     volumes: tuple[VolumeMount, ...] = ()
     ports: tuple[PortMapping, ...] = ()  # host ports all chosen
     network: NetworkMode = attrs.field(converter=NetworkMode)
+    # Named networks it joins besides its default link (checked to exist and be ours).
+    networks: tuple[str, ...] = ()
     # Capability names upper case, without CAP_; "ALL" in cap_drop drops every one.
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
@@ -118,6 +129,9 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
     if volumes:
         # Which volumes it holds, so that removing one in use names this sandbox.
         labels[VOLUMES] = ",".join(sorted({v.name for v in volumes}))
+    if spec.networks:
+        # Which networks it is on, so that removing one in use names this sandbox.
+        labels[NETWORKS] = ",".join(spec.networks)
     if spec.max_lifetime is not None:
         labels[EXPIRES] = f"{float(labels[CREATED_AT]) + spec.max_lifetime:.3f}"
     network = spec.effective_network
@@ -137,6 +151,7 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         volumes=volumes,
         ports=assign_host_ports(spec.ports) if choose_ports else spec.ports,
         network=network,
+        networks=spec.networks,
         cap_drop=profile.cap_drop,
         cap_add=profile.cap_add,
         tmpfs=_tmpfs(spec),

@@ -17,7 +17,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from ._errors import BackendUnavailable, UnsupportedFeature
 from ._log import logger
 from ._models import KINDS, Requirements, SandboxSpec
 from ._plan import make_plan
-from ._registry import backend_class, backend_names
+from ._registry import backend_class, backend_names, get_backend
 
 # Last tie-break; names not listed rank after these, alphabetically.
 DEFAULT_PREFERENCE = ("docker", "incus", "libvirt")
@@ -318,6 +318,30 @@ def _as_spec(spec: SandboxSpec | Requirements | None, fields: Mapping[str, Any])
     return attrs.evolve(spec, **fields) if fields else spec
 
 
+def engines_holding(names: Sequence[str], candidates: Iterable[str]) -> list[str]:
+    """Those of `candidates` (backend names) on which every network in `names` exists;
+    UnsupportedFeature, naming where each one is, when no single engine has them all."""
+    where: dict[str, list[str]] = {name: [] for name in names}
+    holding = []
+    for backend in candidates:
+        try:
+            driver = get_backend(backend).networks()
+        except UnsupportedFeature:
+            continue
+        present = {name for name in names if driver.inspect(name) is not None}
+        for name in present:
+            where[name].append(backend)
+        if present == set(names):
+            holding.append(backend)
+    if not holding:
+        placed = "; ".join(f"{n} on {', '.join(where[n]) or 'no engine'}" for n in names)
+        raise UnsupportedFeature(
+            f"networks: no engine holds all of {', '.join(names)} ({placed}); "
+            "a network spans one engine, and a sandbox joins networks of its own engine only"
+        )
+    return holding
+
+
 def select(
     spec: SandboxSpec | Requirements | None = None,
     /,
@@ -339,4 +363,9 @@ def select(
     # With backend= only that one is probed: the others are rejected whatever their state.
     unloadable = [name for name in names if name not in capabilities]
     availability = probe_all([spec.backend, *unloadable] if spec.backend else names)
+    if spec.networks and spec.backend is None:
+        # Its networks decide the engine: only one holding all of them can run it.
+        ready = [name for name in capabilities if availability[name].available]
+        holding = engines_holding(spec.networks, ready)
+        capabilities = {n: c for n, c in capabilities.items() if n in holding}
     return rank(spec, capabilities, availability, resolve_preference(preference), classes)

@@ -52,19 +52,19 @@ class Volume:
         """Create the volume `name` on `backend`, labelled as ours; SandboxExists if taken.
         `ephemeral`: gc removes it once this process has exited."""
         check_volume_name("name", name)
-        wanted = _user_labels(labels)
+        wanted = user_labels(labels)
         if not isinstance(ephemeral, bool):
             raise InvalidSpec("ephemeral", f"expected True or False, got {ephemeral!r}")
         engine = _engine(backend)
         own = {**wanted, **ownership_labels(), **({EPHEMERAL: "true"} if ephemeral else {})}
         with timed("create_volume", backend=backend, volume=name):
-            return cls._of(engine.create_volume(name, own))
+            return cls._of(engine.volumes().create(name, own))
 
     @classmethod
     def get(cls, name: str, backend: str) -> Volume:
         """The volume `name` on `backend`, ours or not; SandboxNotFound if there is none."""
         check_volume_name("name", name)
-        found = _engine(backend).inspect_volume(name)
+        found = _engine(backend).volumes().inspect(name)
         if found is None:
             raise SandboxNotFound(f"no volume {name!r} on {backend}")
         return cls._of(found)
@@ -74,7 +74,7 @@ class Volume:
         cls, backend: str | None = None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Volume]:
         """Our volumes on `backend` (default: every available engine), carrying `labels`."""
-        wanted = _user_labels(labels)
+        wanted = user_labels(labels)
         found = [cls._of(info) for info in _volumes(backend) if is_ours(info.labels)]
         return [v for v in found if all(v.labels.get(k) == x for k, x in wanted.items())]
 
@@ -89,7 +89,7 @@ class Volume:
     def remove(self) -> None:
         """Remove this volume: only one of ours, and only while no sandbox mounts it."""
         engine = _engine(self.backend)
-        current = engine.inspect_volume(self.name)
+        current = engine.volumes().inspect(self.name)
         if current is None:
             return
         if not is_ours(current.labels):
@@ -105,14 +105,14 @@ class Volume:
                 f"{self.backend}: remove the sandbox first"
             )
         with timed("remove_volume", backend=self.backend, volume=self.name):
-            engine.remove_volume(self.name)
+            engine.volumes().remove(self.name)
 
     @classmethod
     def _of(cls, info: VolumeInfo) -> Volume:
         return cls(info.name, info.backend, dict(info.labels))
 
 
-def _user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+def user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     checked = _string_map("labels", labels)
     for key in checked:
         if key.startswith(RESERVED_LABEL_PREFIX):
@@ -130,8 +130,8 @@ def _engine(backend: str) -> Backend:
 
 def _volumes(backend: str | None) -> list[VolumeInfo]:
     if backend is not None:
-        return _engine(backend).list_volumes()
-    return [info for name in _available() for info in get_backend(name).list_volumes()]
+        return _engine(backend).volumes().list()
+    return [info for name in _available() for info in get_backend(name).volumes().list()]
 
 
 def _sandboxes(backend: str) -> list[SandboxInfo]:
@@ -150,12 +150,12 @@ def ensure_volumes(backend: Backend, plan: LaunchPlan) -> None:
     """Create each volume `plan` mounts that does not exist yet, labelled as ours (as
     `docker run -v NAME:/path` does); it then outlives the sandbox like any volume."""
     for name in sorted({v.name for v in plan.volumes}):
-        if backend.inspect_volume(name) is not None:
+        if backend.volumes().inspect(name) is not None:
             continue
         logger.info("creating volume %s on %s for %s", name, backend.name, plan.name)
         try:
             with timed("create_volume", backend=backend.name, volume=name):
-                backend.create_volume(name, ownership_labels())
+                backend.volumes().create(name, ownership_labels())
         except SandboxExists:
             pass  # made meanwhile by a concurrent launch: that is the one to mount
 
@@ -171,7 +171,7 @@ def gc_volumes(
     for backend in backends if backends is not None else _available():
         _engine(backend)
         in_use = {name for info in _sandboxes(backend) for name in _mounted(info)}
-        for info in get_backend(backend).list_volumes():
+        for info in get_backend(backend).volumes().list():
             volume = Volume._of(info)
             if not volume.ours or volume.name in in_use:
                 continue
@@ -181,7 +181,7 @@ def gc_volumes(
                 continue
             if not dry_run:
                 logger.info("gc: removing volume %s on %s", volume.name, backend)
-                get_backend(backend).remove_volume(volume.name)
+                get_backend(backend).volumes().remove(volume.name)
             removed.append(volume)
     return removed
 

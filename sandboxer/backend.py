@@ -29,9 +29,13 @@ What a `Backend` subclass provides
 
 Rules every adapter keeps
 - Label everything it makes with `plan.labels` (they carry `ownership_labels()`).
-- Named volumes (`plan.volumes`, which launch has made sure exist): `create_volume`,
-  `inspect_volume`, `list_volumes` and `remove_volume` (only one carrying `MANAGED`);
-  `claim_volume_dir` gives a fresh volume's host directory to the sandbox's user.
+- Named volumes (`plan.volumes`, which launch has made sure exist): `volumes()` returns
+  the engine's `VolumeDriver` (create, inspect, list, remove: only one carrying
+  `MANAGED`); `claim_volume_dir` gives a fresh volume's host directory to the sandbox's
+  user.
+- Named networks (`plan.networks`, which launch has checked exist and are ours):
+  `networks()` returns the engine's `NetworkDriver`; members reach each other by sandbox
+  name, and nothing else joins them.
 - Map every SDK exception in one place to the errors below (`raise ... from exc`).
 - Refuse what it cannot honour (through `refusals`); never ignore part of a plan.
 - Log engine calls through `logger` and `timed`, never print.
@@ -54,6 +58,8 @@ from ._backend import (
     ExitStatus,
     Handle,
     LaunchPlan,
+    NetworkDriver,
+    NetworkInfo,
     ProcessChannel,
     ProcessRequest,
     SandboxInfo,
@@ -61,6 +67,7 @@ from ._backend import (
     TerminalSize,
     Tmpfs,
     Verdict,
+    VolumeDriver,
     VolumeInfo,
     VolumeMount,
     archive_chunks,
@@ -69,6 +76,7 @@ from ._backend import (
     log_tail,
     tar_request,
 )
+from ._bridge_guard import INTERNAL_BRIDGE_PREFIX, guard_internal_bridges
 from ._errors import (
     BackendUnavailable,
     CommandFailed,
@@ -110,6 +118,7 @@ from ._seccomp import (
     Target,
     host_kernel,
 )
+from ._subnets import gateway, member_address
 from ._vocabulary import Control, Isolation, Kind, NetworkMode, Protocol, PullPolicy
 from ._volume_dir import claim_volume_dir, volume_dir_owner
 
@@ -120,6 +129,7 @@ __all__ = [
     "ERRNO",
     "EXEC_MARKER",
     "EXEC_USER",
+    "INTERNAL_BRIDGE_PREFIX",
     "LAUNCH",
     "LOGS_MAX",
     "MANAGED",
@@ -148,6 +158,8 @@ __all__ = [
     "Isolation",
     "Kind",
     "LaunchPlan",
+    "NetworkDriver",
+    "NetworkInfo",
     "NetworkMode",
     "OutputTooLarge",
     "PortMapping",
@@ -172,6 +184,7 @@ __all__ = [
     "Tmpfs",
     "UnsupportedFeature",
     "Verdict",
+    "VolumeDriver",
     "VolumeInfo",
     "VolumeMount",
     "archive_chunks",
@@ -179,11 +192,14 @@ __all__ = [
     "claim_volume_dir",
     "drain",
     "exec_pid",
+    "gateway",
+    "guard_internal_bridges",
     "host_kernel",
     "is_ours",
     "kill_exec",
     "log_tail",
     "logger",
+    "member_address",
     "namespace_pid",
     "new_exec_marker",
     "ownership_labels",

@@ -8,7 +8,7 @@ call is where a real adapter calls its engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import ClassVar
 
 import attrs
@@ -29,7 +29,7 @@ from sandboxer.backend import (
     ProcessRequest,
     SandboxInfo,
     SandboxState,
-    VolumeInfo,
+    VolumeDriver,
 )
 from sandboxer.testing import FakeBackend as EngineClient
 from sandboxer.testing.contract import SandboxContract
@@ -95,18 +95,8 @@ class ExampleBackend(Backend):
         return [attrs.evolve(i, backend=self.name) for i in self._engine.list_sandboxes()]
 
     # Named volumes (optional: without them a launch mounting one is refused).
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        return attrs.evolve(self._engine.create_volume(name, labels), backend=self.name)
-
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        found = self._engine.inspect_volume(name)
-        return attrs.evolve(found, backend=self.name) if found else None
-
-    def list_volumes(self) -> list[VolumeInfo]:
-        return [attrs.evolve(v, backend=self.name) for v in self._engine.list_volumes()]
-
-    def remove_volume(self, name: str) -> None:
-        self._engine.remove_volume(name)  # the engine removes only what carries MANAGED
+    def volumes(self) -> VolumeDriver:
+        return self._engine.volumes()
 
 
 class TestExampleBackend(SandboxContract):

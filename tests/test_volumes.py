@@ -27,8 +27,8 @@ def only_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     for name, box in list(FakeBackend.sandboxes.items()):
         FakeBackend().remove(name, box.plan.labels[LAUNCH])
-    for name, (_, path) in list(FakeBackend.volumes.items()):
-        FakeBackend.volumes.pop(name)
+    for name, (_, path) in list(FakeBackend.volume_store.items()):
+        FakeBackend.volume_store.pop(name)
         subprocess.run(["rm", "-rf", path], check=True)
     _selector._probe_cache.clear()
 
@@ -41,7 +41,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def foreign(name: str, labels: dict[str, str] | None = None) -> None:
     """A volume made on the engine behind sandboxer's back."""
-    FakeBackend().create_volume(name, labels or {"made-by": "someone else"})
+    FakeBackend().volumes().create(name, labels or {"made-by": "someone else"})
 
 
 def dead_owner() -> str:
@@ -81,7 +81,7 @@ def test_volume_api_arguments_are_checked_before_any_engine_call() -> None:
         Volume.create("data", backend="fake", labels={MANAGED: "false"})
     with pytest.raises(sandboxer.InvalidSpec, match=r"^ephemeral"):
         Volume.create("data", backend="fake", ephemeral="yes")  # type: ignore[arg-type]
-    assert FakeBackend.volumes == {}
+    assert FakeBackend.volume_store == {}
 
 
 # -v parsing (Docker's rule) -----------------------------------------------------------
@@ -153,11 +153,11 @@ def test_an_existing_foreign_volume_is_mounted_but_never_removed() -> None:
     foreign("theirs")
     with sandboxer.launch(backend="fake", mounts=[Mount(volume="theirs", target="/t")]):
         pass
-    assert FakeBackend.volumes["theirs"][0] == {"made-by": "someone else"}
+    assert FakeBackend.volume_store["theirs"][0] == {"made-by": "someone else"}
     with pytest.raises(sandboxer.InvalidSpec, match="not made by sandboxer"):
         Volume.get("theirs", "fake").remove()
     assert Volume.list() == []  # not ours: not listed
-    assert "theirs" in FakeBackend.volumes
+    assert "theirs" in FakeBackend.volume_store
 
 
 def test_create_refuses_a_taken_name_and_list_filters_by_label() -> None:
@@ -174,7 +174,7 @@ def test_gc_removes_ephemeral_volumes_of_exited_owners_and_all_only_when_asked()
     Volume.create("mine-alive", backend="fake", ephemeral=True)
     Volume.create("kept", backend="fake")
     Volume.create("orphan", backend="fake", ephemeral=True)
-    FakeBackend.volumes["orphan"][0][OWNER] = dead_owner()  # type: ignore[index]
+    FakeBackend.volume_store["orphan"][0][OWNER] = dead_owner()  # type: ignore[index]
     foreign("theirs", {MANAGED: "no"})
     assert sandboxer.gc() == []  # sandboxes only: volumes outlive their owners
     assert [v.name for v in sandboxer.gc_volumes(dry_run=True)] == ["orphan"]
@@ -182,7 +182,7 @@ def test_gc_removes_ephemeral_volumes_of_exited_owners_and_all_only_when_asked()
     with sandboxer.launch(backend="fake", mounts=[Mount(volume="kept", target="/k")]):
         removed = sandboxer.gc_volumes(all_unused=True)
     assert [v.name for v in removed] == ["mine-alive"]  # "kept" is in use
-    assert sorted(FakeBackend.volumes) == ["kept", "theirs"]
+    assert sorted(FakeBackend.volume_store) == ["kept", "theirs"]
 
 
 # ownership of a fresh volume's root ---------------------------------------------------
@@ -233,7 +233,7 @@ def test_volume_cli_create_ls_rm(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(capsys, "volume", "ls", "-q", "--label", "a=b")[1] == "v1\n"
     code, out, err = run_cli(capsys, "volume", "rm", "v1", "theirs")
     assert (code, out) == (125, "v1\n") and "no volume of ours is called 'theirs'" in err
-    assert sorted(FakeBackend.volumes) == ["theirs", "v2"]
+    assert sorted(FakeBackend.volume_store) == ["theirs", "v2"]
     code, out, err = run_cli(capsys, "volume", "create", "--backend", "fake", "bad/name")
     assert code == 2 and "bad/name" in err
 
@@ -244,4 +244,4 @@ def test_gc_volumes_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "leftover" not in out
     code, out, _ = run_cli(capsys, "gc", "--all-sessions", "--volumes", "--json")
     assert code == 0 and json.loads(out)["volumes"] == [{"backend": "fake", "name": "leftover"}]
-    assert FakeBackend.volumes == {}
+    assert FakeBackend.volume_store == {}

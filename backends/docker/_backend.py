@@ -26,7 +26,7 @@ from sandboxer.backend import (
     SandboxState,
     TerminalSize,
     UnsupportedFeature,
-    VolumeInfo,
+    VolumeDriver,
     kill_exec,
     log_tail,
     logger,
@@ -389,17 +389,8 @@ class DockerBackend(Backend):
             if n["Labels"][LAUNCH] not in live
         ]
 
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        return self._volumes.create(name, labels)
-
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        return self._volumes.inspect(name)
-
-    def list_volumes(self) -> list[VolumeInfo]:
-        return self._volumes.list()
-
-    def remove_volume(self, name: str) -> None:
-        self._volumes.remove(name)
+    def volumes(self) -> VolumeDriver:
+        return self._volumes
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with docker_errors():

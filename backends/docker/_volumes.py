@@ -10,6 +10,7 @@ from typing import Any
 from sandboxer.backend import (
     LaunchPlan,
     SandboxExists,
+    VolumeDriver,
     VolumeInfo,
     claim_volume_dir,
     is_ours,
@@ -31,7 +32,7 @@ def volume_mounts(plan: LaunchPlan) -> list[docker.types.Mount]:
     ]
 
 
-class DockerVolumes:
+class DockerVolumes(VolumeDriver):
     """Create, find, list and remove volumes through the low-level API client."""
 
     def __init__(self, api: Any) -> None:

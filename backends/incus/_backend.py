@@ -8,7 +8,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -38,7 +38,7 @@ from sandboxer.backend import (
     SandboxInfo,
     SandboxNotFound,
     SandboxState,
-    VolumeInfo,
+    VolumeDriver,
     exec_pid,
     kill_exec,
     log_tail,
@@ -136,7 +136,7 @@ class IncusBackend(Backend):
         self._images = Images(self._incus)
         self._networks = Networks(self._incus)
         self._pool: str | None = None
-        self._volumes = IncusVolumes(self._incus)
+        self._volumes = IncusVolumes(self._incus, self._root_pool)
         self._lock = threading.Lock()
         self._known: dict[str, _Known] = {}
 
@@ -539,17 +539,8 @@ class IncusBackend(Backend):
                 )
         return found
 
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        return self._volumes.create(self._root_pool(), name, labels)
-
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        return self._volumes.inspect(self._root_pool(), name)
-
-    def list_volumes(self) -> list[VolumeInfo]:
-        return self._volumes.list(self._root_pool())
-
-    def remove_volume(self, name: str) -> None:
-        self._volumes.remove(self._root_pool(), name)
+    def volumes(self) -> VolumeDriver:
+        return self._volumes
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with incus_errors():

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -41,7 +40,7 @@ from sandboxer.backend import (
     SandboxNotFound,
     SandboxState,
     UnsupportedFeature,
-    VolumeInfo,
+    VolumeDriver,
     archive_chunks,
     check_packing,
     drain,
@@ -526,17 +525,8 @@ class LibvirtBackend(Backend):
             raise
         return parse_labels(metadata)
 
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        return self._volumes.create(name, labels)
-
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        return self._volumes.inspect(name)
-
-    def list_volumes(self) -> list[VolumeInfo]:
-        return self._volumes.list()
-
-    def remove_volume(self, name: str) -> None:
-        self._volumes.remove(name)
+    def volumes(self) -> VolumeDriver:
+        return self._volumes
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         found: dict[str, SandboxInfo] = {}

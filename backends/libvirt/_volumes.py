@@ -25,6 +25,7 @@ import attrs
 from sandboxer.backend import (
     LaunchPlan,
     SandboxExists,
+    VolumeDriver,
     VolumeInfo,
     is_ours,
     volume_dir_owner,
@@ -40,7 +41,7 @@ _UID_XATTR = "user.virtfs.uid"
 _GID_XATTR = "user.virtfs.gid"
 
 
-class LibvirtVolumes:
+class LibvirtVolumes(VolumeDriver):
     def __init__(self, root: Path) -> None:
         self._root = root
 

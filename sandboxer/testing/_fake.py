@@ -33,10 +33,13 @@ from .._backend import (
     ExitStatus,
     Handle,
     LaunchPlan,
+    NetworkDriver,
+    NetworkInfo,
     ProcessChannel,
     ProcessRequest,
     SandboxInfo,
     SandboxState,
+    VolumeDriver,
     VolumeInfo,
     VolumeMount,
 )
@@ -170,7 +173,8 @@ class FakeBackend(Backend):
     # The "engine": shared by every instance, like a daemon would be.
     sandboxes: ClassVar[dict[str, _FakeSandbox]] = {}
     # Volume name -> (labels, the host directory holding its files).
-    volumes: ClassVar[dict[str, tuple[Mapping[str, str], str]]] = {}
+    volume_store: ClassVar[dict[str, tuple[Mapping[str, str], str]]] = {}
+    network_store: ClassVar[dict[str, NetworkInfo]] = {}
     available: ClassVar[bool] = True
 
     @classmethod
@@ -196,7 +200,7 @@ class FakeBackend(Backend):
         sandbox.dirs.update(tmpfs.path for tmpfs in plan.tmpfs)
         if plan.command:  # not run: its command line stands for its output in the logs
             sandbox.calls.append(plan.command)
-        sandbox.hold_mounts({name: path for name, (_, path) in self.volumes.items()})
+        sandbox.hold_mounts({name: path for name, (_, path) in self.volume_store.items()})
         self.sandboxes[plan.name] = sandbox
         return Handle(sandbox.id, plan.name, sandbox)
 
@@ -309,24 +313,63 @@ class FakeBackend(Backend):
             for name, s in self.sandboxes.items()
         ]
 
-    def create_volume(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
-        if name in self.volumes:
+    def volumes(self) -> VolumeDriver:
+        return _FakeVolumes(self.name, self.volume_store)
+
+    def networks(self) -> NetworkDriver:
+        return _FakeNetworks(self.name, self.network_store)
+
+
+@attrs.frozen
+class _FakeVolumes(VolumeDriver):
+    backend: str
+    store: dict[str, tuple[Mapping[str, str], str]]
+
+    def create(self, name: str, labels: Mapping[str, str]) -> VolumeInfo:
+        if name in self.store:
             raise SandboxExists(f"volume {name}")
-        self.volumes[name] = (dict(labels), tempfile.mkdtemp(prefix="sandboxer-fake-volume-"))
-        return VolumeInfo(self.name, name, labels)
+        self.store[name] = (dict(labels), tempfile.mkdtemp(prefix="sandboxer-fake-volume-"))
+        return VolumeInfo(self.backend, name, labels)
 
-    def inspect_volume(self, name: str) -> VolumeInfo | None:
-        found = self.volumes.get(name)
-        return VolumeInfo(self.name, name, found[0]) if found else None
+    def inspect(self, name: str) -> VolumeInfo | None:
+        found = self.store.get(name)
+        return VolumeInfo(self.backend, name, found[0]) if found else None
 
-    def list_volumes(self) -> list[VolumeInfo]:
-        return [VolumeInfo(self.name, name, labels) for name, (labels, _) in self.volumes.items()]
+    def list(self) -> list[VolumeInfo]:
+        return [VolumeInfo(self.backend, name, labels) for name, (labels, _) in self.store.items()]
 
-    def remove_volume(self, name: str) -> None:
-        found = self.volumes.get(name)
+    def remove(self, name: str) -> None:
+        found = self.store.get(name)
         if found is not None and is_ours(found[0]):
-            del self.volumes[name]
+            del self.store[name]
             shutil.rmtree(found[1])
+
+
+@attrs.frozen
+class _FakeNetworks(NetworkDriver):
+    """Bookkeeping only: the fake runs nothing, so nothing travels on its networks."""
+
+    backend: str
+    store: dict[str, NetworkInfo]
+
+    def create(
+        self, name: str, *, internal: bool, subnet: str, labels: Mapping[str, str]
+    ) -> NetworkInfo:
+        if name in self.store:
+            raise SandboxExists(f"network {name}")
+        self.store[name] = NetworkInfo(self.backend, name, internal, subnet, dict(labels))
+        return self.store[name]
+
+    def inspect(self, name: str) -> NetworkInfo | None:
+        return self.store.get(name)
+
+    def list(self) -> list[NetworkInfo]:
+        return list(self.store.values())
+
+    def remove(self, name: str) -> None:
+        found = self.store.get(name)
+        if found is not None and is_ours(found.labels):
+            del self.store[name]
 
 
 class _Shell:

@@ -33,6 +33,7 @@ from sandboxer._registry import get_backend
 
 from ._contract_files import FilesContract, KernelFilesContract
 from ._contract_lifecycle import LifecycleContract
+from ._contract_networks import NetworksContract
 from ._contract_process import ProcessContract
 from ._contract_tmpfs import TmpfsContract
 from ._contract_volumes import VolumesContract
@@ -290,7 +291,7 @@ class SandboxContract(LifecycleContract, TmpfsContract, VolumesContract, SharedS
         assert body == b"hello over http"
 
 
-class EngineContract(KernelFilesContract, SandboxContract):
+class EngineContract(KernelFilesContract, NetworksContract, SandboxContract):
     """What a real kernel shows from inside: limits bite, networks separate, the host is fine."""
 
     def test_network_none_is_loopback_only(self, shared: Sandbox) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
 """sbx-agent-init [--seccomp FILTER] -- COMMAND...: filter, start COMMAND, reap orphans."""
+
 import ctypes
 import os
 import signal
@@ -17,9 +18,10 @@ def load_filter(path: str) -> None:
         code = source.read()
     program = Program(len(code) // 8, code)  # struct sock_filter is 8 bytes
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.prctl(
-        PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0
-    ) != 0:
+    if (
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        or libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0
+    ):
         sys.exit("sbx-agent-init: " + os.strerror(ctypes.get_errno()))
 
 

@@ -1,0 +1,119 @@
+"""Contract: members of a named network reach each other by sandbox name, and nobody
+else reaches them; an internal network gives no way to the host or out.
+
+One test, three sandboxes (a VM boots three times in it). Listing, foreign networks and
+gc are engine calls only, in integration/test_networks.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import sandboxer
+from sandboxer import Network, Sandbox
+
+from . import contract
+
+PORT = 8080
+MakeNetwork = Callable[..., Network]
+
+
+def address_of(sandbox: Sandbox) -> str:
+    """The sandbox's one IPv4 address besides loopback (it is on one network only)."""
+    lines = sandbox.exec(["ip", "-4", "-o", "addr"]).stdout.decode().splitlines()
+    found = [line.split()[3].split("/")[0] for line in lines if " inet " in line]
+    outside = [a for a in found if not ipaddress.ip_address(a).is_loopback]
+    assert len(outside) == 1, lines
+    return outside[0]
+
+
+def _serve(sandbox: Sandbox, text: str) -> None:
+    sandbox.exec(["mkdir", "-p", "/tmp/www"]).check()
+    sandbox.write_file("/tmp/www/index.html", text.encode())
+    contract.serve_http(sandbox, PORT, "/tmp/www")
+    sandbox.wait_for_port(PORT, timeout=60)
+
+
+def _fetch(sandbox: Sandbox, address: str) -> bytes:
+    return sandbox.exec(contract.fetch_command(address, PORT, "/index.html"), timeout=30).stdout
+
+
+def _host_addresses() -> list[str]:
+    lines = subprocess.run(
+        ["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    found = {line.split()[3].split("/")[0] for line in lines}
+    return sorted(a for a in found if not ipaddress.ip_address(a).is_loopback)
+
+
+class NetworksContract:
+    """Mixed into `EngineContract`: traffic between sandboxes needs real engines."""
+
+    @pytest.fixture
+    def network(self, backend: str) -> Iterator[MakeNetwork]:
+        """Creates networks that go after the test's sandboxes (set up first, torn down
+        last); each must then be gone."""
+        made: list[Network] = []
+
+        def create(**fields: Any) -> Network:
+            name = f"sbx-net-{uuid.uuid4().hex[:10]}"
+            made.append(Network.create(name, backend=backend, **fields))
+            return made[-1]
+
+        yield create
+        for network in made:
+            network.remove()
+            assert network.name not in [n.name for n in Network.list(backend)]
+
+    def test_members_reach_each_other_by_name_and_nobody_else_reaches_them(
+        self, network: MakeNetwork, make: contract.Make, backend: str
+    ) -> None:
+        shared = network(internal=True)
+        other = network(internal=True)
+        assert shared.internal and shared.ours and shared.backend == backend
+        server = make(networks=[shared])
+        client = make(networks=[shared.name])
+        outsider = make(networks=[other])
+        for sandbox in (server, client, outsider):
+            _serve(sandbox, sandbox.name)
+
+        # By name, both ways: the one made first learns of the later one too.
+        assert server.name.encode() in _fetch(client, server.name)
+        assert client.name.encode() in _fetch(server, client.name)
+
+        # Another network's member reaches neither by name nor by address, nor is reached.
+        for member in (server, client):
+            assert member.name.encode() not in _fetch(outsider, member.name)
+            assert member.name.encode() not in _fetch(outsider, address_of(member))
+            assert outsider.name.encode() not in _fetch(member, address_of(outsider))
+            assert outsider.name.encode() not in _fetch(member, outsider.name)
+
+        # In use: refused, naming a sandbox on it.
+        with pytest.raises(sandboxer.NetworkInUse, match=rf"{server.name}|{client.name}"):
+            Network.get(shared.name, backend).remove()
+
+    def test_an_internal_network_reaches_neither_the_host_nor_out(
+        self, network: MakeNetwork, make: contract.Make
+    ) -> None:
+        internal = network(internal=True)
+        member = make(networks=[internal])
+        gateway = str(ipaddress.ip_network(internal.subnet).network_address + 1)
+        routes = member.exec(["ip", "-4", "route"]).stdout.decode()
+        with socket.socket() as listener:
+            listener.bind(("0.0.0.0", 0))
+            listener.listen(8)
+            listener.settimeout(0.5)
+            port = listener.getsockname()[1]
+            for address in [gateway, *_host_addresses()]:
+                tried = member.exec(["nc", "-w", "2", address, str(port)], timeout=30)
+                assert tried.exit_code != 0, (address, tried, routes)
+            with pytest.raises(TimeoutError):
+                listener.accept()
+        assert "default" not in routes, routes
