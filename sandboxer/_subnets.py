@@ -12,7 +12,6 @@ from ._errors import SandboxError
 # picks rarely meet (the engines refuse an overlap with their own networks anyway).
 _POOL = ipaddress.IPv4Network("10.128.0.0/10")
 _PREFIX = 24
-_PICKS = 64
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
@@ -34,15 +33,16 @@ def free_subnet(
 ) -> ipaddress.IPv4Network:
     """A random /24 of the pool that overlaps no engine network and no host route."""
     used = [ipaddress.IPv4Network(s) for s in taken if s] + list(routes)
-    rng = random.Random()
-    count = 2 ** (_PREFIX - _POOL.prefixlen)
-    for _ in range(_PICKS):
-        index = rng.randrange(count)
-        candidate = ipaddress.IPv4Network(
-            (int(_POOL.network_address) + (index << (32 - _PREFIX)), _PREFIX)
-        )
-        if not any(candidate.overlaps(other) for other in used):
-            return candidate
+    spans = [(int(n.network_address), int(n.broadcast_address)) for n in used]
+    size = 2 ** (32 - _PREFIX)
+    count = _POOL.num_addresses // size
+    # From a random start, then in order: a full pool is told apart from an unlucky draw.
+    start = random.Random().randrange(count)
+    for step in range(count):
+        first = int(_POOL.network_address) + ((start + step) % count) * size
+        last = first + size - 1
+        if not any(low <= last and first <= high for low, high in spans):
+            return ipaddress.IPv4Network((first, _PREFIX))
     raise SandboxError(f"no free /{_PREFIX} left in {_POOL} for a new network")
 
 
