@@ -13,6 +13,11 @@
   backend that cannot meet the test's spec (`requirements={"init": True}` on docker) skips
   that run with the selector's reason; `--sandbox-strict` (ini: `sandbox_strict = true`)
   makes it an error instead. An engine that is not running is an error either way.
+- `sandbox_environment` (function scope) launches a group of sandboxes on one private
+  network of their own: `env = sandbox_environment({"db": {...}, "app": {...}})`, members
+  launched in order, each waited for (`wait_for_port=` ...), reaching each other by sandbox
+  name (`env["db"].name`); all are destroyed, then the network removed, after the test.
+  Under --sandbox-backend it runs on each backend, like `sandbox`.
 - `--sandbox-pool=N` keeps N sandboxes of each spec the `sandbox` fixture uses started
   ahead (`sandboxer.Pool`): a test still gets a fresh sandbox, never a reused one.
 - Everything is labelled with this session (one per xdist worker); at the end the session's
@@ -24,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Generator, Iterator
+import secrets
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Protocol
 
+import attrs
 import pytest
 
 import sandboxer
@@ -101,6 +108,8 @@ class _PluginSession:
         # A failed cleanup is reported, never turned into a failed test.
         try:
             gc(session=self.session)
+            # Then the networks no sandbox is on any more whose owner (a killed run) exited.
+            sandboxer.gc_networks()
         except sandboxer.SandboxError as exc:
             message = f"sandboxer: cleaning up session {self.session} failed: {exc}"
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -347,6 +356,170 @@ def sandbox_factory(request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
 def session_sandbox_factory(sandbox_factory: SandboxFactory) -> SandboxFactory:
     """`sandbox_factory` under the name that says its scope: the same factory."""
     return sandbox_factory
+
+
+# A member's key starts its sandbox name (`db` -> `db-1a2b3c`) and is its host name.
+_MEMBER_KEY = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,55}")
+Member = Mapping[str, Any] | sandboxer.SandboxSpec
+
+
+class SandboxEnvironment(Mapping[str, sandboxer.Sandbox]):
+    """Sandboxes on one network of their own, by member key: `env["db"]`.
+
+    Members reach each other by sandbox name (`env["db"].name`, also `env.name_of("db")`
+    before it is launched); each one's host name is its key. The network is made with the
+    first member, on that member's engine; the others join it there. `close()` destroys
+    the members, last first, then removes the network.
+    """
+
+    def __init__(
+        self, plugin: _PluginSession, backend: str | None, *, internal: bool, parametrised: bool
+    ) -> None:
+        self._plugin = plugin
+        self._backend = backend
+        # `backend` is the one --sandbox-backend runs the test on: its refusals skip.
+        self._parametrised = parametrised
+        self._internal = internal
+        self._suffix = secrets.token_hex(3)
+        self._members: dict[str, sandboxer.Sandbox] = {}
+        self.network: sandboxer.Network | None = None
+
+    def name_of(self, key: str) -> str:
+        """The sandbox name member `key` has (or will have): what the others reach it by."""
+        return f"{key}-{self._suffix}"
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Member key -> sandbox name, for the members launched so far."""
+        return {key: member.name for key, member in self._members.items()}
+
+    def add(self, key: str, member: Member | None = None, /, **fields: Any) -> sandboxer.Sandbox:
+        """Launch member `key` from a SandboxSpec or its fields, plus what the `sandbox`
+        marker waits for (`wait_for_port=`, `wait_for_log=`, `wait_for=`, `wait_timeout=`);
+        return it once ready. Unless it names a network mode or publishes ports, it is on
+        the environment's network only (mode none)."""
+        if not isinstance(key, str) or not _MEMBER_KEY.fullmatch(key):
+            raise sandboxer.InvalidSpec(
+                f"members[{key!r}]",
+                "expected a key of letters, digits and '-' (at most 56), starting with a "
+                "letter or digit: it starts the member's sandbox name",
+            )
+        if key in self._members:
+            raise sandboxer.InvalidSpec(f"members[{key!r}]", "this environment has it already")
+        if isinstance(member, sandboxer.SandboxSpec):
+            spec = member
+        else:
+            fields = {**(member or {}), **fields}
+            spec = sandboxer.SandboxSpec()
+        waits = {name: fields.pop(name) for name in _WAITS if name in fields}
+        spec = attrs.evolve(spec, **fields)
+        defaults: dict[str, Any] = {"name": self.name_of(key), "hostname": key, "network": "none"}
+        if spec.ports or spec.publish_all:
+            del defaults["network"]  # published through the default link
+        spec = attrs.evolve(
+            spec,
+            **{field: value for field, value in defaults.items() if getattr(spec, field) is None},
+        )
+        chosen = spec.backend or self._backend
+        given = self._backend if self._parametrised and spec.backend is None else None
+        with _skip_when_unmet(self._plugin, given):
+            network = self._network(chosen or sandboxer.select(spec).backend)
+            launched = sandboxer.launch(
+                spec,
+                backend=chosen or network.backend,
+                networks=[*spec.networks, network.name],
+            )
+        self._members[key] = launched
+        self._plugin.made(launched)
+        _wait_until_ready(launched, waits)
+        return launched
+
+    def _network(self, backend: str) -> sandboxer.Network:
+        if self.network is None:
+            self.network = sandboxer.Network.create(
+                f"sbx-env-{self._suffix}", backend=backend, internal=self._internal
+            )
+        return self.network
+
+    def close(self) -> None:
+        """Destroy the members, last first, then the network; every step is tried before
+        the first failure is raised."""
+        failures: list[Exception] = []
+        for member in reversed(list(self._members.values())):
+            try:
+                member.destroy()
+            except Exception as exc:
+                failures.append(exc)
+        self._members.clear()
+        if self.network is not None:
+            try:
+                self.network.remove()
+                self.network = None
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def __getitem__(self, key: str) -> sandboxer.Sandbox:
+        return self._members[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
+class EnvironmentFactory(Protocol):
+    def __call__(
+        self,
+        members: Mapping[str, Member] | None = None,
+        /,
+        *,
+        internal: bool = True,
+        backend: str | None = None,
+    ) -> SandboxEnvironment: ...
+
+
+@pytest.fixture
+def sandbox_environment(
+    request: pytest.FixtureRequest, sandbox_backend: str | None
+) -> Iterator[EnvironmentFactory]:
+    """Make environments: `sandbox_environment({"db": dict(image=..., wait_for_port=5432),
+    "app": dict(...)})` launches the members in that order on a new network (`internal`:
+    no route out, the default) and returns the `SandboxEnvironment`; `env.add(key, ...)`
+    adds more. Everything is destroyed after the test, also when a member failed."""
+    plugin = request.config.stash[_PLUGIN_KEY]
+    made: list[SandboxEnvironment] = []
+
+    def factory(
+        members: Mapping[str, Member] | None = None,
+        /,
+        *,
+        internal: bool = True,
+        backend: str | None = None,
+    ) -> SandboxEnvironment:
+        plugin.activate()
+        env = SandboxEnvironment(
+            plugin,
+            backend or sandbox_backend,
+            internal=internal,
+            parametrised=backend is None and sandbox_backend is not None,
+        )
+        made.append(env)
+        for key, member in (members or {}).items():
+            env.add(key, member)
+        return env
+
+    yield factory
+    failures: list[Exception] = []
+    for env in reversed(made):
+        try:
+            env.close()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def _tail(text: str, limit: int = LOG_TAIL_BYTES) -> str:

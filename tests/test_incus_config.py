@@ -278,7 +278,7 @@ def test_no_nic_for_network_none_and_the_name_maps_to_loopback() -> None:
 
 
 def test_bridge_nic_is_reserved_filtered_and_configured_by_lxc() -> None:
-    nic = Nic("sandboxerbr0", "10.213.4.7/16", "10.213.0.1", reserved=True)
+    nic = Nic("sandboxerbr0", "10.213.4.7/16", "10.213.0.1", reserved=True, port_isolation=True)
     body = request(plan(network="bridge"), nic)
     assert body["devices"]["eth0"] == {
         "type": "nic",

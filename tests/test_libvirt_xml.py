@@ -17,7 +17,15 @@ import pytest
 from sandboxer import Mount, PortMapping, SandboxSpec, UnsupportedFeature, load_profile
 from sandboxer._backend import LaunchPlan
 from sandboxer._launch import make_plan
-from sandboxer.backends.libvirt import _cpio, _domain, _guest_config, _kernel, _kmod, _refusals
+from sandboxer.backends.libvirt import (
+    _cpio,
+    _domain,
+    _guest_config,
+    _kernel,
+    _kmod,
+    _metadata,
+    _refusals,
+)
 from sandboxer.backends.libvirt._guest_scripts import AGENT_CHANNEL, GUEST_ADDRESS
 
 MIB = 1024 * 1024
@@ -90,8 +98,8 @@ def test_labels_travel_in_metadata_and_come_back() -> None:
     plan = plan_for(labels={"team": "a&b <c>", "quote": '"x"'})
     root = domain(plan)
     holder = root.find("metadata")[0]  # type: ignore[index]
-    assert holder.tag == "{" + _domain.NAMESPACE + "}sandbox"
-    back = _domain.parse_labels(ET.tostring(holder, encoding="unicode"))
+    assert holder.tag == "{" + _metadata.NAMESPACE + "}sandbox"
+    back = _metadata.parse_labels(ET.tostring(holder, encoding="unicode"))
     assert back == dict(plan.labels)
     assert back["team"] == "a&b <c>" and back["sandboxer.managed"] == "true"
 

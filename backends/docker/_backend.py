@@ -19,6 +19,7 @@ from sandboxer.backend import (
     ExecRequest,
     Handle,
     LaunchPlan,
+    NetworkDriver,
     ProcessChannel,
     ProcessRequest,
     PullPolicy,
@@ -41,11 +42,12 @@ from sandboxer.images.store import Progress
 from . import _doctor
 from ._accounts import check_user
 from ._build import build_stream
-from ._config import BUSYBOX_LABEL, create_arguments
+from ._config import BUSYBOX_LABEL, aliases, create_arguments, first_link, joined_later
 from ._endpoint import socket_path
 from ._errors import docker_errors
 from ._exec import ExecProcess, StartedExec, stream_exec
 from ._images import SYSTEMD_IMAGE, DockerImages
+from ._named_networks import DockerNetworks, is_named
 from ._network import Networks
 from ._sdk import docker
 from ._volumes import DockerVolumes
@@ -99,7 +101,7 @@ class DockerBackend(Backend):
             "pids_limit": "pids cgroup (pids.max)",
             "memory_limit": "memory cgroup limit, swap disabled",
             "cpu_limit": "CFS quota (NanoCpus)",
-            "network": "network_mode none: loopback only",
+            "network": "network_mode none: loopback only (with named networks: on those only)",
         },
     )
 
@@ -119,6 +121,7 @@ class DockerBackend(Backend):
         # Sandboxes this process created: whether each has a private network to remove.
         self._networks: dict[str, bool] = {}
         self._engine_networks = Networks(self._client)
+        self._named_networks = DockerNetworks(self._api)
         self._images = DockerImages(self._api)
         self._volumes = DockerVolumes(self._api)
 
@@ -189,17 +192,28 @@ class DockerBackend(Backend):
     def create(self, plan: LaunchPlan) -> Handle:
         image = self._images.ready(plan.image, plan.pull)
         with docker_errors():
-            network = None
-            if plan.network == "isolated":
-                network = self._engine_networks.create_isolated(plan.name, plan.labels)
-            elif plan.network == "bridge":
-                network = self._engine_networks.bridge()
-            self._networks[plan.name] = plan.network == "isolated"
+            network = self._default_link(plan)
             self._volumes.claim(plan)
             container = self._client.containers.create(**create_arguments(plan, image, network))
+            for name in joined_later(plan):
+                self._api.connect_container_to_network(container.id, name, aliases=aliases(plan))
             check_user(self._api, container.id, plan)
             container.start()
+        self._named_networks.drop_default_route(container.id)
         return Handle(container.id, plan.name, container)
+
+    def _default_link(self, plan: LaunchPlan) -> str | None:
+        """The network the container is created on (None: network_mode none)."""
+        # A private network of its own for "isolated", and for "bridge" beside named
+        # networks (see `Networks.create_private`).
+        private = plan.network == "isolated" or (plan.network == "bridge" and bool(plan.networks))
+        self._networks[plan.name] = private
+        if private:
+            internal = plan.network == "isolated"
+            return self._engine_networks.create_private(plan.name, plan.labels, internal=internal)
+        if plan.network == "bridge":
+            return self._engine_networks.bridge()
+        return first_link(plan)
 
     def busybox(self, handle: Handle) -> str | None:
         # The helper's mount point is fresh per container: create labels it (None on a
@@ -340,8 +354,10 @@ class DockerBackend(Backend):
     def start(self, handle: Handle) -> Handle:
         # The container keeps its config (profile, limits, mounts, ports, user) and its
         # writable layer; tmpfs paths come back empty, the main process starts afresh.
+        # Docker keeps its networks (named ones with their aliases) and joins them again.
         with docker_errors():
             self._api.start(handle.id)
+        self._named_networks.drop_default_route(handle.id)
         return handle
 
     def remove(self, name: str, launch: str) -> None:
@@ -377,7 +393,8 @@ class DockerBackend(Backend):
             return log_tail(chunks)
 
     def leftovers(self) -> list[SandboxInfo]:
-        """Private networks (they carry a launch id) whose container is gone."""
+        """Private networks (they carry a launch id) whose container is gone; named
+        networks carry one of their own and are never a sandbox's leftover."""
         with docker_errors():
             networks = self._api.networks(filters={"label": [_OURS, LAUNCH]})
             live = {
@@ -386,11 +403,14 @@ class DockerBackend(Backend):
         return [
             SandboxInfo(self.name, n["Id"], n["Name"], SandboxState.DESTROYED, n["Labels"])
             for n in networks
-            if n["Labels"][LAUNCH] not in live
+            if n["Labels"][LAUNCH] not in live and not is_named(n)
         ]
 
     def volumes(self) -> VolumeDriver:
         return self._volumes
+
+    def networks(self) -> NetworkDriver:
+        return self._named_networks
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with docker_errors():

@@ -84,6 +84,23 @@ def busybox(plan: LaunchPlan, image: ReadyImage, helper: str) -> str:
     return "/bin/busybox" if _busybox_tree(plan, image) else f"{helper}/busybox"
 
 
+def aliases(plan: LaunchPlan) -> list[str]:
+    """The names a sandbox answers to on its named networks (Docker's DNS also answers
+    the container name, which is the sandbox name)."""
+    return list(dict.fromkeys([plan.name, plan.hostname]))
+
+
+def first_link(plan: LaunchPlan) -> str | None:
+    """The named network a sandbox on named networks only is created on (Docker takes
+    no network_mode none beside other networks; the rest join before start)."""
+    return plan.networks[0] if plan.network == "none" and plan.networks else None
+
+
+def joined_later(plan: LaunchPlan) -> tuple[str, ...]:
+    """The named networks connected between create and start."""
+    return plan.networks[1:] if first_link(plan) else plan.networks
+
+
 def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -> dict[str, Any]:
     """Keyword arguments for `DockerClient.containers.create` that honour every plan field.
 
@@ -116,8 +133,11 @@ def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -
         or None,
         "ports": {f"{p.guest_port}/{p.protocol}": (p.host_ip, p.host_port) for p in plan.ports}
         or None,
-        "network_mode": "none" if plan.network == "none" else None,
+        "network_mode": "none" if plan.network == "none" and not plan.networks else None,
         "network": network,
+        "networking_config": {network: {"Aliases": aliases(plan)}}
+        if network is not None and network in plan.networks
+        else None,
         "pids_limit": plan.pids,
         "mem_limit": plan.memory,
         # Same as the memory limit: no swap, so the limit is what the sandbox really gets.

@@ -5,7 +5,7 @@ isolated: a private internal network per sandbox whose Linux bridge has no host 
 every service listening on 0.0.0.0; without that address the sandbox reaches only itself.
 bridge: one shared NAT network that sandboxer makes with inter-container traffic off
 (enable_icc=false), instead of Docker's default bridge, where every container reaches
-every other.
+every other; a sandbox also on named networks gets a NAT network of its own instead.
 """
 
 from __future__ import annotations
@@ -42,13 +42,20 @@ class Networks:
         self._lock = threading.Lock()
 
     def create_isolated(self, name: str, labels: Mapping[str, str]) -> str:
-        """A private network for one sandbox, labelled with its launch: its id."""
+        """The private internal network behind "isolated": its id."""
+        return self.create_private(name, labels, internal=True)
+
+    def create_private(self, name: str, labels: Mapping[str, str], *, internal: bool) -> str:
+        """A network for one sandbox, labelled with its launch: its id. Internal for
+        "isolated"; a NAT one stands in for the shared bridge when the sandbox is also on
+        named networks, whose members' names would otherwise resolve to their addresses on
+        the shared bridge (which the embedded DNS asks first), where they cannot meet."""
         with docker_errors():
             created = self._api.create_network(
                 name,
                 driver="bridge",
-                internal=True,
-                options=ISOLATED_OPTIONS,
+                internal=internal,
+                options=ISOLATED_OPTIONS if internal else BRIDGE_OPTIONS,
                 labels=dict(labels),
                 check_duplicate=True,
             )

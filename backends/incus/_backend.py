@@ -31,6 +31,7 @@ from sandboxer.backend import (
     ExecRequest,
     Handle,
     LaunchPlan,
+    NetworkDriver,
     OutputTooLarge,
     ProcessChannel,
     ProcessRequest,
@@ -56,6 +57,7 @@ from ._config import (
     BUSYBOX_KEY,
     LABEL_PREFIX,
     WORKDIR_KEY,
+    Named,
     Nic,
     empty_environment,
     enforcement_overrides,
@@ -65,6 +67,7 @@ from ._config import (
 from ._console import console_tail, log_directory
 from ._errors import incus_errors
 from ._images import Images, Source, image_name
+from ._named_networks import NAME_KEY, IncusNetworks, gone_members
 from ._network import Networks, retry_address_conflicts
 from ._process import IncusProcess
 from ._refusals import refusals
@@ -135,6 +138,7 @@ class IncusBackend(Backend):
         self._incus = Incus(Endpoint.from_env())
         self._images = Images(self._incus)
         self._networks = Networks(self._incus)
+        self._named = IncusNetworks(self._incus)
         self._pool: str | None = None
         self._volumes = IncusVolumes(self._incus, self._root_pool)
         self._lock = threading.Lock()
@@ -198,6 +202,7 @@ class IncusBackend(Backend):
         source = self._images.source(plan)
         boot = source.boot(plan)
         nic = self._nic(plan)
+        named = self._named.join(plan)
         points, script = _prepare.paths(plan, boot, source.exists), _prepare.service(plan, boot)
         start = not points and script is None
         self._volumes.claim(plan, pool)
@@ -206,7 +211,7 @@ class IncusBackend(Backend):
         identity = str(uuid.uuid4())
         try:
             retry_address_conflicts(
-                lambda: self._post(plan, source, boot, pool, nic(), start, identity)
+                lambda: self._post(plan, source, boot, pool, (nic(), named), start, identity)
             )
             if not start:
                 _prepare.Preparer(self._incus, plan.name).run(points, script)
@@ -231,12 +236,12 @@ class IncusBackend(Backend):
         source: Source,
         boot: Boot,
         pool: str,
-        nic: Nic | None,
+        links: tuple[Nic | None, Named],
         start: bool,
         identity: str,
     ) -> None:
         for retry in (True, False):
-            body = instance_request(plan, source.fingerprint, pool, nic, start, boot)
+            body = instance_request(plan, source.fingerprint, pool, links[0], start, boot, links[1])
             body["config"]["volatile.uuid"] = identity  # the instance's id, as Incus reports it
             try:
                 with timed("incus create", sandbox=plan.name, start=start), incus_errors():
@@ -478,6 +483,8 @@ class IncusBackend(Backend):
         known = self._known.pop(name, None)
         if known is None or known.isolated:
             self._networks.remove_isolated(name, launch)
+        # Its named networks stay (they are the caller's): only its DNS records go.
+        self._named.leave(name, launch)
 
     def _delete(self, quoted: str, name: str) -> None:
         deadline = time.monotonic() + _REMOVE_SECONDS
@@ -524,12 +531,17 @@ class IncusBackend(Backend):
         return drained
 
     def leftovers(self) -> list[SandboxInfo]:
-        """Private networks (they carry a launch id) whose instance is gone."""
+        """Private networks (they carry a launch id), and named networks' DNS records,
+        whose instance is gone."""
         with incus_errors():
             networks = self._incus.api.networks.get(params={"recursion": 1}).json()["metadata"]
         live = {info.labels.get(LAUNCH) for info in self.list_sandboxes()}
         found = []
         for network in networks:
+            if NAME_KEY in (network.get("config") or {}):
+                # A named network outlives its members; a gone member's DNS record not.
+                found += gone_members(network["config"], live)
+                continue
             labels = labels_from_config(network.get("config") or {})
             launch = labels.get(LAUNCH)
             if labels.get(MANAGED) == "true" and launch and launch not in live:
@@ -541,6 +553,9 @@ class IncusBackend(Backend):
 
     def volumes(self) -> VolumeDriver:
         return self._volumes
+
+    def networks(self) -> NetworkDriver:
+        return self._named
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         with incus_errors():

@@ -47,6 +47,10 @@ LABEL_PREFIX = "user."
 ADDRESS_KEY = "user.sandboxer.address"
 # The host name the templates write to /etc/hostname and /etc/hosts.
 HOSTNAME_KEY = "user.sandboxer.hostname"
+# More /etc/hosts lines (the named networks' members known at create), and the
+# /etc/resolv.conf the template writes (their DNS).
+HOSTS_KEY = "user.sandboxer.hosts"
+RESOLV_KEY = "user.sandboxer.resolv"
 ENV_PREFIX = "environment."
 WORKDIR_KEY = "user.sandboxer.workdir"
 # The names of the variables set to "" (a JSON list): exec adds them, Incus would not.
@@ -57,12 +61,31 @@ BUSYBOX_KEY = "user.sandboxer.busybox"
 
 @attrs.frozen
 class Nic:
-    """The sandbox's one network interface, on `network`, with a static address."""
+    """A network interface of the sandbox, on `network`, with a static address."""
 
     network: str
     address: str  # "10.213.4.7/16", configured by LXC before init
     gateway: str | None = None  # a default route, only where there is a way out
     reserved: bool = False  # Incus knows the subnet: it reserves and filters the address
+    device: str = "eth0"  # the device's and the interface's name
+    port_isolation: bool = False  # no traffic to the bridge's other ports
+
+
+@attrs.frozen
+class Named:
+    """The sandbox's NICs on named networks, and how it finds their members' names."""
+
+    nics: tuple[Nic, ...] = ()
+    hosts: tuple[str, ...] = ()  # "ADDRESS NAME..." lines for /etc/hosts
+    nameservers: tuple[str, ...] = ()
+
+
+NO_NAMED = Named()
+
+
+def nics_of(nic: Nic | None, named: Named) -> list[Nic]:
+    """Every NIC, in the order Incus numbers them for LXC (lxc.net.N): by device name."""
+    return sorted([nic, *named.nics] if nic else named.nics, key=lambda n: n.device)
 
 
 def empty_environment(settings: Mapping[str, str]) -> tuple[str, ...]:
@@ -120,7 +143,7 @@ def mount_hook_lines(plan: LaunchPlan) -> list[str]:
     return lines
 
 
-def raw_lxc(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> str:
+def raw_lxc(plan: LaunchPlan, nic: Nic | None, boot: Boot, named: Named = NO_NAMED) -> str:
     lines = [LOOPBACK_HOOK, *boot.lines(), *mount_hook_lines(plan)]
     if plan.hostname != plan.name:  # Incus names the UTS namespace after the instance
         lines.append(f"lxc.uts.name = {plan.hostname}")
@@ -129,12 +152,12 @@ def raw_lxc(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> str:
     if not plan.requirements.nested and not boots_systemd(plan):
         lines += capability_lines(plan)
     lines += tmpfs_lines(plan)
-    if nic is not None:
+    for index, each in enumerate(nics_of(nic, named)):
         # Configured by LXC before init, so no DHCP client (and no capability) is needed.
-        broadcast = ipaddress.ip_interface(nic.address).network.broadcast_address
-        lines.append(f"lxc.net.0.ipv4.address = {nic.address} {broadcast}")
-        if nic.gateway:
-            lines.append(f"lxc.net.0.ipv4.gateway = {nic.gateway}")
+        broadcast = ipaddress.ip_interface(each.address).network.broadcast_address
+        lines.append(f"lxc.net.{index}.ipv4.address = {each.address} {broadcast}")
+        if each.gateway:
+            lines.append(f"lxc.net.{index}.ipv4.gateway = {each.gateway}")
     return "\n".join(lines)
 
 
@@ -187,7 +210,9 @@ def volume_devices(plan: LaunchPlan, pool: str) -> dict[str, dict[str, str]]:
     }
 
 
-def devices(plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot) -> dict[str, dict[str, str]]:
+def devices(
+    plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot, named: Named = NO_NAMED
+) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {
         "root": {
             "type": "disk",
@@ -214,19 +239,24 @@ def devices(plan: LaunchPlan, pool: str, nic: Nic | None, boot: Boot) -> dict[st
             "connect": f"{port.protocol}:127.0.0.1:{port.guest_port}",
             "bind": "host",
         }
-    if nic is not None:
-        found["eth0"] = {"type": "nic", "network": nic.network, "name": "eth0"}
-        if nic.reserved:
-            found["eth0"]["ipv4.address"] = nic.address.split("/")[0]
-            found["eth0"]["security.ipv4_filtering"] = "true"
-            found["eth0"]["security.mac_filtering"] = "true"
-            # The shared bridge's ports may reach the host and the way out, not each other.
-            found["eth0"]["security.port_isolation"] = "true"
+    for each in nics_of(nic, named):
+        device = found[each.device] = {"type": "nic", "network": each.network, "name": each.device}
+        if each.reserved:
+            # Incus reserves the address and drops what the sandbox sends from another.
+            device["ipv4.address"] = each.address.split("/")[0]
+            device["security.ipv4_filtering"] = "true"
+            device["security.mac_filtering"] = "true"
+        if each.port_isolation:
+            device["security.port_isolation"] = "true"
     return found
 
 
-def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
+def own_config(
+    plan: LaunchPlan, nic: Nic | None, boot: Boot, named: Named = NO_NAMED
+) -> dict[str, str]:
     """The keys the profile's controls and the spec set: no extra may override one."""
+    # The sandbox's own name maps to its default link's address, else its first network's.
+    address = nic.address if nic else (named.nics[0].address if named.nics else None)
     result = {
         **labels_config(plan.labels),
         **{ENV_PREFIX + key: value for key, value in boot.environment.items() if value},
@@ -234,12 +264,14 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
         WORKDIR_KEY: boot.workdir,
         **limits(plan),
         # The built-in images' /etc/hosts template maps the sandbox's name to this.
-        ADDRESS_KEY: nic.address.split("/")[0] if nic else "127.0.1.1",
+        ADDRESS_KEY: address.split("/")[0] if address else "127.0.1.1",
         HOSTNAME_KEY: plan.hostname,
+        HOSTS_KEY: "".join(line + "\n" for line in named.hosts),
+        RESOLV_KEY: "".join(f"nameserver {server}\n" for server in named.nameservers),
         "security.privileged": "false",
         # No /dev/incus: the guest API socket is a way to talk to the engine.
         "security.guestapi": "false",
-        "raw.lxc": raw_lxc(plan, nic, boot),
+        "raw.lxc": raw_lxc(plan, nic, boot, named),
         "security.nesting": "true" if plan.requirements.nested else "false",
     }
     if boot.user is not None:
@@ -253,8 +285,10 @@ def own_config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
     return result
 
 
-def config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
-    result = own_config(plan, nic, boot)
+def config(
+    plan: LaunchPlan, nic: Nic | None, boot: Boot, named: Named = NO_NAMED
+) -> dict[str, str]:
+    result = own_config(plan, nic, boot, named)
     rules = seccomp(plan)
     if rules is not None:
         result["raw.seccomp"] = rules.policy
@@ -265,7 +299,13 @@ def config(plan: LaunchPlan, nic: Nic | None, boot: Boot) -> dict[str, str]:
 
 
 def instance_request(
-    plan: LaunchPlan, fingerprint: str, pool: str, nic: Nic | None, start: bool, boot: Boot
+    plan: LaunchPlan,
+    fingerprint: str,
+    pool: str,
+    nic: Nic | None,
+    start: bool,
+    boot: Boot,
+    named: Named = NO_NAMED,
 ) -> dict[str, Any]:
     """The POST /1.0/instances body; no profiles, so nothing unreviewed is inherited."""
     return {
@@ -273,8 +313,8 @@ def instance_request(
         "type": "container",
         "source": {"type": "image", "fingerprint": fingerprint},
         "profiles": [],
-        "config": config(plan, nic, boot),
-        "devices": devices(plan, pool, nic, boot),
+        "config": config(plan, nic, boot, named),
+        "devices": devices(plan, pool, nic, boot, named),
         "start": start,
     }
 
@@ -291,6 +331,11 @@ _NETWORKS = {
     "NAT bridge, needed for what the spec asked (ports or network='bridge'); its ports are "
     "isolated, so sandboxes on it cannot reach each other",
 }
+_NAMED = (
+    "per the spec, named networks {}: an Incus bridge each, with a static, filtered "
+    "address; its members reach each other by name (its DNS), nothing else joins it; an "
+    "internal one has no NAT and its DNS answers only its members' names"
+)
 
 
 _OWN_INIT = (
@@ -305,8 +350,11 @@ def enforcement_overrides(plan: LaunchPlan, init: Init) -> dict[str, ControlStat
     overrides: dict[str, ControlStatus] = {}
     if plan.user is not None and init is Init.OWN:
         overrides["non_root_user"] = ControlStatus(False, _OWN_INIT.format(plan.image))
-    if plan.network != "none":
-        overrides["network"] = ControlStatus(True, _NETWORKS[plan.network])
+    links = [_NETWORKS[plan.network]] if plan.network != "none" else []
+    if plan.networks:
+        links.append(_NAMED.format(", ".join(plan.networks)))
+    if links:
+        overrides["network"] = ControlStatus(True, "; and ".join(links))
     if plan.requirements.nested:
         for control in ("capabilities", "seccomp"):
             overrides[control] = ControlStatus(False, _NESTING.format(_TAKEN[control]))

@@ -6,7 +6,7 @@ import json
 import platform
 from collections.abc import Mapping
 
-from ._config import ADDRESS_KEY, HOSTNAME_KEY
+from ._config import ADDRESS_KEY, HOSTNAME_KEY, HOSTS_KEY, RESOLV_KEY
 
 _ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Rendered by Incus at first start: the sandbox's host name resolves to its address.
@@ -15,8 +15,12 @@ TEMPLATES = {
     "/etc/hosts": (
         "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
         '{{ config_get("' + ADDRESS_KEY + '", "127.0.1.1") }} ' + _HOSTNAME + "\n"
+        # The named networks' members known at create (later ones resolve through DNS).
+        '{{ config_get("' + HOSTS_KEY + '", "") }}'
     ),
     "/etc/hostname": _HOSTNAME + "\n",
+    # The named networks' DNS (their gateways); empty without one.
+    "/etc/resolv.conf": '{{ config_get("' + RESOLV_KEY + '", "") }}',
 }
 
 

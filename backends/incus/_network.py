@@ -105,7 +105,10 @@ class Networks:
         """A fresh NIC with a random address each call (the caller retries on conflicts)."""
         subnet = self._bridge_subnet()
         gateway = str(ipaddress.ip_interface(subnet).ip)
-        return lambda: Nic(BRIDGE, random_address(subnet, self._rng), gateway, reserved=True)
+        # The shared bridge's ports may reach the host and the way out, not each other.
+        return lambda: Nic(
+            BRIDGE, random_address(subnet, self._rng), gateway, reserved=True, port_isolation=True
+        )
 
     def create_isolated(self, sandbox: str, labels: Mapping[str, str]) -> Nic:
         """A private bridge, and an address on it that is unlikely to equal a peer's: so

@@ -32,6 +32,7 @@ from sandboxer.backend import (
     Handle,
     ImageNotFound,
     LaunchPlan,
+    NetworkDriver,
     OutputTooLarge,
     ProcessChannel,
     ProcessRequest,
@@ -59,12 +60,15 @@ from ._agent import Agent
 from ._cloud_guest import DISK_IMAGE_CONTROLS, FAILED_FILE, READY_FILE, seed_files
 from ._commands import CommandService, has_service
 from ._disk import UserDisk, create_overlay, create_seed, user_disk
-from ._domain import NAMESPACE, Boot, Disk, domain_xml, parse_labels
+from ._domain import Boot, Disk, domain_xml
 from ._errors import libvirt_errors
 from ._exec import WRAPPER_ENV, exec_command, run_to_end, wrapper_args
 from ._guest_config import check_mount_targets, config_archive, guest_files, shares
 from ._guest_scripts import BUILTIN, OCI, OCI_ROOT, STAGING_DIR, GuestLayout
 from ._image import ImageStore
+from ._metadata import NAMESPACE, parse_labels
+from ._named_networks import LibvirtNetworks
+from ._network_xml import Member
 from ._oci import OciDisk, exec_request, image_disk, is_oci_image, main_request
 from ._refusals import refusals
 from ._restart import load_boot, save_boot
@@ -147,7 +151,8 @@ class LibvirtBackend(Backend):
             "swap) around every command",
             "cpu_limit": "host: vCPU count (cpus rounded up); guest: cpu.max on the "
             "commands' cgroup",
-            "network": "no network device in the VM: loopback only",
+            "network": "no network device in the VM: loopback only (and the NICs of "
+            "the named networks the spec joins, nothing else)",
         },
     )
 
@@ -160,6 +165,7 @@ class LibvirtBackend(Backend):
         self._images = ImageStore(self._root)
         self._accel = AcceleratorChooser(self._root)
         self._volumes = LibvirtVolumes(self._root / "volumes")
+        self._networks = LibvirtNetworks(self._connection, self._root)
         self._accel_lock = threading.Lock()
         self._commands = CommandService()
 
@@ -239,19 +245,21 @@ class LibvirtBackend(Backend):
         qemu_gid = _shares.qemu_group(conn, accel.domain_type)
         run = self._claim(plan, qemu_gid)
         try:
+            members = self._networks.join(plan, run)
             self._volumes.prepare(plan, _shares.qemu_owner(conn, accel.domain_type))
             exposed = _shares.expose(self._volumes.shares(shares(plan)), run / "shares", qemu_gid)
             bpf = guest_program(plan.seccomp, plan.seccomp_target)
             if disk is None:
                 initrd = run / "initrd.img"
-                config = config_archive(guest_files(plan, bpf, None if oci is None else oci.config))
+                image_config = None if oci is None else oci.config
+                config = config_archive(guest_files(plan, bpf, image_config, members))
                 _write_initrd(initrd, image.initrd, config, qemu_gid)
                 # The guest's command service takes numeric ids only: names resolve here.
                 Accounts.of_launch(plan.user, oci).save(run)
                 boot = Boot(str(image.kernel), str(initrd), loader, full_system=boots_systemd(plan))
                 disks = [] if oci is None else [_attach_image(oci, run, qemu_gid)]
             else:
-                boot, disks = None, _prepare_disks(plan, disk, run, bpf, qemu_gid)
+                boot, disks = None, _prepare_disks(plan, disk, run, bpf, qemu_gid, members)
             xml = domain_xml(
                 plan,
                 accel=accel.domain_type,
@@ -259,6 +267,7 @@ class LibvirtBackend(Backend):
                 boot=boot,
                 disks=disks,
                 shares=exposed,
+                members=members,
             )
             with timed("libvirt createXML", sandbox=plan.name), libvirt_errors():
                 domain = conn.createXML(xml, 0)
@@ -453,6 +462,7 @@ class LibvirtBackend(Backend):
             if running.UUIDString() != record.uuid:
                 raise SandboxExists(f"a libvirt domain called {handle.name} is not this sandbox")
             return Handle(record.uuid, handle.name, running)
+        self._networks.ready(record.xml)
         with timed("libvirt createXML", sandbox=handle.name), libvirt_errors():
             domain = self._connection().createXML(record.xml, 0)
         handle = Handle(domain.UUIDString(), handle.name, domain)
@@ -489,6 +499,7 @@ class LibvirtBackend(Backend):
             labels = None
         if not isinstance(labels, dict) or labels.get(LAUNCH) != launch:
             return
+        self._networks.leave(run)  # its names off the networks' DNS
         _shares.release(run)  # raises rather than let rmtree reach into a user's directory
         shutil.rmtree(run)
 
@@ -527,6 +538,9 @@ class LibvirtBackend(Backend):
 
     def volumes(self) -> VolumeDriver:
         return self._volumes
+
+    def networks(self) -> NetworkDriver:
+        return self._networks
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         found: dict[str, SandboxInfo] = {}
@@ -605,12 +619,17 @@ def _attach_image(oci: OciDisk, run: Path, qemu_gid: int | None) -> Disk:
 
 
 def _prepare_disks(
-    plan: LaunchPlan, disk: UserDisk, run: Path, bpf: bytes, qemu_gid: int | None
+    plan: LaunchPlan,
+    disk: UserDisk,
+    run: Path,
+    bpf: bytes,
+    qemu_gid: int | None,
+    members: tuple[Member, ...],
 ) -> list[Disk]:
     """The overlay on the user's image, then the cloud-init seed, in the sandbox's directory."""
     overlay, seed = run / OVERLAY_FILE, run / "seed.iso"
     create_overlay(disk, overlay)
-    create_seed(seed_files(plan, bpf), seed)
+    create_seed(seed_files(plan, bpf, members), seed)
     for path in (overlay, seed):
         _shares.close_to_others(path, qemu_gid, 0o640)
     return [Disk(str(overlay)), Disk(str(seed), format="raw", read_only=True)]

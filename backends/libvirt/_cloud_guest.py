@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sandboxer.backend import ControlStatus, LaunchPlan
 
-from ._guest_config import guest_files, nics, shares
+from ._guest_config import default_route, guest_files, nameservers, nics, shares
 from ._guest_scripts import (
     AGENT_CHANNEL,
     EXEC,
@@ -35,6 +35,7 @@ from ._guest_scripts import (
     read,
     render,
 )
+from ._network_xml import Member
 
 SETUP_PATH = "/usr/local/sbin/sbx-setup"
 AGENT_INIT_PATH = "/usr/local/sbin/sbx-agent-init"
@@ -130,10 +131,10 @@ def _write_file(path: str, content: bytes, permissions: str) -> dict[str, str]:
     }
 
 
-def user_data(plan: LaunchPlan, seccomp_bpf: bytes) -> str:
+def user_data(plan: LaunchPlan, seccomp_bpf: bytes, members: Sequence[Member] = ()) -> str:
     files = [
         _write_file("/" + path, content, "0644")
-        for path, content in guest_files(plan, seccomp_bpf).items()
+        for path, content in guest_files(plan, seccomp_bpf, members=members).items()
     ]
     files += [
         _write_file(EXEC_PATH, EXEC.encode(), "0755"),
@@ -158,10 +159,19 @@ def meta_data(plan: LaunchPlan) -> str:
     return json.dumps({"instance-id": plan.name, "local-hostname": plan.hostname}) + "\n"
 
 
-def network_config(plan: LaunchPlan) -> str:
-    """Static addresses on the NICs the domain has (see `_guest_config.nics`): no DHCP wait."""
+def network_config(plan: LaunchPlan, members: Sequence[Member] = ()) -> str:
+    """Static addresses on the NICs the domain has (see `_guest_config.nics`, and the
+    named networks' `members`): no DHCP wait."""
     inbound, outbound = nics(plan)
     ethernets: dict[str, dict[str, object]] = {}
+    route = default_route(plan, members)
+    for index, member in enumerate(members):
+        ethernets[f"sbxnet{index}"] = {
+            "match": {"macaddress": member.mac},
+            "set-name": f"sbxnet{index}",
+            "addresses": [str(member.address)],
+            **({"gateway4": route} if route == member.gateway else {}),
+        }
     if inbound:
         ethernets["sbxin"] = {
             "match": {"macaddress": INBOUND_MAC},
@@ -174,15 +184,22 @@ def network_config(plan: LaunchPlan) -> str:
             "set-name": "sbxout",
             "addresses": [f"{OUTBOUND_NET}.15/24"],
             "gateway4": f"{OUTBOUND_NET}.2",
-            "nameservers": {"addresses": [f"{OUTBOUND_NET}.3"]},
         }
+    servers = nameservers(plan, members)
+    if servers:
+        # Set per NIC: on the one with the default route (systemd-resolved asks the DNS
+        # servers of such links for any name), else on the first named network's.
+        routed = [nic for nic in ethernets.values() if "gateway4" in nic]
+        (routed or list(ethernets.values()))[0]["nameservers"] = {"addresses": servers}
     return json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n"
 
 
-def seed_files(plan: LaunchPlan, seccomp_bpf: bytes) -> dict[str, bytes]:
+def seed_files(
+    plan: LaunchPlan, seccomp_bpf: bytes, members: Sequence[Member] = ()
+) -> dict[str, bytes]:
     """File name -> content of the NoCloud seed volume."""
     return {
         "meta-data": meta_data(plan).encode(),
-        "user-data": user_data(plan, seccomp_bpf).encode(),
-        "network-config": network_config(plan).encode(),
+        "user-data": user_data(plan, seccomp_bpf, members).encode(),
+        "network-config": network_config(plan, members).encode(),
     }

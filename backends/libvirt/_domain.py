@@ -5,13 +5,14 @@ libvirt 9.0's own <interface type='user'> can neither forward ports (without pas
 isolate the guest. Published ports come in through a network with `restrict=on`, from
 which the guest reaches nothing ("isolated" is just that); "bridge" adds a second,
 unrestricted network for outbound traffic (see `_guest_config.nics` for why two).
+Named networks are libvirt's own: one <interface type='network'> each (`_network_xml`).
 """
 
 from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -27,9 +28,9 @@ from ._guest_scripts import (
     OUTBOUND_NET,
     SERVICE_CHANNEL,
 )
+from ._metadata import metadata_holder
+from ._network_xml import Member
 
-NAMESPACE = "https://github.com/sandboxer/sandboxer/libvirt/1"
-NAMESPACE_PREFIX = "sandboxer"
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 MIB = 1024 * 1024
 # Guest RAM beyond the sandbox's memory limit: the kernel and the in-RAM root file system,
@@ -129,23 +130,6 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: st
     return element
 
 
-def _metadata(root: ET.Element, labels: Mapping[str, str]) -> None:
-    holder = _sub(_sub(root, "metadata"), f"{NAMESPACE_PREFIX}:sandbox")
-    holder.set(f"xmlns:{NAMESPACE_PREFIX}", NAMESPACE)
-    for key, value in sorted(labels.items()):
-        _sub(holder, f"{NAMESPACE_PREFIX}:label", value, name=key)
-
-
-def parse_labels(metadata: str) -> dict[str, str]:
-    """Labels back from the XML `virDomainGetMetadata` returns for our namespace."""
-    element = ET.fromstring(metadata)
-    return {
-        label.get("name", ""): label.text or ""
-        for label in element
-        if label.tag.rsplit("}", 1)[-1].rsplit(":", 1)[-1] == "label"
-    }
-
-
 def _os(root: ET.Element, boot: Boot | None) -> None:
     os_element = _sub(root, "os")
     _sub(os_element, "type", "hvm", arch="x86_64", machine="pc")
@@ -169,6 +153,7 @@ def _devices(
     shares: Sequence[Share],
     disks: Sequence[Disk],
     channels: Sequence[str],
+    members: Sequence[Member],
 ) -> None:
     devices = _sub(root, "devices")
     for index, disk in enumerate(disks):
@@ -201,6 +186,14 @@ def _devices(
         # No source path: libvirt makes the socket in its own root-only channel directory.
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name=name)
+    for member in members:
+        # A named network: virtio on its libvirt network, found in the guest by its MAC;
+        # no option ROM, nothing boots from it.
+        interface = _sub(devices, "interface", type="network")
+        _sub(interface, "mac", address=member.mac)
+        _sub(interface, "source", network=member.source)
+        _sub(interface, "model", type="virtio")
+        _sub(interface, "rom", enabled="no")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
 
@@ -223,15 +216,17 @@ def domain_xml(
     boot: Boot | None = None,
     disks: Sequence[Disk] = (),
     shares: Sequence[Share] = (),
+    members: Sequence[Member] = (),
 ) -> str:
     """The transient domain for `plan`: `accel` is "kvm" or "qemu" (TCG).
 
     With `boot`, the kernel boots directly; without, the firmware boots the first disk.
+    `members`: the sandbox's NICs on named networks (`_named_networks.join`).
     """
     root = ET.Element("domain", type=accel)
     _sub(root, "name", plan.name)
     _sub(root, "title", "sandboxer sandbox")
-    _metadata(root, plan.labels)
+    metadata_holder(root, "sandbox", plan.labels)
     memory = guest_memory(plan.memory, disk_boot=boot is None or boot.full_system)
     _sub(root, "memory", str(memory // MIB), unit="MiB")
     _sub(root, "vcpu", str(vcpus(plan.cpus)))
@@ -243,6 +238,6 @@ def domain_xml(
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(root, event, "destroy")
     # Only sandboxer's own initramfs runs the command service; a user's disk does not.
-    _devices(root, console_log, shares, disks, service_channels() if boot else ())
+    _devices(root, console_log, shares, disks, service_channels() if boot else (), members)
     _network(root, plan)
     return ET.tostring(root, encoding="unicode")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import shlex
+from collections.abc import Sequence
 
 import attrs
 
@@ -17,7 +18,8 @@ from sandboxer.images import ImageConfig
 from sandboxer.images.systemd import boots_systemd
 
 from ._cpio import CpioWriter
-from ._guest_scripts import SYSTEM_PATHS
+from ._guest_scripts import OUTBOUND_NET, SYSTEM_PATHS
+from ._network_xml import Member, hosts_lines, member_names
 
 CPU_PERIOD_US = 100_000
 
@@ -45,6 +47,28 @@ def nics(plan: LaunchPlan) -> tuple[bool, bool]:
     """
     inbound = plan.network == "isolated" or (plan.network == "bridge" and bool(plan.ports))
     return inbound, plan.network == "bridge"
+
+
+# glibc reads at most three.
+MAX_NAMESERVERS = 3
+
+
+def nameservers(plan: LaunchPlan, members: Sequence[Member]) -> list[str]:
+    """The guest's resolvers: each named network's dnsmasq (the first network's first:
+    an internal one refuses names it does not hold, so glibc asks the next), then QEMU's
+    for outbound traffic."""
+    found = [member.gateway for member in members]
+    if nics(plan)[1]:
+        found.append(f"{OUTBOUND_NET}.3")
+    return list(dict.fromkeys(found))[:MAX_NAMESERVERS]
+
+
+def default_route(plan: LaunchPlan, members: Sequence[Member]) -> str:
+    """The gateway of the guest's default route on a named network: the first one with
+    a way out, unless QEMU's outbound network ("bridge") is the way out; "" for none."""
+    if plan.network == "bridge":
+        return ""
+    return next((member.gateway for member in members if not member.internal), "")
 
 
 def _is_system_path(target: str) -> bool:
@@ -88,9 +112,11 @@ def capability_sets(plan: LaunchPlan) -> tuple[str, str]:
     return ",".join(f"-{cap}" for cap in _cap_names(drop)), ""
 
 
-def sandbox_conf(plan: LaunchPlan, image: ImageConfig | None = None) -> str:
+def sandbox_conf(
+    plan: LaunchPlan, image: ImageConfig | None = None, members: Sequence[Member] = ()
+) -> str:
     """Shell variables for the guest's scripts; `image`: the config of the OCI image the
-    guest boots (its User is then the default user)."""
+    guest boots (its User is then the default user); `members`: its named networks."""
     bounding, ambient = capability_sets(plan)
     user = plan.user if image is None else image.effective_user(plan.user)
     inbound, outbound = nics(plan)
@@ -101,6 +127,9 @@ def sandbox_conf(plan: LaunchPlan, image: ImageConfig | None = None) -> str:
         "SBX_HOSTNAME": plan.hostname,
         "SBX_NET_IN": "1" if inbound else "0",
         "SBX_NET_OUT": "1" if outbound else "0",
+        "SBX_NICS": "1" if inbound or outbound or members else "0",
+        "SBX_ROUTE": default_route(plan, members),
+        "SBX_NAMESERVERS": " ".join(nameservers(plan, members)),
         "SBX_MEMORY": str(plan.memory or ""),
         "SBX_PIDS": str(plan.pids or ""),
         "SBX_CPU_MAX": cpu_max,
@@ -132,15 +161,27 @@ def tmpfs_file(plan: LaunchPlan) -> str:
     return "".join(f"{tmpfs.size} {tmpfs.mode:o} {tmpfs.path}\n" for tmpfs in plan.tmpfs)
 
 
+def networks_file(members: Sequence[Member]) -> str:
+    """One line per named network's NIC: its MAC and its static address."""
+    return "".join(f"{member.mac} {member.address}\n" for member in members)
+
+
 def guest_files(
-    plan: LaunchPlan, seccomp_bpf: bytes, image: ImageConfig | None = None
+    plan: LaunchPlan,
+    seccomp_bpf: bytes,
+    image: ImageConfig | None = None,
+    members: Sequence[Member] = (),
 ) -> dict[str, bytes]:
     """Path inside the guest -> content, for everything that differs between sandboxes."""
+    names = member_names(plan.name, plan.hostname)
     return {
-        "etc/sandboxer/sandbox.conf": sandbox_conf(plan, image).encode(),
+        "etc/sandboxer/sandbox.conf": sandbox_conf(plan, image, members).encode(),
         "etc/sandboxer/mounts": mounts_file(plan).encode(),
         "etc/sandboxer/tmpfs": tmpfs_file(plan).encode(),
         "etc/sandboxer/seccomp.bpf": seccomp_bpf,
+        "etc/sandboxer/networks": networks_file(members).encode(),
+        # Appended to /etc/hosts: itself and the peers known now (DNS has later ones).
+        "etc/sandboxer/hosts": hosts_lines(members, names).encode(),
     }
 
 

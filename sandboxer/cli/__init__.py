@@ -26,6 +26,7 @@ from . import (
     _inspect,
     _logs,
     _manage,
+    _networks,
     _output,
     _profiles,
     _run,
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = (
-        *(_run, _manage, _volumes, _logs, _copy),
+        *(_run, _manage, _volumes, _networks, _logs, _copy),
         *(_inspect, _engines, _images, _profiles, _completion),
     )
     for module in modules:

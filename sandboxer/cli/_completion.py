@@ -46,11 +46,13 @@ _sandboxer_complete() {
         @profiles) values="$(sandboxer completion --list profiles 2>/dev/null)" ;;
         @sandboxes) values="$(sandboxer ls -q 2>/dev/null)" ;;
         @images) values="$(sandboxer completion --list images 2>/dev/null)" ;;
+        @networks) values="$(sandboxer network ls -q 2>/dev/null)" ;;
+        @network_modes) values="MODES $(sandboxer network ls -q 2>/dev/null)" ;;
     esac
     COMPREPLY=($(compgen -W "$values" -- "$cur"))
 }
 complete -o default -F _sandboxer_complete sandboxer
-"""
+""".replace("MODES", " ".join(sandboxer.NETWORKS))
 
 
 def register(commands: Any) -> None:

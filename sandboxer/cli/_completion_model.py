@@ -10,6 +10,8 @@ import argparse
 DYNAMIC = {
     "backend": "@backends",
     "backends": "@backends",
+    "network": "@network_modes",  # run --network: a mode or a network's name
+    "networks": "@networks",
     "profile": "@profiles",
     "reference": "@images",
     "references": "@images",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from sandboxer import NETWORKS
+
 from ._completion_model import FILES, is_completed_positional, subparsers, value_kind
 
 # Fish command substitutions that list a dynamic kind's values when completing.
@@ -14,6 +16,8 @@ _LOOKUPS = {
     "@profiles": "(sandboxer completion --list profiles 2>/dev/null)",
     "@images": "(sandboxer completion --list images 2>/dev/null)",
     "@sandboxes": "(sandboxer ls -q 2>/dev/null)",
+    "@networks": "(sandboxer network ls -q 2>/dev/null)",
+    "@network_modes": f"{' '.join(NETWORKS)} (sandboxer network ls -q 2>/dev/null)",
 }
 
 # The command path the line has reached; after `--` the words are the sandbox's command,

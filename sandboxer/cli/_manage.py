@@ -11,14 +11,18 @@ from typing import Any
 from sandboxer import (
     GcIncomplete,
     InvalidSpec,
+    Network,
     Sandbox,
     SandboxError,
     SandboxNotFound,
     Volume,
     attach,
+    backend_names,
     gc,
+    gc_networks,
     gc_volumes,
     inventory,
+    probe_all,
 )
 from sandboxer.ownership import has_labels
 
@@ -90,12 +94,14 @@ def register(commands: Any) -> None:
 
     sweep = commands.add_parser(
         "gc",
-        help="remove leftover sandboxes",
+        help="remove leftover sandboxes, networks and volumes",
         description="Remove our sandboxes whose max_lifetime has ended (kept or not, in "
         "any session), those whose owner process on this host has exited and, "
         "with --older-than, those older than that. With a session (--session, or "
         "$SANDBOXER_SESSION when set) only that session's sandboxes go, all of them. "
-        "Sandboxes made with `run -d` stay unless --include-kept. "
+        "Sandboxes made with `run -d` stay unless --include-kept. Then networks no "
+        "sandbox is on whose owner process has exited go (not those made with "
+        "`network create`), and ephemeral volumes likewise. "
         "Nothing without sandboxer's labels is ever touched.",
     )
     sweep.add_argument(
@@ -212,6 +218,7 @@ def gc_command(args: argparse.Namespace) -> int:
             )
         except GcIncomplete as exc:
             removed, failures = exc.removed, exc.failures
+        networks = _gc_networks(args, failures)
         volumes = _gc_volumes(args, failures)
     now = time.time()
     if args.json:
@@ -219,6 +226,7 @@ def gc_command(args: argparse.Namespace) -> int:
             {
                 "dry_run": args.dry_run,
                 "removed": [_output.info_dict(info, now) for info in removed],
+                "networks": [{"backend": n.backend, "name": n.name} for n in networks],
                 "volumes": [{"backend": v.backend, "name": v.name} for v in volumes],
                 "failures": failures,
             }
@@ -227,13 +235,29 @@ def gc_command(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         for info in removed:
             print(f"{verb} {info.backend}/{info.name} ({info.id[:12]})")
+        for network in networks:
+            print(f"{verb} network {network.backend}/{network.name}")
         for volume in volumes:
             print(f"{verb} volume {volume.backend}/{volume.name}")
-        if not removed and not volumes:
+        if not removed and not networks and not volumes:
             _output.note("nothing to remove")
     for what, why in failures.items():
         _output.error(f"{what}: {why}")
     return _output.ENGINE_FAILURE if failures else 0
+
+
+def _gc_networks(args: argparse.Namespace, failures: dict[str, str]) -> list[Network]:
+    """Networks gc removes, engine by engine: one engine failing spares no other's."""
+    engines = args.backend or [
+        name for name, state in probe_all(backend_names()).items() if state.available
+    ]
+    removed: list[Network] = []
+    for engine in engines:
+        try:
+            removed += gc_networks(backends=[engine], dry_run=args.dry_run)
+        except SandboxError as exc:
+            failures[f"networks on {engine}"] = str(exc)
+    return removed
 
 
 def _gc_volumes(args: argparse.Namespace, failures: dict[str, str]) -> list[Volume]:

@@ -63,9 +63,15 @@ def selection_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--network",
-        choices=NETWORKS,
-        help="network mode (default: the profile's, or bridge with -p)",
+        metavar="MODE_OR_NAME",
+        action="append",
+        default=[],
+        help=f"a mode ({', '.join(NETWORKS)}; default: the profile's, or bridge with -p), "
+        "or a named network to join, whose members reach this sandbox by its name "
+        "(repeatable; named networks alone mean mode none, or bridge with -p)",
     )
+    # `docker run --net`, the old spelling docker still takes.
+    group.add_argument("--net", dest="network", action="append", default=[], help=argparse.SUPPRESS)
     needs = parent.add_argument_group("requirements (for the selector)")
     needs.add_argument("--kind", choices=KINDS, help="app container, system container or VM")
     needs.add_argument(
@@ -174,6 +180,19 @@ def pairs(values: list[str], flag: str, *, from_environ: bool = False) -> dict[s
     return result
 
 
+def network_fields(values: list[str], *, published: bool) -> dict[str, Any]:
+    """`network` and `networks` from --network values, as docker reads them: a mode's
+    name is the mode, anything else a named network. Named networks alone replace the
+    default link, as in docker, unless ports are `published` (which need one)."""
+    modes = list(dict.fromkeys(value for value in values if value in NETWORKS))
+    if len(modes) > 1:
+        raise InvalidSpec("--network", f"one mode at most, got {' and '.join(modes)}")
+    named = [value for value in values if value not in NETWORKS]
+    if not modes and named and not published:
+        modes = ["none"]
+    return {"network": modes[0] if modes else None, "networks": named}
+
+
 def profile_from(args: argparse.Namespace) -> str | Profile:
     """--profile, derived with --read-only and --cap-add when given; the profile's own
     rules refuse what it does not allow (cap_add_allowed)."""
@@ -195,7 +214,9 @@ def spec_from(args: argparse.Namespace, **process: Any) -> SandboxSpec:
         "image": args.image,
         "profile": profile_from(args),
         "backend": args.backend,
-        "network": args.network,
+        **network_fields(
+            args.network, published=bool(args.ports or getattr(args, "publish_all", False))
+        ),
         "mounts": [Mount.parse(text) for text in args.mounts],
         "ports": [PortMapping.parse(text) for text in args.ports],
         "requirements": Requirements(

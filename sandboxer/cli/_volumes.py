@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sandboxer import InvalidSpec, SandboxError, SandboxSpec, Volume, select
+from sandboxer import SandboxSpec, Volume, select
 
 from . import _output
+from ._named import creating, find, label_option, remove_each
 from ._spec import pairs
 
 _HEADERS = ("BACKEND", "NAME", "EPHEMERAL")
@@ -25,7 +26,7 @@ def register(commands: Any) -> None:
     create = verbs.add_parser("create", help="create a volume")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--backend", metavar="B", help="the engine (default: the one `run` picks)")
-    _labels(create, "label the volume (repeatable)")
+    label_option(create, "label the volume (repeatable)")
     create.add_argument(
         "--ephemeral", action="store_true", help="gc removes it once this command has exited"
     )
@@ -33,7 +34,7 @@ def register(commands: Any) -> None:
 
     ls = verbs.add_parser("ls", help="list our volumes")
     ls.add_argument("--backend", metavar="B", help="only this engine")
-    _labels(ls, "only volumes with this label (repeatable)")
+    label_option(ls, "only volumes with this label (repeatable)")
     shown = ls.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print JSON")
     shown.add_argument("-q", "--quiet", action="store_true", help="print names only")
@@ -45,16 +46,11 @@ def register(commands: Any) -> None:
     rm.set_defaults(handler=rm_command)
 
 
-def _labels(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument(
-        "-l", "--label", dest="labels", metavar="K=V", action="append", default=[], help=text
-    )
-
-
 def create_command(args: argparse.Namespace) -> int:
     backend = args.backend or select(SandboxSpec()).backend
     labels = pairs(args.labels, "--label")
-    volume = Volume.create(args.name, backend=backend, labels=labels, ephemeral=args.ephemeral)
+    with creating("volume", args.name, backend):
+        volume = Volume.create(args.name, backend=backend, labels=labels, ephemeral=args.ephemeral)
     print(volume.name)
     return 0
 
@@ -75,26 +71,8 @@ def ls_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(name: str, backend: str | None) -> Volume:
-    if backend is not None:
-        return Volume.get(name, backend)
-    found = [v for v in Volume.list() if v.name == name]
-    if len(found) > 1:
-        engines = ", ".join(v.backend for v in found)
-        raise InvalidSpec("--backend", f"volume {name!r} is on {engines}: name the engine")
-    if not found:
-        raise InvalidSpec("NAME", f"no volume of ours is called {name!r}")
-    return found[0]
-
-
 def rm_command(args: argparse.Namespace) -> int:
-    failures = 0
-    for name in args.names:
-        try:
-            _find(name, args.backend).remove()
-        except SandboxError as exc:
-            _output.error(f"{name}: {exc}")
-            failures += 1
-            continue
-        print(name)
-    return _output.ENGINE_FAILURE if failures else 0
+    def remove(name: str) -> None:
+        find("volume", name, args.backend, Volume.get, Volume.list).remove()
+
+    return remove_each(args.names, remove)

@@ -35,6 +35,8 @@ _FLAGS = {
     "entrypoint": "--entrypoint",
     "pull": "--pull",
     "network": "--network",
+    "networks": "--network",
+    "subnet": "--subnet",
     "backend": "--backend",
     "profile.cap_add": "--cap-add",
     "profile": "--profile",

@@ -13,7 +13,20 @@ if [ "$SBX_NET_OUT" = 1 ]; then
     address=@OUTBOUND_NET@.15
 fi
 [ "$SBX_NET_IN" = 1 ] && address=@INBOUND_NET@.15
-echo "$address $SBX_HOSTNAME" >> /etc/hosts
+if [ -n "$SBX_NAMESERVERS" ] && [ ! -e /etc/resolv.conf ]; then
+    # network-config's nameservers reach only a resolver daemon (systemd-resolved);
+    # an image without one gets them directly (a dangling link to its stub goes).
+    rm -f /etc/resolv.conf
+    for server in $SBX_NAMESERVERS; do
+        echo "nameserver $server"
+    done > /etc/resolv.conf
+fi
+if [ -s /etc/sandboxer/hosts ]; then
+    # On named networks: itself at its first one's address, and the peers known at create.
+    cat /etc/sandboxer/hosts >> /etc/hosts
+else
+    echo "$address $SBX_HOSTNAME" >> /etc/hosts
+fi
 if [ -s /etc/sandboxer/mounts ]; then
     modprobe -a 9pnet_virtio 9p || fail "the guest kernel has no 9p modules, needed for mounts"
 fi

@@ -31,7 +31,7 @@ if [ "$1" != switched ]; then
         mount -t sysfs sysfs /sys
         load agent
         load disk
-        [ "$SBX_NET_IN" = 1 ] || [ "$SBX_NET_OUT" = 1 ] && load net
+        [ "$SBX_NICS" = 1 ] && load net
         [ -s @CONF@/mounts ] && load 9p
         mkdir -p /image/lower /image/layer /newroot
         tries=0
@@ -116,32 +116,43 @@ load agent
 
 hostname "$SBX_HOSTNAME"
 ip link set lo up
-# QEMU user-mode networks with fixed addresses, so no DHCP round trip at boot. In each,
-# .2 is QEMU's own address, which leads to the host's loopback.
-nic() {  # nic MAC NETWORK: the NIC with that MAC at NETWORK.15/24
-    for device in /sys/class/net/*; do
-        [ "$(cat "$device/address")" = "$1" ] || continue
-        ip link set "${device##*/}" up
-        ip addr add "$2.15/24" dev "${device##*/}"
+# Every network has fixed addresses, so no DHCP round trip at boot (and no DHCP client).
+nic() {  # nic MAC ADDRESS/PREFIX: the NIC with that MAC at that address
+    tries=0
+    while [ $tries -lt 500 ]; do  # virtio_net may still be probing
+        for device in /sys/class/net/*; do
+            [ "$(cat "$device/address")" = "$1" ] || continue
+            ip link set "${device##*/}" up
+            ip addr add "$2" dev "${device##*/}"
+            return
+        done
+        sleep 0.01
+        tries=$((tries + 1))
     done
+    log "no network device with MAC $1"
 }
-[ "$SBX_NET_IN" = 1 ] || [ "$SBX_NET_OUT" = 1 ] && load net
+[ "$SBX_NICS" = 1 ] && load net
 address=127.0.1.1
+# QEMU user-mode networks: in each, .2 is QEMU's own address, which leads to the host's
+# loopback.
 if [ "$SBX_NET_OUT" = 1 ]; then
     # Outbound traffic, NATed by QEMU. Its .2 would reach host-local services: that one
     # address is prohibited (changing routes needs CAP_NET_ADMIN, which commands lack).
-    nic @OUTBOUND_MAC@ @OUTBOUND_NET@
+    nic @OUTBOUND_MAC@ @OUTBOUND_NET@.15/24
     ip route add default via @OUTBOUND_NET@.2
     ip route add prohibit @OUTBOUND_NET@.2/32
-    rm -f /etc/resolv.conf
-    echo "nameserver @OUTBOUND_NET@.3" > /etc/resolv.conf
     address=@OUTBOUND_NET@.15
 fi
 if [ "$SBX_NET_IN" = 1 ]; then
     # Published ports come in here, from .2; QEMU (restrict=on) lets nothing else through.
-    nic @INBOUND_MAC@ @INBOUND_NET@
+    nic @INBOUND_MAC@ @INBOUND_NET@.15/24
     address=@INBOUND_NET@.15
 fi
+# Named networks: libvirt bridges whose dnsmasq (at the gateway) knows the members' names.
+while read -r mac member_address; do
+    nic "$mac" "$member_address"
+done < @CONF@/networks
+[ -n "$SBX_ROUTE" ] && ip route add default via "$SBX_ROUTE"
 if [ "$SBX_IMAGE_DISK" = 1 ]; then
     # The image's own files would be kept (or, as symlinks, followed): fresh ones.
     mkdir -p /etc
@@ -149,9 +160,23 @@ if [ "$SBX_IMAGE_DISK" = 1 ]; then
     printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' > /etc/hosts
     mkdir -p "$SBX_WORKDIR"
 fi
+if [ -n "$SBX_NAMESERVERS" ]; then
+    rm -f /etc/resolv.conf
+    for server in $SBX_NAMESERVERS; do
+        echo "nameserver $server"
+    done > /etc/resolv.conf
+fi
+# Without one, glibc asks DNS first and reads /etc/hosts only when DNS is unreachable.
+[ -e /etc/nsswitch.conf ] \
+    || printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' > /etc/nsswitch.conf
 rm -f /etc/hostname
 echo "$SBX_HOSTNAME" > /etc/hostname
-echo "$address $SBX_HOSTNAME" >> /etc/hosts
+if [ -s @CONF@/hosts ]; then
+    # On named networks: itself at its first one's address, and the peers known at create.
+    cat @CONF@/hosts >> /etc/hosts
+else
+    echo "$address $SBX_HOSTNAME" >> /etc/hosts
+fi
 
 [ -s @CONF@/mounts ] && load 9p
 @MOUNTS@
