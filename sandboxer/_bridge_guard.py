@@ -1,11 +1,14 @@
-"""Host input from internal networks' bridges: replies and DNS only.
+"""The host's guard around internal networks' bridges: replies and DNS in, nothing routed.
 
 An internal named network has no route out, but the host side of its bridge, where the
 engine's DNS answers, would still reach every host service listening on 0.0.0.0 (or on
-::, through the bridge's link-local address). Adapters that make such a bridge name it
-with `INTERNAL_BRIDGE_PREFIX` and call `guard_internal_bridges()`: one chain per address
-family, jumped to first from INPUT for every interface with that prefix, lets through
-replies to the host's own connections, DNS and DHCP, and drops everything else.
+::, through the bridge's link-local address); and a member allowed to change its routes
+could send through the host, which forwards, to anywhere. Adapters that make such a
+bridge name it with `INTERNAL_BRIDGE_PREFIX` and call `guard_internal_bridges()`. Per
+address family, two chains are jumped to first for every interface with that prefix:
+- filter INPUT: replies to the host's own connections, DNS and DHCP pass; the rest drops;
+- mangle FORWARD, in and out: only traffic bridged between the members passes (Docker's
+  br_netfilter sends that through FORWARD too); anything routed drops.
 """
 
 from __future__ import annotations
@@ -15,20 +18,47 @@ import shutil
 import subprocess
 import threading
 
+import attrs
+
 from ._errors import EngineError
 
 INTERNAL_BRIDGE_PREFIX = "sbi"
-CHAIN = "SANDBOXER-INTERNAL"
-# As `iptables -S` prints them, so that a chain already right is left alone.
-_RULES = (
-    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    "-p udp -m udp --dport 53 -j ACCEPT",
-    "-p tcp -m tcp --dport 53 -j ACCEPT",
-    "-p udp -m udp --dport {dhcp} -j ACCEPT",
-    "-j DROP",
-)
-_JUMP = ("-i", INTERNAL_BRIDGE_PREFIX + "+", "-j", CHAIN)
+_BRIDGES = INTERNAL_BRIDGE_PREFIX + "+"
 _LOCK_PATH = "/run/sandboxer-bridge-guard.lock"
+
+
+@attrs.frozen
+class _Chain:
+    table: str
+    name: str
+    parent: str
+    # As `iptables -S` prints them, so that a chain already right is left alone.
+    rules: tuple[str, ...]
+    jumps: tuple[str, ...]  # the interface matches jumping to it from `parent`
+
+
+_CHAINS = (
+    _Chain(
+        "filter",
+        "SANDBOXER-INTERNAL",
+        "INPUT",
+        (
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-p udp -m udp --dport 53 -j ACCEPT",
+            "-p tcp -m tcp --dport 53 -j ACCEPT",
+            "-p udp -m udp --dport {dhcp} -j ACCEPT",
+            "-j DROP",
+        ),
+        (f"-i {_BRIDGES}",),
+    ),
+    _Chain(
+        "mangle",
+        "SANDBOXER-INTERNAL-FWD",
+        "FORWARD",
+        ("-m physdev ! --physdev-is-bridged -j DROP",),
+        (f"-i {_BRIDGES}", f"-o {_BRIDGES}"),
+    ),
+)
 _lock = threading.Lock()
 _done = False
 
@@ -39,31 +69,36 @@ def _run(tool: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wanted(tool: str) -> list[str]:
+def _wanted(tool: str, chain: _Chain) -> list[str]:
     """`iptables -S CHAIN` as it reads when the chain holds exactly our rules."""
     dhcp = 547 if tool == "ip6tables" else 67
-    return [f"-N {CHAIN}"] + [f"-A {CHAIN} {rule.format(dhcp=dhcp)}" for rule in _RULES]
+    return [f"-N {chain.name}"] + [
+        f"-A {chain.name} {rule.format(dhcp=dhcp)}" for rule in chain.rules
+    ]
 
 
-def _guard(tool: str) -> None:
-    listed = _run(tool, "-S", CHAIN)
-    wanted = _wanted(tool)
+def _guard(tool: str, chain: _Chain) -> None:
+    table = ("-t", chain.table)
+    listed = _run(tool, *table, "-S", chain.name)
+    wanted = _wanted(tool, chain)
     if listed.returncode != 0 or listed.stdout.split("\n")[:-1] != wanted:
-        _run(tool, "-N", CHAIN)
-        _run(tool, "-F", CHAIN)
+        _run(tool, *table, "-N", chain.name)
+        _run(tool, *table, "-F", chain.name)
         for line in wanted[1:]:
-            done = _run(tool, *line.split())
+            done = _run(tool, *table, *line.split())
             if done.returncode != 0:
                 raise EngineError(f"{tool}: cannot add {line!r}: {done.stderr.strip()}")
-    if _run(tool, "-C", "INPUT", *_JUMP).returncode != 0:
-        done = _run(tool, "-I", "INPUT", "1", *_JUMP)
-        if done.returncode != 0:
-            raise EngineError(f"{tool}: cannot guard internal bridges: {done.stderr.strip()}")
+    for match in chain.jumps:
+        jump = (*match.split(), "-j", chain.name)
+        if _run(tool, *table, "-C", chain.parent, *jump).returncode != 0:
+            done = _run(tool, *table, "-I", chain.parent, "1", *jump)
+            if done.returncode != 0:
+                raise EngineError(f"{tool}: cannot guard internal bridges: {done.stderr.strip()}")
 
 
 def guard_internal_bridges() -> None:
-    """Make sure the host drops what internal bridges send it, but DNS (idempotent;
-    once per process, serialised across processes)."""
+    """Make sure the host guards internal bridges as above (idempotent; once per
+    process, serialised across processes)."""
     global _done
     with _lock:
         if _done:
@@ -72,10 +107,11 @@ def guard_internal_bridges() -> None:
             if shutil.which(tool) is None:
                 raise EngineError(
                     f"{tool} is missing: internal networks need it to keep their members "
-                    "away from the host's services; fix: apt-get install iptables"
+                    "away from the host and from routing out; fix: apt-get install iptables"
                 )
         with open(_LOCK_PATH, "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             for tool in ("iptables", "ip6tables"):
-                _guard(tool)
+                for chain in _CHAINS:
+                    _guard(tool, chain)
         _done = True

@@ -25,7 +25,7 @@ import attrs
 
 from ._backend import Availability, Backend, Capabilities, LaunchPlan
 from ._decide import decide, static_enforcement
-from ._errors import BackendUnavailable, UnsupportedFeature
+from ._errors import BackendUnavailable, InvalidSpec, UnsupportedFeature
 from ._log import logger
 from ._models import KINDS, Requirements, SandboxSpec
 from ._plan import make_plan
@@ -333,6 +333,13 @@ def engines_holding(names: Sequence[str], candidates: Iterable[str]) -> list[str
             where[name].append(backend)
         if present == set(names):
             holding.append(backend)
+    if not any(where.values()):
+        # Named nowhere: a mistake in the spec, not something an engine lacks.
+        raise InvalidSpec(
+            "networks",
+            f"no engine has a network called {', '.join(map(repr, names))}: create it first "
+            "(sandboxer.Network.create or `sandboxer network create`)",
+        )
     if not holding:
         placed = "; ".join(f"{n} on {', '.join(where[n]) or 'no engine'}" for n in names)
         raise UnsupportedFeature(

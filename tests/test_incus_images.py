@@ -21,7 +21,7 @@ import sandboxer
 from sandboxer import SandboxSpec
 from sandboxer._backend import LaunchPlan
 from sandboxer._launch import make_plan
-from sandboxer.backends.incus import _boot, _config, _images, _oci, _prepare, _refusals
+from sandboxer.backends.incus import _boot, _config, _images, _metadata, _oci, _prepare, _refusals
 from sandboxer.images import ImageConfig
 from sandboxer.images.helper import INIT, MOUNT_POINT
 from sandboxer.images.store import LocalImage
@@ -246,7 +246,7 @@ def test_a_failing_tar_is_an_engine_error(tmp_path: Path) -> None:
 
 
 def test_aliases_name_the_digest() -> None:
-    assert _oci.alias(DIGEST) == "sandboxer/oci/" + "ab" * 8
+    assert _oci.alias(DIGEST) == "sandboxer/oci/" + "ab" * 8 + f".r{_metadata.TEMPLATES_REVISION}"
     assert subprocess.run(["tar", "--version"], capture_output=True).stdout.startswith(b"tar (GNU")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import sandboxer
 from sandboxer import Network, SandboxSpec, _registry, _selector
-from sandboxer._bridge_guard import _wanted
+from sandboxer._bridge_guard import _CHAINS, _wanted
 from sandboxer._labels import MANAGED, NETWORKS
 from sandboxer._launch import make_plan
 from sandboxer._subnets import free_subnet, gateway, member_address
@@ -64,11 +64,15 @@ def test_member_addresses_are_never_the_gateway_nor_taken() -> None:
         member_address(subnet, [*taken, "10.140.7.5", "10.140.7.6"])
 
 
-def test_the_guard_chain_reads_as_iptables_prints_it() -> None:
+def test_the_guard_chains_read_as_iptables_prints_them() -> None:
     # So that a chain already right is never flushed (which would open it for a moment).
-    assert _wanted("iptables")[-1] == "-A SANDBOXER-INTERNAL -j DROP"
-    assert "--dport 67" in " ".join(_wanted("iptables"))
-    assert "--dport 547" in " ".join(_wanted("ip6tables"))
+    by_name = {chain.name: chain for chain in _CHAINS}
+    inbound = by_name["SANDBOXER-INTERNAL"]
+    assert _wanted("iptables", inbound)[-1] == "-A SANDBOXER-INTERNAL -j DROP"
+    assert "--dport 67" in " ".join(_wanted("iptables", inbound))
+    assert "--dport 547" in " ".join(_wanted("ip6tables", inbound))
+    routed = by_name["SANDBOXER-INTERNAL-FWD"]
+    assert routed.table == "mangle" and routed.jumps == ("-i sbi+", "-o sbi+")
 
 
 def test_names_and_network_objects_both_name_networks() -> None:
@@ -144,3 +148,9 @@ def test_bad_network_arguments_name_their_field() -> None:
         with pytest.raises(sandboxer.InvalidSpec, match=rf"^{field}"):
             Network.create(name, backend="fake", **fields)  # type: ignore[arg-type]
     assert FakeBackend.network_store == {}
+
+
+def test_a_network_no_engine_has_is_a_mistake_in_the_spec() -> None:
+    with pytest.raises(sandboxer.InvalidSpec, match=r"^networks: no engine has .*'typo'"):
+        sandboxer.launch(networks=["typo"])
+    assert FakeBackend.sandboxes == {}

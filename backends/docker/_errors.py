@@ -43,7 +43,8 @@ def translate(exc: BaseException) -> SandboxError:
     if (
         isinstance(exc, _errors.APIError)
         and exc.status_code == 409
-        and "already in use" in str(exc)
+        # A container's name ("already in use"), or a network's ("already exists").
+        and any(words in str(exc) for words in ("already in use", "already exists"))
     ):
         return SandboxExists(str(exc))
     if isinstance(exc, _errors.ImageNotFound):

@@ -72,6 +72,7 @@ from ._network import Networks, retry_address_conflicts
 from ._process import IncusProcess
 from ._refusals import refusals
 from ._sdk import pylxd
+from ._stop_hook import LocalDaemon, fast_stop
 from ._users import Identity, is_numeric, resolve
 from ._volumes import IncusVolumes
 from ._websocket import WebSocket
@@ -243,6 +244,9 @@ class IncusBackend(Backend):
         for retry in (True, False):
             body = instance_request(plan, source.fingerprint, pool, links[0], start, boot, links[1])
             body["config"]["volatile.uuid"] = identity  # the instance's id, as Incus reports it
+            if self._daemon is not None:  # stops in 0.1 s rather than 0.6 (see _stop_hook)
+                lines = self._daemon.post_stop_lines(plan.name)
+                body["config"]["raw.lxc"] += "\n" + "\n".join(lines)
             try:
                 with timed("incus create", sandbox=plan.name, start=start), incus_errors():
                     self._incus.wait(self._incus.api.instances.post(json=body))
@@ -253,6 +257,10 @@ class IncusBackend(Backend):
                     raise
                 self._images.forget(image_name(plan))
                 source = self._images.source(plan)
+
+    @functools.cached_property
+    def _daemon(self) -> LocalDaemon | None:
+        return fast_stop(self._incus)
 
     def _start_errors(self, name: str) -> str:
         """LXC's own account of a failed start: its log's error lines."""

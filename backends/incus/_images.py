@@ -43,13 +43,14 @@ from . import _boot, _metadata
 from ._boot import Boot, Init
 from ._client import Incus
 from ._errors import incus_errors
+from ._metadata import TEMPLATES_REVISION
 from ._oci import Converter
 from ._sdk import pylxd
 
 SYSTEM_IMAGE = "sandboxer/system"
 
-# Bump when the Incus metadata (templates) changes; the tree's own version is IMAGE_VERSION.
-INCUS_REVISION = 2
+# The Incus metadata's revision (its templates); the tree's own version is IMAGE_VERSION.
+INCUS_REVISION = TEMPLATES_REVISION
 
 
 def alias(image: str) -> str:

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 
 from ._config import ADDRESS_KEY, HOSTNAME_KEY, HOSTS_KEY, RESOLV_KEY
 
+# Bump when the templates change: images are found by aliases that carry it, so a
+# changed template makes every image be imported again instead of reused stale.
+TEMPLATES_REVISION = 3
 _ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Rendered by Incus at first start: the sandbox's host name resolves to its address.
 _HOSTNAME = '{{ config_get("' + HOSTNAME_KEY + '", instance.name) }}'

@@ -141,9 +141,12 @@ class IncusNetworks(NetworkDriver):
     def _info(metadata: Mapping[str, Any]) -> NetworkInfo:
         config = metadata.get("config") or {}
         labels = {k: v for k, v in labels_from_config(config).items() if k not in _OWN_LABELS}
-        subnet = ipaddress.ip_interface(config.get("ipv4.address", "0.0.0.0/32")).network
+        try:  # one made by hand may have no subnet ("none"), or none at all
+            subnet = str(ipaddress.ip_interface(config.get("ipv4.address", "")).network)
+        except ValueError:
+            subnet = ""
         internal = str(metadata["name"]).startswith(INTERNAL_BRIDGE_PREFIX)
-        return NetworkInfo("incus", config[NAME_KEY], internal, str(subnet), labels)
+        return NetworkInfo("incus", config[NAME_KEY], internal, subnet, labels)
 
     def create(
         self, name: str, *, internal: bool, subnet: str, labels: Mapping[str, str]

@@ -34,7 +34,7 @@ from sandboxer.images.store import LocalImage, default_store
 
 from ._client import Incus
 from ._errors import incus_errors
-from ._metadata import TEMPLATES, metadata_yaml, template_files
+from ._metadata import TEMPLATES, TEMPLATES_REVISION, metadata_yaml, template_files
 from ._sdk import pylxd
 
 ALIAS_PREFIX = "sandboxer/oci/"
@@ -44,7 +44,8 @@ _CHUNK = 1024 * 1024
 
 
 def alias(digest: str) -> str:
-    return ALIAS_PREFIX + digest.removeprefix("sha256:")[:16]
+    """The digest's copy made with this revision of the templates."""
+    return f"{ALIAS_PREFIX}{digest.removeprefix('sha256:')[:16]}.r{TEMPLATES_REVISION}"
 
 
 def _kind(path: Path) -> int | None:

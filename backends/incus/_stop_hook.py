@@ -16,6 +16,11 @@ from pathlib import Path
 
 import attrs
 
+from sandboxer.backend import EngineError, logger
+
+from ._client import Incus
+from ._errors import incus_errors
+
 # Where LXC's included configuration lives, and the hook line lxcfs puts there.
 COMMON_CONF_D = Path("/usr/share/lxc/config/common.conf.d")
 _POST_STOP = "lxc.hook.post-stop"
@@ -63,3 +68,18 @@ def local_daemon(socket_path: str, server_pid: int, project: str) -> LocalDaemon
     if any(c in executable + socket_path + project for c in "\"'\\ \n$`"):
         return None
     return LocalDaemon(executable, str(Path(socket_path).parent), project)
+
+
+def fast_stop(incus: Incus) -> LocalDaemon | None:
+    """The local daemon, when its containers would run a post-stop hook of LXC's
+    include besides Incus's own; else None (nothing to leave out, or unknowable)."""
+    if not incus.endpoint.is_local or not included_post_stop_hooks():
+        return None
+    try:
+        with incus_errors():
+            environment = incus.api.get().json()["metadata"]["environment"]
+        pid = int(environment["server_pid"])
+    except (EngineError, KeyError, TypeError, ValueError) as exc:
+        logger.info("incus: keeping LXC's post-stop hooks (daemon unknown: %s)", exc)
+        return None
+    return local_daemon(incus.endpoint.address, pid, str(environment.get("project", "default")))

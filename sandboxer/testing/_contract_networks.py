@@ -34,18 +34,18 @@ def address_of(sandbox: Sandbox) -> str:
     return outside[0]
 
 
-def _serve(sandbox: Sandbox, text: str) -> None:
+def serve_text(sandbox: Sandbox, text: str) -> None:
     sandbox.exec(["mkdir", "-p", "/tmp/www"]).check()
     sandbox.write_file("/tmp/www/index.html", text.encode())
     contract.serve_http(sandbox, PORT, "/tmp/www")
     sandbox.wait_for_port(PORT, timeout=60)
 
 
-def _fetch(sandbox: Sandbox, address: str) -> bytes:
+def fetch_text(sandbox: Sandbox, address: str) -> bytes:
     return sandbox.exec(contract.fetch_command(address, PORT, "/index.html"), timeout=30).stdout
 
 
-def _host_addresses() -> list[str]:
+def host_addresses() -> list[str]:
     lines = subprocess.run(
         ["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -82,18 +82,18 @@ class NetworksContract:
         client = make(networks=[shared.name])
         outsider = make(networks=[other])
         for sandbox in (server, client, outsider):
-            _serve(sandbox, sandbox.name)
+            serve_text(sandbox, sandbox.name)
 
         # By name, both ways: the one made first learns of the later one too.
-        assert server.name.encode() in _fetch(client, server.name)
-        assert client.name.encode() in _fetch(server, client.name)
+        assert server.name.encode() in fetch_text(client, server.name)
+        assert client.name.encode() in fetch_text(server, client.name)
 
         # Another network's member reaches neither by name nor by address, nor is reached.
         for member in (server, client):
-            assert member.name.encode() not in _fetch(outsider, member.name)
-            assert member.name.encode() not in _fetch(outsider, address_of(member))
-            assert outsider.name.encode() not in _fetch(member, address_of(outsider))
-            assert outsider.name.encode() not in _fetch(member, outsider.name)
+            assert member.name.encode() not in fetch_text(outsider, member.name)
+            assert member.name.encode() not in fetch_text(outsider, address_of(member))
+            assert outsider.name.encode() not in fetch_text(member, address_of(outsider))
+            assert outsider.name.encode() not in fetch_text(member, outsider.name)
 
         # In use: refused, naming a sandbox on it.
         with pytest.raises(sandboxer.NetworkInUse, match=rf"{server.name}|{client.name}"):
@@ -111,7 +111,7 @@ class NetworksContract:
             listener.listen(8)
             listener.settimeout(0.5)
             port = listener.getsockname()[1]
-            for address in [gateway, *_host_addresses()]:
+            for address in [gateway, *host_addresses()]:
                 tried = member.exec(["nc", "-w", "2", address, str(port)], timeout=30)
                 assert tried.exit_code != 0, (address, tried, routes)
             with pytest.raises(TimeoutError):
