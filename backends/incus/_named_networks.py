@@ -47,6 +47,7 @@ from sandboxer.images.store import default_store
 from ._client import Incus
 from ._config import Named, Nic, labels_config, labels_from_config
 from ._errors import incus_errors
+from ._network import delete_network, vanished_device
 from ._sdk import pylxd
 
 OTHER_PREFIX = "sbn"
@@ -59,7 +60,6 @@ _DNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _TRIES = 20
 _STALE = 412  # Precondition Failed: the ETag no longer matches
 _RETRY_SECONDS = 0.2
-_REMOVE_SECONDS = 10.0
 T = TypeVar("T")
 Records = dict[str, dict[str, Any]]
 
@@ -190,18 +190,7 @@ class IncusNetworks(NetworkDriver):
         found = self._find(name)
         if found is None or not is_ours(labels_from_config(found[1].get("config") or {})):
             return  # never anyone else's
-        deadline = time.monotonic() + _REMOVE_SECONDS
-        while True:
-            try:
-                with incus_errors(), contextlib.suppress(pylxd.exceptions.NotFound):
-                    self._incus.api.networks[found[0]].delete()
-                return
-            except EngineError as exc:
-                # Incus walks the bridge's ports: a member's veth that goes away meanwhile
-                # (its sandbox just removed) fails it.
-                if "does not exist" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(_RETRY_SECONDS)
+        delete_network(self._incus, found[0])
 
     # members -------------------------------------------------------------------------
     def _update(self, engine: str, change: Callable[[Records], T]) -> T:
@@ -315,8 +304,9 @@ def _host_lock(engine: str) -> Iterator[None]:
 
 def _busy(exc: pylxd.exceptions.LXDAPIException) -> bool:
     """Incus restarts dnsmasq on each change; right after the last one the old process
-    may still hold the port, and Incus puts the old config back: try again."""
-    return "exited prematurely" in str(exc)
+    may still hold the port, and Incus puts the old config back: try again. So too
+    when a device the bridge's restart walks has just vanished."""
+    return "exited prematurely" in str(exc) or vanished_device(exc)
 
 
 def _drop(records: Records, sandbox: str, launch: str) -> None:

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import quote
@@ -33,6 +34,8 @@ BRIDGE_SUBNET = os.environ.get("SANDBOXER_INCUS_BRIDGE_SUBNET", "10.213.0.1/16")
 ISOLATED_SUBNET = "10.214.0.1/16"
 _LAUNCH = LABEL_PREFIX + LAUNCH
 _ADDRESS_TRIES = 8
+_VANISHED_SECONDS = 10.0
+_RETRY_SECONDS = 0.2
 T = TypeVar("T")
 
 
@@ -134,8 +137,28 @@ class Networks:
         name = isolated_network(sandbox)
         config = self._config(name)
         if config is not None and config.get(_LAUNCH) == launch:
+            delete_network(self._incus, name)
+
+
+def vanished_device(exc: BaseException) -> bool:
+    """Incus walks a bridge's devices when it changes or deletes it: one going away
+    meanwhile (a member's veth whose sandbox was just removed) fails that walk."""
+    return "does not exist" in str(exc)
+
+
+def delete_network(incus: Incus, name: str) -> None:
+    """Delete the Incus network `name` (no error if absent), again while a device it
+    walks vanishes under it."""
+    deadline = time.monotonic() + _VANISHED_SECONDS
+    while True:
+        try:
             with incus_errors(), contextlib.suppress(pylxd.exceptions.NotFound):
-                self._incus.api.networks[name].delete()
+                incus.api.networks[quote(name, safe="")].delete()
+            return
+        except EngineError as exc:
+            if not vanished_device(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(_RETRY_SECONDS)
 
 
 def retry_address_conflicts(attempt: Callable[[], T]) -> T:
