@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_volumes import dead_owner
+from kits.owners import dead_owner
 
 import sandboxer
 from sandboxer import Network, SandboxError

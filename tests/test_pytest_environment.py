@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from kits.owners import dead_owner
 from test_pytest_plugin import fake_engines  # noqa: F401  (autouse: only the fakes)
-from test_volumes import dead_owner
 
 import sandboxer
 from sandboxer._labels import OWNER, session_id

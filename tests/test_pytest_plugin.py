@@ -59,10 +59,14 @@ def fake_engines(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(_registry, "_entry_points", dict)
     _selector._probe_cache.clear()
     pytester.makeconftest(CONFTEST)
+    before = set(sandboxer.backend_names())
     yield
     for name, box in list(FakeBackend.sandboxes.items()):
         FakeBackend().remove(name, box.plan.labels[LAUNCH])
-    for name in ("otherfake", "systemfake", "narrowfake", "downfake"):
+    # Every engine a test registered, here or in a module that uses this fixture.
+    for name in {"otherfake", "systemfake", "narrowfake", "downfake"} | (
+        set(sandboxer.backend_names()) - before
+    ):
         sandboxer.unregister_backend(name)
     sandboxer.register_backend("fake", FakeBackend, replace=True)
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kits.owners import dead_owner
 
 import sandboxer
 from sandboxer import Mount, SandboxSpec, Volume, _registry, _selector
-from sandboxer._labels import LAUNCH, MANAGED, OWNER, VOLUMES, owner_identity
+from sandboxer._labels import LAUNCH, MANAGED, OWNER, VOLUMES
 from sandboxer._launch import make_plan
 from sandboxer.backend import claim_volume_dir, volume_dir_owner
 from sandboxer.cli import main
@@ -42,16 +42,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def foreign(name: str, labels: dict[str, str] | None = None) -> None:
     """A volume made on the engine behind sandboxer's back."""
     FakeBackend().volumes().create(name, labels or {"made-by": "someone else"})
-
-
-def dead_owner() -> str:
-    """The OWNER label of a process of this boot and PID namespace that has exited."""
-    child = subprocess.Popen(["true"])
-    child.wait()
-    here = owner_identity(os.getpid())
-    assert here is not None
-    boot, namespace = here.split(":")[:2]
-    return f"{boot}:{namespace}:{child.pid}:0"
 
 
 # validation --------------------------------------------------------------------------
