@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from ._errors import CommandFailed, InvalidSpec
-from ._profiles import CONTROLS, Profile, load_profile
+from ._profiles import CONTROLS, Profile, check_runtime, load_profile
 from ._units import parse_size
 from ._vocabulary import (
     Control,
@@ -222,26 +222,23 @@ class Mount:
         return cls(target=target, tmpfs=True, **fields)
 
 
-def check_volume_name(field: str, name: object) -> str:
-    """`name` if it is a volume name every engine takes (Docker's rule, at most 63)."""
+def _check_name(kind: str, field: str, name: object) -> str:
+    """`name` if it is a `kind` name every engine takes (Docker's volume rule, at most 63)."""
     if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
         raise _fail(
             field,
-            "expected a volume name: a letter or digit, then letters, digits, '_', '.' "
+            f"expected a {kind} name: a letter or digit, then letters, digits, '_', '.' "
             f"or '-' (at most 63 in all), got {name!r}",
         )
     return name
+
+
+def check_volume_name(field: str, name: object) -> str:
+    return _check_name("volume", field, name)
 
 
 def check_network_name(field: str, name: object) -> str:
-    """`name` if it is a network name every engine takes (the volume rule, at most 63)."""
-    if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
-        raise _fail(
-            field,
-            "expected a network name: a letter or digit, then letters, digits, '_', '.' "
-            f"or '-' (at most 63 in all), got {name!r}",
-        )
-    return name
+    return _check_name("network", field, name)
 
 
 def _networks(value: Sequence[Any]) -> tuple[str, ...]:
@@ -438,6 +435,10 @@ def _profile(value: str | Path | Profile) -> Profile:
     return load_profile(value)
 
 
+def _runtime(value: str | None) -> str | None:
+    return check_runtime("runtime", value)
+
+
 def _allow_unenforced(value: Sequence[str] | None) -> frozenset[Control]:
     controls = frozenset(value or ())
     unknown = sorted(controls - set(CONTROLS))
@@ -482,6 +483,9 @@ class SandboxSpec:
     networks: tuple[str, ...] = attrs.field(factory=tuple, converter=_networks)
     requirements: Requirements = attrs.field(factory=Requirements, converter=_requirements)
     backend: str | None = None
+    # The OCI runtime of an app container ("runc", "crun", "runsc", "kata"), as
+    # `docker run --runtime`; None: the profile's, else the engine's default.
+    runtime: str | None = attrs.field(default=None, converter=_runtime)
     # Profile controls the caller accepts to go unenforced on the chosen backend.
     allow_unenforced: frozenset[Control] = attrs.field(
         factory=frozenset, converter=_allow_unenforced

@@ -26,6 +26,12 @@ from ._subnets import free_subnet, host_routes
 from ._volumes import user_labels
 from .ownership import labels_owner_alive
 
+# RFC 1918: the only ranges a network of ours may use (is_private also takes link-local,
+# "this network" and documentation ranges).
+_PRIVATE = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
 
 class NetworkInUse(SandboxError):
     """A network some sandbox is still on is not removed."""
@@ -64,8 +70,12 @@ class Network:
         chosen = None if subnet is None else _check_subnet(subnet)
         engine = _engine(backend)
         driver = engine.networks()
+        taken = [ipaddress.IPv4Network(info.subnet) for info in driver.list() if info.subnet]
+        routes = host_routes()
         if chosen is None:
-            chosen = free_subnet([info.subnet for info in driver.list()], host_routes())
+            chosen = free_subnet([str(t) for t in taken], routes)
+        else:
+            _check_free(chosen, taken, routes)
         own = {**wanted, **ownership_labels(), **({KEEP: "true"} if keep else {})}
         with timed("create_network", backend=backend, network=name):
             info = driver.create(name, internal=internal, subnet=str(chosen), labels=own)
@@ -134,11 +144,27 @@ def _check_subnet(value: object) -> ipaddress.IPv4Network:
         raise InvalidSpec(
             "subnet", f"expected an IPv4 network like 10.140.7.0/24, got {value!r}"
         ) from None
-    if not 16 <= subnet.prefixlen <= 28 or not subnet.is_private or subnet.is_loopback:
+    if not 16 <= subnet.prefixlen <= 28 or not any(subnet.subnet_of(p) for p in _PRIVATE):
         raise InvalidSpec(
-            "subnet", f"expected a private IPv4 network from /16 to /28, got {value!r}"
+            "subnet",
+            "expected a private IPv4 network (in 10.0.0.0/8, 172.16.0.0/12 or "
+            f"192.168.0.0/16) from /16 to /28, got {value!r}",
         )
     return subnet
+
+
+def _check_free(
+    subnet: ipaddress.IPv4Network,
+    taken: builtins.list[ipaddress.IPv4Network],
+    routes: builtins.list[ipaddress.IPv4Network],
+) -> None:
+    """A chosen subnet must not shadow one the host routes to (its own links, engines'
+    bridges) nor another network of the engine: members would reach, or be, those."""
+    for other, what in [(r, "a network this host routes to") for r in routes] + [
+        (t, "another network of this engine") for t in taken
+    ]:
+        if subnet.overlaps(other):
+            raise InvalidSpec("subnet", f"{subnet} overlaps {other}, {what}")
 
 
 def check_networks(backend: Backend, plan: LaunchPlan) -> None:

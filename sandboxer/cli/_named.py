@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sandboxer import InvalidSpec, SandboxError, SandboxExists
 
@@ -28,6 +28,27 @@ def label_option(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument(
         "-l", "--label", dest="labels", metavar="K=V", action="append", default=[], help=text
     )
+
+
+def add_ls(verbs: Any, kind: str, handler: Callable[[argparse.Namespace], int]) -> None:
+    """`KIND ls`: ours on one engine or all, by label, as a table, JSON or names."""
+    ls = verbs.add_parser("ls", help=f"list our {kind}s")
+    ls.add_argument("--backend", metavar="B", help="only this engine")
+    label_option(ls, f"only {kind}s with this label (repeatable)")
+    shown = ls.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print JSON")
+    shown.add_argument("-q", "--quiet", action="store_true", help="print names only")
+    ls.set_defaults(handler=handler)
+
+
+def add_rm(
+    verbs: Any, kind: str, unused: str, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    """`KIND rm NAME...`: only ours, and only while `unused` holds (it says so in help)."""
+    rm = verbs.add_parser("rm", help=f"remove {kind}s (ours, {unused})")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.add_argument("--backend", metavar="B", help="the engine holding them")
+    rm.set_defaults(handler=handler)
 
 
 @contextlib.contextmanager

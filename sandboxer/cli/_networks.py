@@ -9,7 +9,7 @@ from typing import Any
 from sandboxer import Network, SandboxError, SandboxSpec, select
 
 from . import _output
-from ._named import creating, find, label_option, remove_each
+from ._named import add_ls, add_rm, creating, find, label_option, remove_each
 from ._spec import pairs
 
 _HEADERS = ("BACKEND", "NAME", "INTERNAL", "SUBNET", "KEPT", "USERS")
@@ -42,18 +42,8 @@ def register(commands: Any) -> None:
     label_option(create, "label the network (repeatable)")
     create.set_defaults(handler=create_command)
 
-    ls = verbs.add_parser("ls", help="list our networks")
-    ls.add_argument("--backend", metavar="B", help="only this engine")
-    label_option(ls, "only networks with this label (repeatable)")
-    shown = ls.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="print JSON")
-    shown.add_argument("-q", "--quiet", action="store_true", help="print names only")
-    ls.set_defaults(handler=ls_command)
-
-    rm = verbs.add_parser("rm", help="remove networks (ours, with no sandbox on them)")
-    rm.add_argument("networks", nargs="+", metavar="NAME")
-    rm.add_argument("--backend", metavar="B", help="the engine holding them")
-    rm.set_defaults(handler=rm_command)
+    add_ls(verbs, "network", ls_command)
+    add_rm(verbs, "network", "with no sandbox on them", rm_command)
 
 
 def create_command(args: argparse.Namespace) -> int:
@@ -124,4 +114,4 @@ def rm_command(args: argparse.Namespace) -> int:
     def remove(name: str) -> None:
         find("network", name, args.backend, Network.get, Network.list).remove()
 
-    return remove_each(args.networks, remove)
+    return remove_each(args.names, remove)

@@ -8,7 +8,7 @@ from typing import Any
 from sandboxer import SandboxSpec, Volume, select
 
 from . import _output
-from ._named import creating, find, label_option, remove_each
+from ._named import add_ls, add_rm, creating, find, label_option, remove_each
 from ._spec import pairs
 
 _HEADERS = ("BACKEND", "NAME", "EPHEMERAL")
@@ -32,18 +32,8 @@ def register(commands: Any) -> None:
     )
     create.set_defaults(handler=create_command)
 
-    ls = verbs.add_parser("ls", help="list our volumes")
-    ls.add_argument("--backend", metavar="B", help="only this engine")
-    label_option(ls, "only volumes with this label (repeatable)")
-    shown = ls.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="print JSON")
-    shown.add_argument("-q", "--quiet", action="store_true", help="print names only")
-    ls.set_defaults(handler=ls_command)
-
-    rm = verbs.add_parser("rm", help="remove volumes (ours, mounted by no sandbox)")
-    rm.add_argument("names", nargs="+", metavar="NAME")
-    rm.add_argument("--backend", metavar="B", help="the engine holding them")
-    rm.set_defaults(handler=rm_command)
+    add_ls(verbs, "volume", ls_command)
+    add_rm(verbs, "volume", "mounted by no sandbox", rm_command)
 
 
 def create_command(args: argparse.Namespace) -> int:
