@@ -26,6 +26,10 @@ def _limits(names: Iterable[str]) -> frozenset[Control]:
     return frozenset(Control(name) for name in names)
 
 
+def _names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(names)
+
+
 def _frozen_statuses(mapping: Mapping[str, ControlStatus]) -> Mapping[str, ControlStatus]:
     return MappingProxyType(dict(mapping))
 
@@ -51,6 +55,9 @@ class Capabilities:
     unenforceable: Mapping[Control, str] = attrs.field(factory=dict, converter=_by_control)
     # Boots a user's own disk image (an absolute path to a .qcow2, .img or .raw file).
     disk_images: bool = False
+    # The OCI runtimes (`runtime=`) it can run an app container under, when the host has
+    # them; empty: it runs no OCI runtime of the caller's choosing.
+    runtimes: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
 
 
 @attrs.frozen
@@ -140,12 +147,23 @@ def _requirement_mismatches(plan: LaunchPlan, caps: Capabilities) -> list[str]:
         problems.append("cannot publish ports")
     if plan.network not in caps.networks:
         problems.append(f"has no {plan.network!r} network")
+    if plan.runtime is not None and plan.runtime not in caps.runtimes:
+        problems.append(_runtime_mismatch(plan.runtime, caps.runtimes))
     asked = {"cpu_limit": plan.cpus, "memory_limit": plan.memory, "pids_limit": plan.pids}
     settable = caps.limits | plan.allow_unenforced
     unlimited = [n for n, v in asked.items() if v is not None and n not in settable]
     if unlimited:
         problems.append("cannot limit " + ", ".join(n.removesuffix("_limit") for n in unlimited))
     return problems
+
+
+def _runtime_mismatch(runtime: str, runtimes: frozenset[str]) -> str:
+    if not runtimes:
+        return (
+            f"runs no OCI runtime of the caller's choosing ({runtime!r} asked for): "
+            "runtime= applies to app-container engines"
+        )
+    return f"cannot run OCI runtime {runtime!r} (only {', '.join(sorted(runtimes))})"
 
 
 def _level(level: str) -> int:

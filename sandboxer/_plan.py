@@ -108,6 +108,8 @@ class LaunchPlan:
     allow_unenforced: frozenset[Control] = frozenset()
     relaxed: tuple[Relaxed, ...] = ()
     profile_name: str = ""
+    # The OCI runtime (`RUNTIMES`) the engine runs it under; None: the engine's default.
+    runtime: str | None = None
     # Per-engine extras (engine -> key -> value), applied only where no control sets the key.
     extras: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, converter=_frozen_extras)
 
@@ -168,6 +170,7 @@ def make_plan(spec: SandboxSpec, *, choose_ports: bool = True) -> LaunchPlan:
         allow_unenforced=spec.allow_unenforced,
         relaxed=_relaxed(spec, network, user),
         profile_name=profile.name,
+        runtime=spec.runtime if spec.runtime is not None else profile.runtime,
         extras=profile.extras,
     )
 

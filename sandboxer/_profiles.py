@@ -18,6 +18,9 @@ from ._units import parse_size
 from ._vocabulary import Control, NetworkMode, member
 
 NETWORKS = tuple(NetworkMode)
+# The OCI runtimes an app-container engine may run a sandbox under (`runtime=`): runc,
+# crun, gVisor's runsc, Kata Containers.
+RUNTIMES = ("runc", "crun", "runsc", "kata")
 # Every control a profile can ask for, in the order reports show them.
 CONTROLS = tuple(Control)
 
@@ -105,6 +108,17 @@ def _optional_size(value: int | str | None) -> int | None:
     return None if value is None else parse_size(value)
 
 
+def check_runtime(field: str, value: object) -> str | None:
+    """`value` if it is None or one of RUNTIMES; else InvalidSpec naming `field`."""
+    if value is None or (isinstance(value, str) and value in RUNTIMES):
+        return value
+    raise InvalidSpec(field, f"expected one of {', '.join(RUNTIMES)} (or none), got {value!r}")
+
+
+def _runtime(value: str | None) -> str | None:
+    return check_runtime("profile.security.runtime", value)
+
+
 def _seccomp_policy(value: SeccompPolicy | Path | str | None) -> SeccompPolicy | None:
     """Parsed and validated once, when the profile is made; a path names an OCI JSON file."""
     if value is None or isinstance(value, SeccompPolicy):
@@ -139,6 +153,8 @@ class Profile:
     deny_engine_sockets: bool = False
     # Each sandbox its own host id range, where the engine maps ids per sandbox (Incus).
     isolated_ids: bool = False
+    # The OCI runtime an app container runs under (RUNTIMES); None: the engine's default.
+    runtime: str | None = attrs.field(default=None, converter=_runtime)
     # Named per-engine extras, e.g. {"incus": {"boot.autostart": "false"}}: engine keys no
     # control sets. The engine refuses one that would override a key of its own.
     extras: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, converter=_extras)
@@ -209,6 +225,7 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "read_only_root": "read_only_root",
         "user": "user",
         "isolated_ids": "isolated_ids",
+        "runtime": "runtime",
     },
     "filesystem": {
         "tmpfs": "tmpfs",

@@ -27,6 +27,7 @@ from sandboxer.backend import (
     SandboxState,
     TerminalSize,
     UnsupportedFeature,
+    Verdict,
     VolumeDriver,
     kill_exec,
     log_tail,
@@ -49,6 +50,7 @@ from ._exec import ExecProcess, StartedExec, stream_exec
 from ._images import SYSTEMD_IMAGE, DockerImages
 from ._named_networks import DockerNetworks, is_named
 from ._network import Networks
+from ._runtimes import ENGINE_NAMES, DockerRuntimes
 from ._sdk import docker
 from ._volumes import DockerVolumes
 
@@ -91,6 +93,7 @@ class DockerBackend(Backend):
         mounts=True,
         ports=True,
         start_seconds=0.3,
+        runtimes=frozenset(ENGINE_NAMES),
         controls={
             "capabilities": "cap_drop/cap_add on the container (bounding and effective sets)",
             "no_new_privileges": "security_opt no-new-privileges",
@@ -124,6 +127,7 @@ class DockerBackend(Backend):
         self._named_networks = DockerNetworks(self._api)
         self._images = DockerImages(self._api)
         self._volumes = DockerVolumes(self._api)
+        self._runtimes = DockerRuntimes(self._api, self._images)
 
     @classmethod
     def probe(cls) -> Availability:
@@ -189,12 +193,23 @@ class DockerBackend(Backend):
             )
         return found
 
+    def check(self, plan: LaunchPlan) -> Verdict:
+        # The plan's OCI runtime is one this dockerd has and can start a container with:
+        # a host fact, probed on first use (see `DockerRuntimes`).
+        verdict = super().check(plan)
+        refusal = self._runtimes.refusal(plan.runtime)
+        if refusal is None:
+            return verdict
+        return Verdict(statuses=verdict.statuses, refusals=(*verdict.refusals, refusal))
+
     def create(self, plan: LaunchPlan) -> Handle:
         image = self._images.ready(plan.image, plan.pull)
+        runtime = self._runtimes.engine_name(plan.runtime)
         with docker_errors():
             network = self._default_link(plan)
             self._volumes.claim(plan)
-            container = self._client.containers.create(**create_arguments(plan, image, network))
+            arguments = create_arguments(plan, image, network, runtime=runtime)
+            container = self._client.containers.create(**arguments)
             for name in joined_later(plan):
                 self._api.connect_container_to_network(container.id, name, aliases=aliases(plan))
             check_user(self._api, container.id, plan)

@@ -101,8 +101,11 @@ def joined_later(plan: LaunchPlan) -> tuple[str, ...]:
     return plan.networks[1:] if first_link(plan) else plan.networks
 
 
-def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -> dict[str, Any]:
-    """Keyword arguments for `DockerClient.containers.create` that honour every plan field.
+def create_arguments(
+    plan: LaunchPlan, image: ReadyImage, network: str | None, *, runtime: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for `DockerClient.containers.create` that honour every plan field;
+    `runtime` is dockerd's name for the plan's OCI runtime (None: dockerd's default).
 
     Env, WorkingDir and User the plan leaves unset are the image's: Docker applies them."""
     helper = helper_mount_point()
@@ -117,6 +120,7 @@ def create_arguments(plan: LaunchPlan, image: ReadyImage, network: str | None) -
         "user": plan.user or "",
         "init": True,
         "detach": True,
+        "runtime": runtime,
         "cap_drop": list(plan.cap_drop) or None,
         "cap_add": list(plan.cap_add) or None,
         "security_opt": security_options(plan) or None,

@@ -15,6 +15,7 @@ from typing import Any
 from sandboxer.backend import Backend, Check, CheckColumn
 
 from ._endpoint import socket_path
+from ._runtimes import describe
 from ._sdk import docker
 
 _INSTALL = "apt-get install -y docker.io"
@@ -110,6 +111,8 @@ def _daemon_checks(path: str | None) -> list[Check]:
             if not limits
             else f"dockerd reports no {' or '.join(limits)} support: profile limits fail",
         ),
+        # What `runtime=` can choose from (crun: scripts/setup-engines.sh registers it).
+        Check("runtimes", True, describe(info)),
     ]
 
 

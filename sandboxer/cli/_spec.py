@@ -72,6 +72,12 @@ def selection_options() -> argparse.ArgumentParser:
     )
     # `docker run --net`, the old spelling docker still takes.
     group.add_argument("--net", dest="network", action="append", default=[], help=argparse.SUPPRESS)
+    group.add_argument(
+        "--runtime",
+        metavar="R",
+        help="the app container's OCI runtime: runc, crun, runsc (gVisor) or kata "
+        "(default: the profile's, else the engine's)",
+    )
     needs = parent.add_argument_group("requirements (for the selector)")
     needs.add_argument("--kind", choices=KINDS, help="app container, system container or VM")
     needs.add_argument(
@@ -214,6 +220,7 @@ def spec_from(args: argparse.Namespace, **process: Any) -> SandboxSpec:
         "image": args.image,
         "profile": profile_from(args),
         "backend": args.backend,
+        "runtime": args.runtime,
         **network_fields(
             args.network, published=bool(args.ports or getattr(args, "publish_all", False))
         ),
