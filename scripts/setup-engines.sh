@@ -41,6 +41,8 @@ start_daemon() {  # start_daemon NAME LOGFILE COMMAND...: detached, outlives thi
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Before any daemon starts: what crun needs of a hybrid cgroup layout.
+source "$here/setup/cgroups.sh"; setup_cgroups
 for engine in "${want[@]}"; do
     case "$engine" in
         docker|incus|libvirt) source "$here/setup/$engine.sh"; "setup_$engine" ;;
