@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import posixpath
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from sandboxer.backend import (
     LAUNCH,
     LOGS_MAX,
     MANAGED,
+    ArchiveStream,
     Availability,
     Backend,
     BackendUnavailable,
@@ -29,6 +31,7 @@ from sandboxer.backend import (
     EngineError,
     ExecGenerator,
     ExecRequest,
+    ExecTimeout,
     Handle,
     LaunchPlan,
     NetworkDriver,
@@ -50,7 +53,7 @@ from sandboxer.backend import (
 )
 from sandboxer.images import ImageConfig, is_builtin
 
-from . import _diagnose, _exec, _prepare
+from . import _diagnose, _exec, _files, _prepare
 from ._boot import Boot
 from ._client import Endpoint, Incus
 from ._config import (
@@ -101,6 +104,7 @@ class _Known:
     workdirs: set[str] = attrs.Factory(lambda: {"/"})  # directories seen to exist
     empty_env: tuple[str, ...] = ()  # variables set to "", which exec must add itself
     busybox: str | None = None  # the file calls' (`Boot.busybox`)
+    init: int = 0  # its init's host pid, last seen (for files: see _files)
 
 
 class IncusBackend(Backend):
@@ -443,6 +447,53 @@ class IncusBackend(Backend):
                     ) from exc
                 time.sleep(_RETRY_SECONDS)
                 current = None
+
+    # files: one regular file straight through the sandbox's root as its user where
+    # that works (see _files); else, and for trees, tar through exec ---------------------
+    def _root(self, name: str) -> _files.Root | None:
+        """The sandbox's root for one call, if files can move that way here. Opened anew
+        each time: nothing of the sandbox is held open between calls (a mount kept busy
+        could fail its removal)."""
+        if not (self._incus.endpoint.is_local and _files.supported()):
+            return None
+        known = self._sandbox(name)
+        identity = self._identity(name, known.user) if known.user else Identity(0, 0)
+        cgroup = f"/lxc.payload.{name}"
+        for fresh in (False, True):  # the init seen last, else (restarted?) the engine's
+            if fresh or not known.init:
+                known.init = self._init_pid(name)
+            if known.init:
+                root = _files.open_root(known.init, cgroup, identity.uid, identity.gid)
+                if root is not None:
+                    return root
+        return None
+
+    def put_archive(self, handle: Handle, directory: str, data: bytes, timeout: float) -> None:
+        member = _files.single_file(data)
+        root = self._root(handle.name) if member is not None else None
+        if root is not None and member is not None:
+            try:
+                return _files.as_user(
+                    root, lambda: _files.replace(root, directory, member), timeout
+                )
+            except ExecTimeout:
+                raise
+            except OSError:
+                pass  # refused, or not as simple: tar says why, in its own words
+        super().put_archive(handle, directory, data, timeout)
+
+    def get_archive(self, handle: Handle, path: str, timeout: float, limit: int) -> ArchiveStream:
+        root = self._root(handle.name)
+        if root is not None:
+            try:
+                fd = _files.as_user(root, lambda: _files.open_regular(root, path), timeout)
+            except ExecTimeout:
+                raise
+            except OSError:
+                fd = None  # refused, or missing: tar says so, in its own words
+            if fd is not None:
+                return _files.archive_of(fd, posixpath.basename(path), path, timeout)
+        return super().get_archive(handle, path, timeout, limit)
 
     # lifecycle -----------------------------------------------------------------------
     def _set_state(self, name: str, action: str, **options: Any) -> None:
