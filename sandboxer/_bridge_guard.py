@@ -9,6 +9,9 @@ address family, two chains are jumped to first for every interface with that pre
 - filter INPUT: replies to the host's own connections, DNS and DHCP pass; the rest drops;
 - mangle FORWARD, in and out: only traffic bridged between the members passes (Docker's
   br_netfilter sends that through FORWARD too); anything routed drops.
+Bridges of named networks with a way out (`NAMED_BRIDGE_PREFIX`) get a third chain, in
+mangle FORWARD: their members may route out through the host's uplink, but nothing
+routed starts a connection into them, and they route into no other sandboxes' bridge.
 """
 
 from __future__ import annotations
@@ -23,7 +26,22 @@ import attrs
 from ._errors import EngineError
 
 INTERNAL_BRIDGE_PREFIX = "sbi"
+NAMED_BRIDGE_PREFIX = "sbn"  # the bridges of named networks with a way out
 _BRIDGES = INTERNAL_BRIDGE_PREFIX + "+"
+_NAMED = NAMED_BRIDGE_PREFIX + "+"
+# Other sandboxes' bridges on this host (engines' defaults and sandboxer's own): a named
+# network's member must not route into them; their engines' rules may accept anything
+# that arrives (Incus accepts all forwarding to and from its bridges).
+_LOCAL_BRIDGES = (
+    _BRIDGES,
+    "docker0",
+    "br-+",
+    "virbr+",
+    "sbx+",
+    "sandboxerbr+",
+    "incusbr+",
+    "lxdbr+",
+)
 _LOCK_PATH = "/run/sandboxer-bridge-guard.lock"
 
 
@@ -57,6 +75,18 @@ _CHAINS = (
         "FORWARD",
         ("-m physdev ! --physdev-is-bridged -j DROP",),
         (f"-i {_BRIDGES}", f"-o {_BRIDGES}"),
+    ),
+    _Chain(
+        "mangle",
+        "SANDBOXER-NAMED-FWD",
+        "FORWARD",
+        (
+            "-m physdev --physdev-is-bridged -j RETURN",  # between members of one network
+            f"-o {_NAMED} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+            f"-o {_NAMED} -j DROP",  # nothing routed starts a connection into one
+            *(f"-i {_NAMED} -o {bridge} -j DROP" for bridge in _LOCAL_BRIDGES),
+        ),
+        (f"-i {_NAMED}", f"-o {_NAMED}"),
     ),
 )
 _lock = threading.Lock()

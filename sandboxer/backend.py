@@ -76,7 +76,7 @@ from ._backend import (
     log_tail,
     tar_request,
 )
-from ._bridge_guard import INTERNAL_BRIDGE_PREFIX, guard_internal_bridges
+from ._bridge_guard import INTERNAL_BRIDGE_PREFIX, NAMED_BRIDGE_PREFIX, guard_internal_bridges
 from ._errors import (
     BackendUnavailable,
     CommandFailed,
@@ -133,6 +133,7 @@ __all__ = [
     "LAUNCH",
     "LOGS_MAX",
     "MANAGED",
+    "NAMED_BRIDGE_PREFIX",
     "PREFIX",
     "SYSCALL_NAME",
     "ArchiveStream",

@@ -358,7 +358,7 @@ def session_sandbox_factory(sandbox_factory: SandboxFactory) -> SandboxFactory:
     return sandbox_factory
 
 
-# A member's key starts its sandbox name (`db` -> `db-1a2b3c`) and is its host name.
+# A member's key starts its sandbox name (`db` -> `db-1a2b3c`).
 _MEMBER_KEY = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,55}")
 Member = Mapping[str, Any] | sandboxer.SandboxSpec
 
@@ -367,9 +367,9 @@ class SandboxEnvironment(Mapping[str, sandboxer.Sandbox]):
     """Sandboxes on one network of their own, by member key: `env["db"]`.
 
     Members reach each other by sandbox name (`env["db"].name`, also `env.name_of("db")`
-    before it is launched); each one's host name is its key. The network is made with the
-    first member, on that member's engine; the others join it there. `close()` destroys
-    the members, last first, then removes the network.
+    before it is launched). The network is made with the first member, on that member's
+    engine; the others join it there. `close()` destroys the members, last first, then
+    removes the network.
     """
 
     def __init__(
@@ -413,7 +413,9 @@ class SandboxEnvironment(Mapping[str, sandboxer.Sandbox]):
             spec = sandboxer.SandboxSpec()
         waits = {name: fields.pop(name) for name in _WAITS if name in fields}
         spec = attrs.evolve(spec, **fields)
-        defaults: dict[str, Any] = {"name": self.name_of(key), "hostname": key, "network": "none"}
+        # No host name of its own: on a shared network a host name may be answered like
+        # a name, and the key alone could be a peer's sandbox name.
+        defaults: dict[str, Any] = {"name": self.name_of(key), "network": "none"}
         if spec.ports or spec.publish_all:
             del defaults["network"]  # published through the default link
         spec = attrs.evolve(

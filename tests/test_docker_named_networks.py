@@ -92,14 +92,17 @@ def test_an_internal_network_has_no_host_address_and_a_guarded_bridge(
     )
 
 
-def test_a_nat_network_is_a_plain_bridge(guarded: list[bool]) -> None:
+def test_a_nat_network_is_a_guarded_bridge_with_a_way_out(guarded: list[bool]) -> None:
     api = FakeApi()
     _named_networks.DockerNetworks(api).create(
         "net", internal=False, subnet="10.140.7.0/24", labels=OURS
     )
     (created,) = api.created
-    assert created["internal"] is False and created["options"] == {}
-    assert guarded == []
+    assert created["internal"] is False
+    # No inhibit_ipv4: the gateway is its way out; its name is what the guard matches.
+    assert list(created["options"]) == ["com.docker.network.bridge.name"]
+    assert created["options"]["com.docker.network.bridge.name"].startswith("sbn")
+    assert guarded == [True]
 
 
 @pytest.mark.parametrize("labels", [OURS, {}])
@@ -175,7 +178,8 @@ def test_on_named_networks_only_the_first_is_the_containers_network() -> None:
     assert first_link(plan) == "a" and joined_later(plan) == ("b",)
     args = create_arguments(plan, BUILTIN, first_link(plan))
     assert "network_mode" not in args and args["network"] == "a"
-    assert args["networking_config"] == {"a": {"Aliases": [plan.name, "web"]}}
+    # Its name alone: a host name may be a peer's name, and would take it over.
+    assert args["networking_config"] == {"a": {"Aliases": [plan.name]}}
 
 
 @pytest.mark.parametrize("mode", ["isolated", "bridge"])
@@ -245,3 +249,9 @@ def test_a_remote_engine_keeps_the_route(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(_named_networks, "socket_path", lambda: None)
     monkeypatch.setattr(_named_networks.subprocess, "run", lambda *_, **__: pytest.fail())
     _named_networks.DockerNetworks(RouteApi(NAMED_INTERNAL)).drop_default_route("c")
+
+
+def test_a_host_name_on_named_networks_is_refused_it_would_be_a_dns_name() -> None:
+    plan = make_plan(SandboxSpec(networks=["a"], hostname="web", backend="docker"))
+    assert any("hostname" in r for r in DockerBackend.refusals(plan))
+    assert not DockerBackend.refusals(make_plan(SandboxSpec(networks=["a"])))

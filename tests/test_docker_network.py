@@ -50,7 +50,8 @@ def ours(**options: str) -> dict[str, Any]:
 
 def test_isolated_network_is_internal_with_no_host_address() -> None:
     api = FakeApi()
-    assert _network.Networks(FakeClient(api)).create_isolated("sbx-1", {"k": "v"}) == "id-sbx-1"
+    made = _network.Networks(FakeClient(api)).create_private("sbx-1", {"k": "v"}, internal=True)
+    assert made == "id-sbx-1"
     (created,) = api.created
     assert created["internal"] is True
     assert created["options"] == {"com.docker.network.bridge.inhibit_ipv4": "true"}

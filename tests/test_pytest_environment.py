@@ -55,8 +55,8 @@ def test_members_share_a_network_of_their_own(pytester: pytest.Pytester) -> None
             net = env.network
             assert net.ours and net.internal and net.backend == "fake"
             assert sorted(net.users()) == sorted([db.name, app.name])
-            # Reached through the environment's network only, under its key as host name.
-            assert (db.spec.hostname, db.spec.network) == ("db", "none")
+            # Reached through the environment's network only, by its sandbox name.
+            assert (db.spec.hostname, db.spec.network) == (None, "none")
             assert db.spec.networks == (net.name,)
 
         def test_builder(sandbox_environment):
@@ -65,7 +65,7 @@ def test_members_share_a_network_of_their_own(pytester: pytest.Pytester) -> None
             assert env.network is not None and not env.network.internal
             assert (web.spec.network, web.labels["role"]) == ("bridge", "web")
             own = env.add("api", sandboxer.SandboxSpec(name="my-api"), wait_for="true")
-            assert (own.name, own.spec.hostname, env.names["api"]) == ("my-api", "api", "my-api")
+            assert (own.name, own.spec.hostname, env.names["api"]) == ("my-api", None, "my-api")
             other = sandbox_environment({"web": {}})
             assert other.network.name != env.network.name and other["web"].name != web.name
     """)

@@ -191,6 +191,13 @@ class DockerBackend(Backend):
                 "docker: ports cannot be published from an 'isolated' (internal) network; "
                 "use network='bridge'"
             )
+        if plan.networks and plan.hostname != plan.name:
+            # Docker's DNS answers a container's host name on its networks too: one equal
+            # to a peer's name would take that name over for every member.
+            found.append(
+                "docker: hostname: on named networks Docker's DNS answers the host name "
+                "too, so it could take a peer's name; name the sandbox instead (name=)"
+            )
         return found
 
     def check(self, plan: LaunchPlan) -> Verdict:
@@ -225,7 +232,9 @@ class DockerBackend(Backend):
         self._networks[plan.name] = private
         if private:
             internal = plan.network == "isolated"
-            return self._engine_networks.create_private(plan.name, plan.labels, internal=internal)
+            # Named after the launch too: a named network may be called after the sandbox.
+            own = f"{plan.name}-{plan.labels[LAUNCH][:12]}"
+            return self._engine_networks.create_private(own, plan.labels, internal=internal)
         if plan.network == "bridge":
             return self._engine_networks.bridge()
         return first_link(plan)
@@ -385,7 +394,7 @@ class DockerBackend(Backend):
                     self._api.remove_container(container["Id"], force=True, v=True)
             if not self._networks.pop(name, True):
                 return  # made here without a private network: nothing more to look for
-            for network in self._api.networks(names=[name], filters=dict(mine)):
+            for network in self._api.networks(filters=dict(mine)):
                 with contextlib.suppress(docker.errors.NotFound):
                     self._api.remove_network(network["Id"])
 

@@ -85,9 +85,9 @@ def busybox(plan: LaunchPlan, image: ReadyImage, helper: str) -> str:
 
 
 def aliases(plan: LaunchPlan) -> list[str]:
-    """The names a sandbox answers to on its named networks (Docker's DNS also answers
-    the container name, which is the sandbox name)."""
-    return list(dict.fromkeys([plan.name, plan.hostname]))
+    """The names a sandbox answers to on its named networks: its name alone, unique on
+    the engine (a host name may be any peer's name, and would take it over)."""
+    return [plan.name]
 
 
 def first_link(plan: LaunchPlan) -> str | None:

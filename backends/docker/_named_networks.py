@@ -21,6 +21,7 @@ from typing import Any
 
 from sandboxer.backend import (
     INTERNAL_BRIDGE_PREFIX,
+    NAMED_BRIDGE_PREFIX,
     EngineError,
     NetworkDriver,
     NetworkInfo,
@@ -83,14 +84,15 @@ class DockerNetworks(NetworkDriver):
     ) -> NetworkInfo:
         if self._find(name) is not None:
             raise SandboxExists(f"a docker network {name!r} exists")
-        options: dict[str, str] = {}
+        if _local_root():
+            # The guard is this host's: where a local dockerd makes the bridge. Without it
+            # an internal bridge still has no IPv4 address, and Docker gives members no IPv6.
+            guard_internal_bridges()
+        prefix = INTERNAL_BRIDGE_PREFIX if internal else NAMED_BRIDGE_PREFIX
+        # Named by its kind, so that the guard's rules find it; 15 bytes: IFNAMSIZ.
+        options = {_BRIDGE_NAME: prefix + secrets.token_hex(6)}
         if internal:
-            if _local_root():
-                # The guard is this host's: where a local dockerd makes the bridge. Without
-                # it the bridge still has no IPv4 address, and Docker gives members no IPv6.
-                guard_internal_bridges()
-            bridge = INTERNAL_BRIDGE_PREFIX + secrets.token_hex(6)  # 15 bytes: IFNAMSIZ
-            options = {**ISOLATED_OPTIONS, _BRIDGE_NAME: bridge}
+            options.update(ISOLATED_OPTIONS)
         pool = docker.types.IPAMPool(subnet=subnet, gateway=str(gateway(subnet).ip))
         with docker_errors():
             try:
@@ -113,8 +115,9 @@ class DockerNetworks(NetworkDriver):
         return _info(found)
 
     def inspect(self, name: str) -> NetworkInfo | None:
+        """A named network only: a sandbox's private network (called after it) is none."""
         found = self._find(name)
-        return _info(found) if found is not None else None
+        return _info(found) if found is not None and is_named(found) else None
 
     def list(self) -> list[NetworkInfo]:
         with docker_errors():

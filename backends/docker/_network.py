@@ -41,10 +41,6 @@ class Networks:
         self._bridge: str | None = None
         self._lock = threading.Lock()
 
-    def create_isolated(self, name: str, labels: Mapping[str, str]) -> str:
-        """The private internal network behind "isolated": its id."""
-        return self.create_private(name, labels, internal=True)
-
     def create_private(self, name: str, labels: Mapping[str, str], *, internal: bool) -> str:
         """A network for one sandbox, labelled with its launch: its id. Internal for
         "isolated"; a NAT one stands in for the shared bridge when the sandbox is also on
