@@ -1,10 +1,10 @@
-"""The host's guard around internal networks' bridges: replies and DNS in, nothing routed.
+"""The host's guard around named networks' bridges: what may reach the host, and be routed.
 
 An internal named network has no route out, but the host side of its bridge, where the
 engine's DNS answers, would still reach every host service listening on 0.0.0.0 (or on
 ::, through the bridge's link-local address); and a member allowed to change its routes
 could send through the host, which forwards, to anywhere. Adapters that make such a
-bridge name it with `INTERNAL_BRIDGE_PREFIX` and call `guard_internal_bridges()`. Per
+bridge name it with `INTERNAL_BRIDGE_PREFIX` and call `guard_network_bridges()`. Per
 address family, two chains are jumped to first for every interface with that prefix:
 - filter INPUT: replies to the host's own connections, DNS and DHCP pass; the rest drops;
 - mangle FORWARD, in and out: only traffic bridged between the members passes (Docker's
@@ -126,8 +126,8 @@ def _guard(tool: str, chain: _Chain) -> None:
                 raise EngineError(f"{tool}: cannot guard internal bridges: {done.stderr.strip()}")
 
 
-def guard_internal_bridges() -> None:
-    """Make sure the host guards internal bridges as above (idempotent; once per
+def guard_network_bridges() -> None:
+    """Make sure the host guards named networks' bridges as above (idempotent; once per
     process, serialised across processes)."""
     global _done
     with _lock:

@@ -76,7 +76,7 @@ from ._backend import (
     log_tail,
     tar_request,
 )
-from ._bridge_guard import INTERNAL_BRIDGE_PREFIX, NAMED_BRIDGE_PREFIX, guard_internal_bridges
+from ._bridge_guard import INTERNAL_BRIDGE_PREFIX, NAMED_BRIDGE_PREFIX, guard_network_bridges
 from ._errors import (
     BackendUnavailable,
     CommandFailed,
@@ -194,7 +194,7 @@ __all__ = [
     "drain",
     "exec_pid",
     "gateway",
-    "guard_internal_bridges",
+    "guard_network_bridges",
     "host_kernel",
     "is_ours",
     "kill_exec",

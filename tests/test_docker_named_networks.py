@@ -64,7 +64,7 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     calls: list[bool] = []
     monkeypatch.setattr(_named_networks, "socket_path", lambda: "/run/docker.sock")
     monkeypatch.setattr(_named_networks.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(_named_networks, "guard_internal_bridges", lambda: calls.append(True))
+    monkeypatch.setattr(_named_networks, "guard_network_bridges", lambda: calls.append(True))
     return calls
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import types
 from pathlib import Path
 from typing import Any, cast
 
@@ -90,9 +91,30 @@ class FakeNetworks:
         return _Response(200, {"metadata": {}})
 
 
+class _Instance:
+    def __init__(self, live: set[str], name: str) -> None:
+        self._live, self._name = live, name
+
+    def get(self) -> _Response:
+        if self._name not in self._live:
+            raise pylxd.exceptions.NotFound(_Response(404, {"error": "Instance not found"}))
+        return _Response(200, {"metadata": {"name": self._name}})
+
+
+@attrs.define
+class FakeInstances:
+    """/1.0/instances/NAME: GET only, for the names in `live`."""
+
+    live: set[str] = attrs.field(factory=set)
+
+    def __getitem__(self, name: str) -> _Instance:
+        return _Instance(self.live, name)
+
+
 @attrs.define
 class _Api:
     networks: FakeNetworks
+    instances: FakeInstances = attrs.field(factory=FakeInstances)
 
 
 @attrs.define
@@ -108,7 +130,7 @@ class _Store:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeNetworks:
     monkeypatch.setattr(named, "default_store", lambda: _Store(tmp_path))
-    monkeypatch.setattr(named, "guard_internal_bridges", lambda: guarded.append(True))
+    monkeypatch.setattr(named, "guard_network_bridges", lambda: guarded.append(True))
     guarded.clear()
     return FakeNetworks()
 
@@ -116,8 +138,9 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeNetworks:
 guarded: list[bool] = []
 
 
-def driver(api: FakeNetworks) -> named.IncusNetworks:
-    return named.IncusNetworks(cast(Any, _Incus(_Api(api))))
+def driver(api: FakeNetworks, live: set[str] | None = None) -> named.IncusNetworks:
+    """The driver on `api`; `live`: the instances there are (none unless given)."""
+    return named.IncusNetworks(cast(Any, _Incus(_Api(api, FakeInstances(live or set())))))
 
 
 def plan(**fields: Any) -> LaunchPlan:
@@ -143,7 +166,7 @@ def test_an_internal_network_has_no_nat_no_upstream_dns_and_the_guard(
     config = config_of(api, "web", True)
     assert config["ipv4.address"] == "10.140.7.1/24"
     assert config["ipv4.nat"] == "false" and config["ipv6.address"] == "none"
-    assert config["raw.dnsmasq"] == "no-resolv"
+    assert config["raw.dnsmasq"] == "no-hosts\nno-resolv"
     assert config[named.NAME_KEY] == "web" and config["user.team"] == "a"
     assert guarded == [True]
 
@@ -151,8 +174,8 @@ def test_an_internal_network_has_no_nat_no_upstream_dns_and_the_guard(
 def test_another_network_has_nat_and_forwards_dns(api: FakeNetworks) -> None:
     driver(api).create("out", internal=False, subnet="10.140.8.0/24", labels=OURS)
     config = config_of(api, "out", False)
-    assert config["ipv4.nat"] == "true" and config["raw.dnsmasq"] == ""
-    assert guarded == []
+    assert config["ipv4.nat"] == "true" and config["raw.dnsmasq"] == "no-hosts"
+    assert guarded == [True]  # a way out, but nothing routed into it
 
 
 def test_a_taken_name_is_refused_internal_or_not(api: FakeNetworks) -> None:
@@ -203,9 +226,50 @@ def test_members_get_a_nic_a_record_and_their_peers(api: FakeNetworks) -> None:
     assert two.hosts == (f"{first_ip} {first.name}",)
     assert two.nameservers == ("10.140.7.1",)
     lines = config_of(api, "web", True)["raw.dnsmasq"].splitlines()
-    assert lines[0] == "no-resolv"
+    assert lines[:2] == ["no-hosts", "no-resolv"]
     assert f"host-record={first.name},{first_ip}" in lines
-    assert f"host-record={second.name},db,{nic.address.split('/')[0]}" in lines
+    # Its sandbox name only: a host name may be anyone's.
+    assert f"host-record={second.name},{nic.address.split('/')[0]}" in lines
+    assert not any("db" in line.split(",") for line in lines)
+    third = networks.join(plan(networks=["web"]))
+    assert f"{nic.address.split('/')[0]} {second.name}" in third.hosts
+
+
+def test_a_hostname_like_a_peer_s_name_never_answers_for_the_peer(api: FakeNetworks) -> None:
+    networks = driver(api)
+    networks.create("web", internal=True, subnet="10.140.7.0/24", labels=OURS)
+    owner = plan(networks=["web"], name="zz-owner")
+    networks.join(owner)
+    owner_ip = networks.join(plan(networks=["web"])).hosts[0].split()[0]
+    networks.join(plan(networks=["web"], name="aa-impostor", hostname="zz-owner"))
+    lines = config_of(api, "web", True)["raw.dnsmasq"].splitlines()
+    assert [line for line in lines if "zz-owner" in line] == [f"host-record=zz-owner,{owner_ip}"]
+    hosts = networks.join(plan(networks=["web"])).hosts
+    assert [line for line in hosts if "zz-owner" in line] == [f"{owner_ip} zz-owner"]
+
+
+def test_a_live_namesake_s_record_is_never_taken(api: FakeNetworks) -> None:
+    owner = plan(networks=["web"], name="taken")
+    networks = driver(api, live={"taken"})
+    networks.create("web", internal=True, subnet="10.140.7.0/24", labels=OURS)
+    networks.join(owner)
+    before = config_of(api, "web", True)
+    namesake = plan(networks=["web"], name="taken")
+    with pytest.raises(sandboxer.SandboxExists):
+        networks.join(namesake)
+    networks.leave("taken", namesake.labels["sandboxer.launch"])  # its launch's cleanup
+    assert config_of(api, "web", True) == before
+
+
+def test_a_gone_sandbox_s_record_is_replaced(api: FakeNetworks) -> None:
+    networks = driver(api)  # no instance "gone" is there
+    networks.create("web", internal=True, subnet="10.140.7.0/24", labels=OURS)
+    networks.join(plan(networks=["web"], name="gone"))
+    again = plan(networks=["web"], name="gone")
+    networks.join(again)
+    records = named.records_of(config_of(api, "web", True))
+    assert records["gone"]["launch"] == again.labels["sandboxer.launch"]
+    assert len(records) == 1
 
 
 def test_the_default_route_goes_via_the_first_network_with_a_way_out(
@@ -257,7 +321,7 @@ def test_leave_drops_only_the_launch_s_own_record(api: FakeNetworks) -> None:
     assert api.patches == patches  # nothing to write
     networks.leave(member.name, member.labels["sandboxer.launch"])
     assert named.records_of(config_of(api, "web", True)) == {}
-    assert config_of(api, "web", True)["raw.dnsmasq"] == "no-resolv"
+    assert config_of(api, "web", True)["raw.dnsmasq"] == "no-hosts\nno-resolv"
 
 
 def test_records_of_gone_sandboxes_are_leftovers(api: FakeNetworks) -> None:
@@ -278,7 +342,7 @@ def test_garbled_records_and_unsafe_names_never_reach_dnsmasq_or_hosts() -> None
         "d": "e",
     }
     records = named.records_of({named.RECORDS_KEY: json.dumps(garbled)})
-    assert named.dnsmasq_lines(False, records) == "host-record=a,10.0.0.2"
+    assert named.dnsmasq_lines(False, records) == "no-hosts\nhost-record=a,10.0.0.2"
     assert named.hosts_lines(records, "other") == ["10.0.0.2 a"]
     assert named.records_of({named.RECORDS_KEY: "[1"}) == {}
 
@@ -335,3 +399,15 @@ def test_the_network_control_names_the_named_networks() -> None:
     both = _config.enforcement_overrides(plan(networks=["a"], network="bridge"), boot)
     assert "shared NAT bridge" in both["network"].mechanism
     assert "named networks a" in both["network"].mechanism
+
+
+def test_a_launch_of_a_taken_name_is_refused_before_it_joins(api: FakeNetworks) -> None:
+    """The create path asks first: a namesake never gets to write a member's record."""
+    from sandboxer.backends.incus._backend import IncusBackend
+
+    networks = driver(api, live={"taken"})
+    networks.create("web", internal=True, subnet="10.140.7.0/24", labels=OURS)
+    backend = cast(Any, types.SimpleNamespace(_named=networks))
+    with pytest.raises(sandboxer.SandboxExists):
+        IncusBackend.create(backend, plan(networks=["web"], name="taken"))
+    assert api.patches == 0

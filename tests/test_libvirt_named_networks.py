@@ -60,6 +60,10 @@ def test_network_xml_carries_name_labels_bridge_and_gateway(internal: bool) -> N
         assert root.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
         assert root.find("dns").get("forwardPlainNames") == "no"  # type: ignore[union-attr]
     assert root.find("dns/forwarder") is None and root.find("ip/dhcp") is None
+    # dnsmasq never serves the host's /etc/hosts, internal network or not.
+    ns = {"dnsmasq": _network_xml.DNSMASQ_NAMESPACE}
+    options = root.findall("dnsmasq:options/dnsmasq:option", ns)
+    assert [option.get("value") for option in options] == ["no-hosts"]
     info = _network_xml.network_info(xml)
     assert (info.name, info.internal, info.subnet) == ("web", internal, SUBNET)
     assert info.labels == {**OURS, "team": "a&b"} and info.backend == "libvirt"
@@ -97,6 +101,19 @@ def test_host_records_taken_addresses_and_record_xml_round_trip() -> None:
     )
     assert _network_xml.host_records(xml) == [record]
     assert _network_xml.taken_addresses(xml) == ["10.140.7.9", "10.140.7.20"]
+
+
+def test_delete_key_picks_exactly_the_record_whatever_else_is_there() -> None:
+    own = HostRecord("10.140.7.9", ("box",))
+    leftover = HostRecord("10.140.7.3", ("other", "box"))  # an old hostname like ours
+    assert _network_xml.delete_key([leftover, own], own) == HostRecord("10.140.7.9", ())
+    assert HostRecord("10.140.7.9", ()).xml() == '<host ip="10.140.7.9" />'
+    same_ip = HostRecord("10.140.7.9", ("manual",))
+    assert _network_xml.delete_key([own, same_ip], own) == HostRecord("", ("box",))
+    assert HostRecord("", ("box",)).xml() == "<host><hostname>box</hostname></host>"
+    assert _network_xml.delete_key([own, same_ip, leftover], own) is None  # none is exact
+    assert _network_xml.delete_key([own, own], own) is None
+    assert _network_xml.delete_key([leftover], own) is None  # not there
 
 
 def test_member_mac_is_fixed_per_sandbox_and_network_and_locally_administered() -> None:
@@ -253,9 +270,15 @@ class FakeNetwork:
         if command == libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST:
             dns.append(host)
             return
-        matches = [h for h in dns.findall("host") if h.get("ip") == host.get("ip")]
-        if not matches:
-            raise _error(libvirt.VIR_ERR_OPERATION_INVALID, "no matching record")
+        # As libvirt: a record matches by its address or any one of its names.
+        names = {n.text for n in host.findall("hostname")}
+        matches = [
+            h
+            for h in dns.findall("host")
+            if h.get("ip") == host.get("ip") or names & {n.text for n in h.findall("hostname")}
+        ]
+        if len(matches) != 1:
+            raise _error(libvirt.VIR_ERR_OPERATION_INVALID, f"{len(matches)} matching records")
         dns.remove(matches[0])
 
 
@@ -287,7 +310,7 @@ class FakeConn:
 @pytest.fixture
 def guards(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     calls: list[bool] = []
-    monkeypatch.setattr(_named_networks, "guard_internal_bridges", lambda: calls.append(True))
+    monkeypatch.setattr(_named_networks, "guard_network_bridges", lambda: calls.append(True))
     return calls
 
 
@@ -300,16 +323,16 @@ def ours(name: str, internal: bool = True, subnet: str = SUBNET) -> str:
     return _network_xml.network_xml(name, internal=internal, subnet=subnet, labels=OURS)
 
 
-def test_create_defines_starts_and_autostarts_guarding_internal_bridges(
+def test_create_defines_starts_and_autostarts_guarding_the_bridge(
     tmp_path: Path, guards: list[bool]
 ) -> None:
     networks, conn = driver(tmp_path)
     info = networks.create("web", internal=False, subnet=SUBNET, labels=OURS)
     made = conn.networks["sandboxer-web"]
-    assert made.active and made.autostart and not guards
+    assert made.active and made.autostart and guards == [True]
     assert (info.name, info.internal, info.subnet, info.labels) == ("web", False, SUBNET, OURS)
     networks.create("db", internal=True, subnet="10.140.8.0/24", labels=OURS)
-    assert guards == [True]
+    assert guards == [True, True]
     assert sorted(n.name for n in networks.list()) == ["db", "web"]
     assert networks.inspect("web") == info and networks.inspect("nope") is None
 
@@ -361,7 +384,7 @@ def test_join_gives_distinct_addresses_and_names_and_leave_takes_them_back(
         second_run,
     )
     assert db.active  # started to be joined
-    assert guards == [True]  # db is internal
+    assert guards and all(guards)  # each network's bridge, before it is joined
     assert first[0].address != second[0].address
     assert str(second[0].address.network) == SUBNET and second[1].network == "db"
     assert second[0].address.ip != ipaddress.IPv4Address("10.140.7.1")  # never the gateway
@@ -369,7 +392,7 @@ def test_join_gives_distinct_addresses_and_names_and_leave_takes_them_back(
     assert second[1].peers == () and not second[0].internal and second[1].internal
     assert _network_xml.host_records(web.XMLDesc()) == [
         HostRecord(str(first[0].address.ip), ("one",)),
-        HostRecord(str(second[0].address.ip), ("two", "host")),
+        HostRecord(str(second[0].address.ip), ("two",)),  # never its host name
     ]
     networks.leave(second_run)
     assert _network_xml.host_records(web.XMLDesc()) == [
@@ -402,6 +425,48 @@ def test_join_replaces_a_gone_sandboxes_record_of_the_same_name(
     assert stale not in records and peer in records
     assert joined.peers == (peer,)
     assert str(joined.address.ip) not in ("10.140.7.50", "10.140.7.51")
+
+
+def test_a_hostname_like_a_peer_s_name_is_not_published_and_both_leave(
+    tmp_path: Path, guards: list[bool]
+) -> None:
+    networks, conn = driver(tmp_path)
+    web = conn.add(ours("web"))
+    runs = [tmp_path / "one", tmp_path / "two"]
+    for run in runs:
+        run.mkdir()
+    (owner,) = networks.join(plan_for(name="one", networks=("web",)), runs[0])
+    (impostor,) = networks.join(plan_for(name="two", hostname="one", networks=("web",)), runs[1])
+    assert _network_xml.host_records(web.XMLDesc()) == [
+        HostRecord(str(owner.address.ip), ("one",)),
+        HostRecord(str(impostor.address.ip), ("two",)),
+    ]
+    for run in runs:
+        networks.leave(run)
+    assert _network_xml.host_records(web.XMLDesc()) == []
+
+
+def test_leave_takes_exactly_its_record_among_leftovers(tmp_path: Path, guards: list[bool]) -> None:
+    """A record made before host names stayed out of DNS ("two" with host name "one"),
+    and a members file of that time: each leave deletes its own record only."""
+    networks, conn = driver(tmp_path)
+    web = conn.add(ours("web"))
+    old = HostRecord("10.140.7.60", ("two", "one"))
+    web.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, 10, -1, old.xml(), 3)
+    old_run, run = tmp_path / "old", tmp_path / "run"
+    old_run.mkdir()
+    run.mkdir()
+    entry = {"network": "web", "ip": old.ip, "names": list(old.names)}
+    (old_run / _named_networks.MEMBERS_FILE).write_text(json.dumps([entry]))
+    (joined,) = networks.join(plan_for(name="one", networks=("web",)), run)
+    own = HostRecord(str(joined.address.ip), ("one",))
+    networks.leave(run)
+    assert _network_xml.host_records(web.XMLDesc()) == [old]
+    (joined,) = networks.join(plan_for(name="one", networks=("web",)), run)
+    networks.leave(old_run)
+    assert _network_xml.host_records(web.XMLDesc()) == [
+        HostRecord(str(joined.address.ip), own.names)
+    ]
 
 
 def test_leave_keeps_a_record_someone_else_holds_now(tmp_path: Path, guards: list[bool]) -> None:
@@ -444,7 +509,7 @@ def test_a_restart_finds_its_networks_running_and_internal_ones_guarded(
         members=joined,
     )
     networks.ready(xml)
-    assert db.active and web.active and guards == [True]
+    assert db.active and web.active and guards and all(guards)
     conn.networks.pop("sandboxer-web")
     with pytest.raises(SandboxNotFound, match="sandboxer-web"):
         networks.ready(xml)

@@ -27,7 +27,7 @@ from sandboxer.backend import (
     NetworkInfo,
     SandboxExists,
     gateway,
-    guard_internal_bridges,
+    guard_network_bridges,
     is_ours,
     logger,
 )
@@ -87,7 +87,7 @@ class DockerNetworks(NetworkDriver):
         if _local_root():
             # The guard is this host's: where a local dockerd makes the bridge. Without it
             # an internal bridge still has no IPv4 address, and Docker gives members no IPv6.
-            guard_internal_bridges()
+            guard_network_bridges()
         prefix = INTERNAL_BRIDGE_PREFIX if internal else NAMED_BRIDGE_PREFIX
         # Named by its kind, so that the guard's rules find it; 15 bytes: IFNAMSIZ.
         options = {_BRIDGE_NAME: prefix + secrets.token_hex(6)}

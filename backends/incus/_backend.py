@@ -39,6 +39,7 @@ from sandboxer.backend import (
     ProcessChannel,
     ProcessRequest,
     PullPolicy,
+    SandboxExists,
     SandboxInfo,
     SandboxNotFound,
     SandboxState,
@@ -202,6 +203,9 @@ class IncusBackend(Backend):
         return lambda: None
 
     def create(self, plan: LaunchPlan) -> Handle:
+        # Before joining: a namesake's launch must not touch a live member's DNS record.
+        if self._named.exists(plan.name):
+            raise SandboxExists(f"an incus instance called {plan.name!r} exists")
         pool = self._root_pool()
         # First: a pull or a conversion that fails leaves nothing behind.
         source = self._images.source(plan)

@@ -6,12 +6,14 @@ covers, "sbn" for the others) and the sandboxer name is kept in the network's co
 
 Members have static addresses (no DHCP client in a hardened sandbox), which Incus's
 dnsmasq never learns names for: every member gets a `host-record` line in the network's
-raw.dnsmasq. The records live as JSON in the network's config (who, which launch, which
+raw.dnsmasq, under its sandbox name only (unique per engine: a host name could be a
+peer's name). The records live as JSON in the network's config (who, which launch, which
 address) and raw.dnsmasq is made from them. Changes are serialised by a lock file per
 network on this host, and each is a PATCH with the ETag of what was read (If-Match), so
 concurrent launches lose no record and never pick one address twice (measured: 8 at
-once). An internal network's dnsmasq forwards nothing upstream (`no-resolv`): DNS is no
-way out either.
+once). No network's dnsmasq reads the host's /etc/hosts (`no-hosts`): the host's names
+are not the members' business. An internal network's dnsmasq forwards nothing upstream
+(`no-resolv`): DNS is no way out either.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from urllib.parse import quote
 from sandboxer.backend import (
     INTERNAL_BRIDGE_PREFIX,
     LAUNCH,
+    NAMED_BRIDGE_PREFIX,
     EngineError,
     LaunchPlan,
     NetworkDriver,
@@ -38,7 +41,7 @@ from sandboxer.backend import (
     SandboxInfo,
     SandboxState,
     gateway,
-    guard_internal_bridges,
+    guard_network_bridges,
     is_ours,
     member_address,
 )
@@ -50,7 +53,6 @@ from ._errors import incus_errors
 from ._network import delete_network, vanished_device
 from ._sdk import pylxd
 
-OTHER_PREFIX = "sbn"
 NAME_KEY = "user.sandboxer.network"  # the sandboxer name of the network
 # {sandbox: {"launch", "address", "names", "labels"}}
 RECORDS_KEY = "user.sandboxer.records"
@@ -67,7 +69,7 @@ Records = dict[str, dict[str, Any]]
 def engine_name(name: str, internal: bool) -> str:
     """The bridge's name: the hash is salted, so another engine's bridge for a network of
     the same name (its own, named alike) is never this one's host interface."""
-    prefix = INTERNAL_BRIDGE_PREFIX if internal else OTHER_PREFIX
+    prefix = INTERNAL_BRIDGE_PREFIX if internal else NAMED_BRIDGE_PREFIX
     return prefix + hashlib.sha256(f"incus:{name}".encode()).hexdigest()[:12]
 
 
@@ -97,8 +99,9 @@ def _is_address(value: object) -> bool:
 
 
 def dnsmasq_lines(internal: bool, records: Records) -> str:
-    """raw.dnsmasq: a host-record per member; no upstream for an internal network."""
-    lines = ["no-resolv"] if internal else []
+    """raw.dnsmasq: a host-record per member, none of the host's names; no upstream for
+    an internal network."""
+    lines = ["no-hosts", *(["no-resolv"] if internal else [])]
     for sandbox in sorted(records):
         record = records[sandbox]
         if record["names"]:
@@ -153,8 +156,7 @@ class IncusNetworks(NetworkDriver):
     ) -> NetworkInfo:
         if self._find(name) is not None:
             raise SandboxExists(f"an incus network called {name!r} exists already")
-        if internal:
-            guard_internal_bridges()
+        guard_network_bridges()
         engine = engine_name(name, internal)
         config = {
             **labels_config(labels),
@@ -193,6 +195,15 @@ class IncusNetworks(NetworkDriver):
         delete_network(self._incus, found[0])
 
     # members -------------------------------------------------------------------------
+    def exists(self, sandbox: str) -> bool:
+        """Whether an instance called `sandbox` is there, anyone's."""
+        with incus_errors():
+            try:
+                self._incus.api.instances[quote(sandbox, safe="")].get()
+            except pylxd.exceptions.NotFound:
+                return False
+        return True
+
     def _update(self, engine: str, change: Callable[[Records], T]) -> T:
         """Apply `change` to the records of network `engine` and write them back. One
         change at a time on this host (Incus checks the ETag before it applies a change,
@@ -235,7 +246,6 @@ class IncusNetworks(NetworkDriver):
         hosts: list[str] = []
         nameservers: list[tuple[bool, str]] = []
         route = plan.network != "bridge"
-        names = [plan.name] + ([plan.hostname] if plan.hostname != plan.name else [])
         for index, network in enumerate(plan.networks, start=1):
             found = self._find(network)
             if found is None:
@@ -244,12 +254,18 @@ class IncusNetworks(NetworkDriver):
             subnet = str(self._info(metadata).subnet)
 
             def claim(records: Records, subnet: str = subnet) -> list[str]:
+                launch = plan.labels.get(LAUNCH, "")
+                held = records.get(plan.name)
+                # A live namesake's record stays; a gone sandbox's record may go.
+                if held and held.get("launch") != launch and self.exists(plan.name):
+                    raise SandboxExists(f"an incus instance called {plan.name!r} exists")
+                records.pop(plan.name, None)
                 taken = [str(r["address"]) for r in records.values()]
                 address = str(member_address(subnet, taken).ip)
                 records[plan.name] = {
-                    "launch": plan.labels.get(LAUNCH, ""),
+                    "launch": launch,
                     "address": address,
-                    "names": names,
+                    "names": [plan.name],  # never the host name: it may be a peer's name
                     "labels": dict(plan.labels),  # for gc, once the sandbox is gone
                 }
                 return [address, *hosts_lines(records, plan.name)]

@@ -1,11 +1,12 @@
 """Named networks on libvirt: the NetworkDriver, and sandboxes joining and leaving them.
 
 A sandbox joins a network with a static address (its guest has no DHCP client) and its
-names in the network's DNS host records, which libvirt's dnsmasq answers from then on:
+sandbox name (never its hostname: that may be a peer's name) in the network's DNS host
+records, which libvirt's dnsmasq answers from then on:
 members that join later are found by name too. Picking the address and adding the
 record happen under one lock file for every process using this state directory, so two
 launches never take the same address. The sandbox's directory keeps what it added
-(MEMBERS_FILE), and `leave` takes exactly that away again.
+(MEMBERS_FILE), and `leave` takes exactly that record away again, whatever else is there.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from sandboxer.backend import (
     NetworkInfo,
     SandboxExists,
     SandboxNotFound,
-    guard_internal_bridges,
+    guard_network_bridges,
     is_ours,
+    logger,
     member_address,
 )
 
@@ -34,10 +36,10 @@ from ._errors import libvirt_errors
 from ._network_xml import (
     HostRecord,
     Member,
+    delete_key,
     host_records,
     libvirt_name,
     member_mac,
-    member_names,
     network_info,
     network_xml,
     taken_addresses,
@@ -61,8 +63,7 @@ class LibvirtNetworks(NetworkDriver):
     ) -> NetworkInfo:
         if self._lookup(name) is not None:
             raise SandboxExists(f"a libvirt network {libvirt_name(name)!r} exists")
-        if internal:
-            guard_internal_bridges()  # before any member can send the host anything
+        guard_network_bridges()  # before any member can send the host anything
         xml = network_xml(name, internal=internal, subnet=subnet, labels=labels)
         with libvirt_errors():
             # Another launch defining the name meanwhile: "already exists", SandboxExists.
@@ -103,7 +104,7 @@ class LibvirtNetworks(NetworkDriver):
         members: list[Member] = []
         if not plan.networks:
             return ()
-        names = member_names(plan.name, plan.hostname)
+        names = (plan.name,)
         with self._locked():
             for name in plan.networks:
                 network = self._running(libvirt_name(name))
@@ -113,9 +114,9 @@ class LibvirtNetworks(NetworkDriver):
                 records = host_records(xml)
                 # A record of this name is a sandbox's that is gone without leaving: this
                 # name's domain and directory are this launch's now.
-                stale = [record for record in records if record.names[:1] == names[:1]]
+                stale = [record for record in records if record.names[:1] == names]
                 for record in stale:
-                    _update(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, record)
+                    _delete(network, record)
                 address = member_address(info.subnet, taken_addresses(xml))
                 peers = tuple(record for record in records if record not in stale)
                 mac = member_mac(plan.name, plan.labels.get(LAUNCH, ""), name)
@@ -138,12 +139,8 @@ class LibvirtNetworks(NetworkDriver):
         with self._locked():
             for name, own in joined:
                 network = self._lookup(name)
-                xml = None if network is None else _description(network)
-                if network is None or xml is None:
-                    continue
-                for record in host_records(xml):
-                    if record.ip == own.ip and record.names[:1] == own.names[:1]:
-                        _update(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, record)
+                if network is not None:
+                    _delete(network, own)
 
     # helpers --------------------------------------------------------------------------
     def _lookup(self, name: str) -> libvirt.virNetwork | None:
@@ -167,8 +164,7 @@ class LibvirtNetworks(NetworkDriver):
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                     raise
                 raise SandboxNotFound(f"libvirt network {engine_name!r} is gone") from None
-            if network_info(network.XMLDesc(0)).internal:
-                guard_internal_bridges()
+            guard_network_bridges()
             if not network.isActive():
                 network.create()
         return network
@@ -214,6 +210,16 @@ def _update(network: libvirt.virNetwork, command: int, record: HostRecord) -> No
         if network.isActive():
             flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
         network.update(command, libvirt.VIR_NETWORK_SECTION_DNS_HOST, -1, record.xml(), flags)
+
+
+def _delete(network: libvirt.virNetwork, record: HostRecord) -> None:
+    """Delete exactly `record` (an equal one) from `network`, if it is there."""
+    xml = _description(network)
+    key = None if xml is None else delete_key(host_records(xml), record)
+    if key is None:
+        logger.debug("no record %s to delete alone in %s", record, network.name())
+        return
+    _update(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, key)
 
 
 def _save(run: Path, members: builtins.list[Member], names: tuple[str, ...]) -> None:

@@ -6,7 +6,10 @@ host records, which the adapter adds as sandboxes join (see `_named_networks`). 
 internal network has no <forward>: libvirt rejects forwarding in or out of its bridge,
 and gives its dnsmasq no upstream servers (`no-resolv`), so names it does not hold are
 refused, never asked of the host's resolver. A NAT network keeps plain names (no dot)
-to itself too (forwardPlainNames='no').
+to itself too (forwardPlainNames='no'). No network's dnsmasq reads the host's /etc/hosts
+(`no-hosts`, through libvirt's dnsmasq namespace): the members learn none of the host's
+names. The DNS host records still answer: libvirt hands them to dnsmasq as an addn-hosts
+file, which no-hosts leaves alone.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from sandboxer.backend import INTERNAL_BRIDGE_PREFIX, NetworkInfo, gateway
+from sandboxer.backend import INTERNAL_BRIDGE_PREFIX, NAMED_BRIDGE_PREFIX, NetworkInfo, gateway
 
 from ._metadata import NAMESPACE, NAMESPACE_PREFIX, metadata_holder, parse_labels
 
 PREFIX = "sandboxer-"
-NAT_BRIDGE_PREFIX = "sbn"
 _TAG = f"{{{NAMESPACE}}}network"
 _NAME_TAG = f"{{{NAMESPACE}}}name"
+DNSMASQ_NAMESPACE = "http://libvirt.org/schemas/network/dnsmasq/1.0"
 
 
 def libvirt_name(name: str) -> str:
@@ -35,10 +38,10 @@ def libvirt_name(name: str) -> str:
 
 def bridge_name(name: str, internal: bool) -> str:
     """At most 15 characters (IFNAMSIZ); the internal prefix puts the host's guard
-    (`guard_internal_bridges`) on it. Not Incus's hash: the two engines' bridges of
+    (`guard_network_bridges`) on it. Not Incus's hash: the two engines' bridges of
     one name never meet."""
     digest = hashlib.sha256(f"libvirt:{name}".encode()).hexdigest()[:12]
-    return (INTERNAL_BRIDGE_PREFIX if internal else NAT_BRIDGE_PREFIX) + digest
+    return (INTERNAL_BRIDGE_PREFIX if internal else NAMED_BRIDGE_PREFIX) + digest
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
@@ -65,6 +68,8 @@ def network_xml(name: str, *, internal: bool, subnet: str, labels: Mapping[str, 
         _sub(root, "dns", forwardPlainNames="no")
     network = ipaddress.IPv4Network(subnet)
     _sub(root, "ip", address=str(gateway(subnet).ip), netmask=str(network.netmask))
+    root.set("xmlns:dnsmasq", DNSMASQ_NAMESPACE)
+    _sub(_sub(root, "dnsmasq:options"), "dnsmasq:option", value="no-hosts")
     return ET.tostring(root, encoding="unicode")
 
 
@@ -93,13 +98,14 @@ def _subnet(root: ET.Element) -> str:
 
 @attrs.frozen
 class HostRecord:
-    """One DNS host record of a network: an address and its names."""
+    """One DNS host record of a network: an address and its names (either may be left
+    out of a record that only picks one to delete, see `delete_key`)."""
 
     ip: str
     names: tuple[str, ...]
 
     def xml(self) -> str:
-        host = ET.Element("host", ip=self.ip)
+        host = ET.Element("host", {"ip": self.ip} if self.ip else {})
         for name in self.names:
             _sub(host, "hostname", name)
         return ET.tostring(host, encoding="unicode")
@@ -121,9 +127,25 @@ def taken_addresses(xml: str) -> list[str]:
     return [address for address in found if address]
 
 
+def delete_key(records: Iterable[HostRecord], own: HostRecord) -> HostRecord | None:
+    """What to hand libvirt to delete exactly the record `own`: libvirt deletes every
+    record sharing the key's address or any of its names, and refuses when that is more
+    than one. Its address alone, else one of its names alone, that no other record has;
+    None if `own` is not there, or no such key exists (then it stays: nothing else goes)."""
+    records = list(records)
+    if own not in records:
+        return None
+    keys = [HostRecord(own.ip, ()), *(HostRecord("", (name,)) for name in own.names)]
+    for key in keys:
+        if [r for r in records if r.ip == key.ip or set(r.names) & set(key.names)] == [own]:
+            return key
+    return None
+
+
 def member_names(sandbox: str, hostname: str) -> tuple[str, ...]:
-    """A member's names on its networks: its sandbox name first (what tells its record
-    apart), then its hostname when that differs."""
+    """A sandbox's names in its own /etc/hosts: its sandbox name, then its hostname when
+    that differs. Its DNS record on a network has the sandbox name alone (unique per
+    engine): a hostname may be a peer's name."""
     return (sandbox,) if hostname == sandbox else (sandbox, hostname)
 
 
