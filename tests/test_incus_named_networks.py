@@ -407,7 +407,12 @@ def test_a_launch_of_a_taken_name_is_refused_before_it_joins(api: FakeNetworks) 
 
     networks = driver(api, live={"taken"})
     networks.create("web", internal=True, subnet="10.140.7.0/24", labels=OURS)
-    backend = cast(Any, types.SimpleNamespace(_named=networks))
+    # Image and pool are resolved first (a missing image is told before a taken name).
+    source = types.SimpleNamespace(boot=lambda plan: None)
+    images = types.SimpleNamespace(source=lambda plan: source)
+    backend = cast(
+        Any, types.SimpleNamespace(_named=networks, _images=images, _root_pool=lambda: "p")
+    )
     with pytest.raises(sandboxer.SandboxExists):
         IncusBackend.create(backend, plan(networks=["web"], name="taken"))
     assert api.patches == 0

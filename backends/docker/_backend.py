@@ -348,8 +348,9 @@ class DockerBackend(Backend):
                     return
                 except docker.errors.APIError:
                     info = self._api.exec_inspect(exec_id)
-                    if info.get("Pid") and not info.get("Running"):
-                        return  # it ended meanwhile: a resize of nothing is no error
+                    if not info.get("Running") and info.get("ExitCode") is not None:
+                        # It ended meanwhile (crun keeps no pid then): nothing to resize.
+                        return
                     if info.get("Running") or attempt == 99:
                         raise
                 time.sleep(0.01)  # not started yet: its terminal comes with it

@@ -203,13 +203,13 @@ class IncusBackend(Backend):
         return lambda: None
 
     def create(self, plan: LaunchPlan) -> Handle:
-        # Before joining: a namesake's launch must not touch a live member's DNS record.
-        if self._named.exists(plan.name):
-            raise SandboxExists(f"an incus instance called {plan.name!r} exists")
         pool = self._root_pool()
         # First: a pull or a conversion that fails leaves nothing behind.
         source = self._images.source(plan)
         boot = source.boot(plan)
+        # Before joining: a namesake's launch must not touch a live member's DNS record.
+        if self._named.exists(plan.name):
+            raise SandboxExists(f"an incus instance called {plan.name!r} exists")
         nic = self._nic(plan)
         named = self._named.join(plan)
         points, script = _prepare.paths(plan, boot, source.exists), _prepare.service(plan, boot)

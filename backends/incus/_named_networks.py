@@ -50,7 +50,7 @@ from sandboxer.images.store import default_store
 from ._client import Incus
 from ._config import Named, Nic, labels_config, labels_from_config
 from ._errors import incus_errors
-from ._network import delete_network, vanished_device
+from ._network import create_network, delete_network, vanished_device
 from ._sdk import pylxd
 
 NAME_KEY = "user.sandboxer.network"  # the sandboxer name of the network
@@ -168,15 +168,12 @@ class IncusNetworks(NetworkDriver):
             "ipv6.address": "none",
             "raw.dnsmasq": dnsmasq_lines(internal, {}),
         }
-        with incus_errors():
-            try:
-                self._incus.api.networks.post(
-                    json={"name": engine, "type": "bridge", "config": config}
-                )
-            except pylxd.exceptions.LXDAPIException as exc:
-                if "already exists" in str(exc):
-                    raise SandboxExists(f"an incus network {engine} exists already") from exc
-                raise
+        try:
+            create_network(self._incus, engine, config)
+        except EngineError as exc:
+            if "already exists" in str(exc):
+                raise SandboxExists(f"an incus network {engine} exists already") from exc
+            raise
         return NetworkInfo("incus", name, internal, str(ipaddress.ip_network(subnet)), labels)
 
     def inspect(self, name: str) -> NetworkInfo | None:

@@ -70,14 +70,11 @@ class Networks:
         return dict(response.json()["metadata"].get("config") or {})
 
     def _create(self, name: str, config: Mapping[str, str]) -> None:
-        with incus_errors():
-            try:
-                self._incus.api.networks.post(
-                    json={"name": name, "type": "bridge", "config": dict(config)}
-                )
-            except pylxd.exceptions.LXDAPIException as exc:
-                if "already exists" not in str(exc):
-                    raise
+        try:
+            create_network(self._incus, name, config)
+        except EngineError as exc:
+            if "already exists" not in str(exc):
+                raise
 
     def _bridge_subnet(self) -> str:
         """The shared bridge's gateway/prefix, creating the bridge on first use."""
@@ -144,6 +141,25 @@ def vanished_device(exc: BaseException) -> bool:
     """Incus walks a bridge's devices when it changes or deletes it: one going away
     meanwhile (a member's veth whose sandbox was just removed) fails that walk."""
     return "does not exist" in str(exc)
+
+
+def create_network(incus: Incus, name: str, config: Mapping[str, str]) -> None:
+    """Create the bridge `name`, again while a device Incus walks on the way vanishes
+    (another sandbox's veth just removed); one half made by this launch goes first."""
+    deadline = time.monotonic() + _VANISHED_SECONDS
+    while True:
+        try:
+            with incus_errors():
+                incus.api.networks.post(json={"name": name, "type": "bridge", "config": config})
+            return
+        except EngineError as exc:
+            if not vanished_device(exc) or time.monotonic() > deadline:
+                raise
+            with incus_errors(), contextlib.suppress(pylxd.exceptions.NotFound):
+                found = incus.api.networks[quote(name, safe="")].get().json()["metadata"]
+                if (found.get("config") or {}).get(_LAUNCH) == config.get(_LAUNCH):
+                    delete_network(incus, name)
+            time.sleep(_RETRY_SECONDS)
 
 
 def delete_network(incus: Incus, name: str) -> None:
