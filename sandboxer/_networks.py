@@ -15,15 +15,12 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from ._backend import Backend, LaunchPlan, NetworkInfo, SandboxInfo
+from ._engine_objects import available_engines, engine_named, sandboxes_using, user_labels
 from ._errors import InvalidSpec, SandboxError, SandboxNotFound, UnsupportedFeature
-from ._gc import inventory
 from ._labels import KEEP, NETWORKS, is_ours, ownership_labels
 from ._log import logger, timed
 from ._models import check_network_name
-from ._registry import backend_names, get_backend
-from ._selector import probe_all
 from ._subnets import free_subnet, host_routes
-from ._volumes import user_labels
 from .ownership import labels_owner_alive
 
 # RFC 1918: the only ranges a network of ours may use (is_private also takes link-local,
@@ -68,7 +65,7 @@ class Network:
             if not isinstance(value, bool):
                 raise InvalidSpec(field, f"expected True or False, got {value!r}")
         chosen = None if subnet is None else _check_subnet(subnet)
-        engine = _engine(backend)
+        engine = engine_named(backend)
         driver = engine.networks()
         taken = [ipaddress.IPv4Network(info.subnet) for info in driver.list() if info.subnet]
         routes = host_routes()
@@ -85,7 +82,7 @@ class Network:
     def get(cls, name: str, backend: str) -> Network:
         """The network `name` on `backend`, ours or not; SandboxNotFound if there is none."""
         check_network_name("name", name)
-        found = _engine(backend).networks().inspect(name)
+        found = engine_named(backend).networks().inspect(name)
         if found is None:
             raise SandboxNotFound(f"no network {name!r} on {backend}")
         return cls._of(found)
@@ -109,11 +106,15 @@ class Network:
 
     def users(self) -> builtins.list[str]:
         """Names of our sandboxes on this engine that are on this network."""
-        return [info.name for info in _sandboxes(self.backend) if self.name in on_networks(info)]
+        return [
+            info.name
+            for info in sandboxes_using(self.backend, "networks")
+            if self.name in on_networks(info)
+        ]
 
     def remove(self) -> None:
         """Remove this network: only one of ours, and only while no sandbox is on it."""
-        driver = _engine(self.backend).networks()
+        driver = engine_named(self.backend).networks()
         current = driver.inspect(self.name)
         if current is None:
             return
@@ -197,13 +198,15 @@ def gc_networks(
     that were not made to be kept (`sandboxer gc` does this after `gc()`). Never
     anything without our labels. Returns what was (with `dry_run`: would be) removed."""
     removed = []
-    for backend in backends if backends is not None else _available():
-        engine = _engine(backend)
+    for backend in backends if backends is not None else available_engines():
+        engine = engine_named(backend)
         try:
             driver = engine.networks()
         except UnsupportedFeature:
             continue
-        in_use = {name for info in _sandboxes(backend) for name in on_networks(info)}
+        in_use = {
+            name for info in sandboxes_using(backend, "networks") for name in on_networks(info)
+        }
         for info in driver.list():
             network = Network._of(info)
             if not network.ours or network.kept or network.name in in_use:
@@ -221,31 +224,13 @@ def on_networks(info: SandboxInfo) -> builtins.list[str]:
     return [name for name in info.labels.get(NETWORKS, "").split(",") if name]
 
 
-def _engine(backend: str) -> Backend:
-    if not isinstance(backend, str) or backend not in backend_names():
-        raise InvalidSpec("backend", f"expected one of {backend_names()}, got {backend!r}")
-    return get_backend(backend)
-
-
 def _networks(backend: str | None) -> builtins.list[NetworkInfo]:
-    names = [backend] if backend is not None else _available()
+    names = [backend] if backend is not None else available_engines()
     found = []
     for name in names:
         try:
-            found += _engine(name).networks().list()
+            found += engine_named(name).networks().list()
         except UnsupportedFeature:
             if backend is not None:
                 raise
     return found
-
-
-def _sandboxes(backend: str) -> builtins.list[SandboxInfo]:
-    found = inventory([backend])
-    if found.errors:
-        # Not knowing who is on a network is no licence to remove it.
-        raise SandboxError(f"cannot tell which sandboxes use networks: {found.errors[backend]}")
-    return builtins.list(found.sandboxes)
-
-
-def _available() -> builtins.list[str]:
-    return [name for name, state in probe_all(backend_names()).items() if state.available]

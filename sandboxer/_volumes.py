@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from ._backend import Backend, LaunchPlan, SandboxInfo, VolumeInfo
+from ._engine_objects import available_engines, engine_named, sandboxes_using, user_labels
 from ._errors import InvalidSpec, SandboxError, SandboxExists, SandboxNotFound
-from ._gc import inventory
 from ._labels import EPHEMERAL, VOLUMES, is_ours, ownership_labels
 from ._log import logger, timed
-from ._models import RESERVED_LABEL_PREFIX, _string_map, check_volume_name
-from ._registry import backend_names, get_backend
-from ._selector import probe_all
+from ._models import check_volume_name
+from ._registry import get_backend
 from .ownership import labels_owner_alive
 
 
@@ -55,7 +54,7 @@ class Volume:
         wanted = user_labels(labels)
         if not isinstance(ephemeral, bool):
             raise InvalidSpec("ephemeral", f"expected True or False, got {ephemeral!r}")
-        engine = _engine(backend)
+        engine = engine_named(backend)
         own = {**wanted, **ownership_labels(), **({EPHEMERAL: "true"} if ephemeral else {})}
         with timed("create_volume", backend=backend, volume=name):
             return cls._of(engine.volumes().create(name, own))
@@ -64,7 +63,7 @@ class Volume:
     def get(cls, name: str, backend: str) -> Volume:
         """The volume `name` on `backend`, ours or not; SandboxNotFound if there is none."""
         check_volume_name("name", name)
-        found = _engine(backend).volumes().inspect(name)
+        found = engine_named(backend).volumes().inspect(name)
         if found is None:
             raise SandboxNotFound(f"no volume {name!r} on {backend}")
         return cls._of(found)
@@ -84,11 +83,15 @@ class Volume:
 
     def users(self) -> builtins.list[str]:
         """Names of our sandboxes on this engine that mount this volume."""
-        return [info.name for info in _sandboxes(self.backend) if self.name in _mounted(info)]
+        return [
+            info.name
+            for info in sandboxes_using(self.backend, "volumes")
+            if self.name in _mounted(info)
+        ]
 
     def remove(self) -> None:
         """Remove this volume: only one of ours, and only while no sandbox mounts it."""
-        engine = _engine(self.backend)
+        engine = engine_named(self.backend)
         current = engine.volumes().inspect(self.name)
         if current is None:
             return
@@ -112,34 +115,10 @@ class Volume:
         return cls(info.name, info.backend, dict(info.labels))
 
 
-def user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    checked = _string_map("labels", labels)
-    for key in checked:
-        if key.startswith(RESERVED_LABEL_PREFIX):
-            raise InvalidSpec(
-                f"labels[{key!r}]", f"the prefix {RESERVED_LABEL_PREFIX!r} is reserved"
-            )
-    return dict(checked)
-
-
-def _engine(backend: str) -> Backend:
-    if not isinstance(backend, str) or backend not in backend_names():
-        raise InvalidSpec("backend", f"expected one of {backend_names()}, got {backend!r}")
-    return get_backend(backend)
-
-
 def _volumes(backend: str | None) -> list[VolumeInfo]:
     if backend is not None:
-        return _engine(backend).volumes().list()
-    return [info for name in _available() for info in get_backend(name).volumes().list()]
-
-
-def _sandboxes(backend: str) -> list[SandboxInfo]:
-    found = inventory([backend])
-    if found.errors:
-        # Not knowing who mounts a volume is no licence to remove it.
-        raise SandboxError(f"cannot tell which sandboxes use volumes: {found.errors[backend]}")
-    return list(found.sandboxes)
+        return engine_named(backend).volumes().list()
+    return [info for name in available_engines() for info in get_backend(name).volumes().list()]
 
 
 def _mounted(info: SandboxInfo) -> list[str]:
@@ -168,9 +147,9 @@ def gc_volumes(
     after `gc()`). Never anything without our labels. Returns what was (with `dry_run`:
     would be) removed."""
     removed = []
-    for backend in backends if backends is not None else _available():
-        _engine(backend)
-        in_use = {name for info in _sandboxes(backend) for name in _mounted(info)}
+    for backend in backends if backends is not None else available_engines():
+        engine_named(backend)
+        in_use = {name for info in sandboxes_using(backend, "volumes") for name in _mounted(info)}
         for info in get_backend(backend).volumes().list():
             volume = Volume._of(info)
             if not volume.ours or volume.name in in_use:
@@ -184,7 +163,3 @@ def gc_volumes(
                 get_backend(backend).volumes().remove(volume.name)
             removed.append(volume)
     return removed
-
-
-def _available() -> list[str]:
-    return [name for name, state in probe_all(backend_names()).items() if state.available]
